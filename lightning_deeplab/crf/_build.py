@@ -1,0 +1,70 @@
+"""How the `lightning_deeplab._C` extension is compiled: one description used by both
+`setup.py` (ahead of time) and the just-in-time fallback in `_ops.py`.
+
+Imports nothing but the standard library and torch, so setup.py can load this file by path.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+EXTENSION_NAME = "lightning_deeplab._C"
+CSRC_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "csrc"))
+
+
+def _default_cuda_home() -> str | None:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    # torch guesses CUDA_HOME from the nvcc on PATH, which may point at /usr/local and fail to link.
+    if os.path.isfile("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return CUDA_HOME
+
+
+def want_cuda() -> bool:
+    """Build the CUDA sources when torch is a CUDA build and a toolkit is present, or FORCE_CUDA=1."""
+    import torch
+
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    if os.environ.get("FORCE_CPU", "0") == "1":
+        return False
+    return torch.version.cuda is not None and _default_cuda_home() is not None
+
+
+def prepare_cuda_environment() -> None:
+    """Set CUDA_HOME and TORCH_CUDA_ARCH_LIST when unset, so a GPU-less machine can build."""
+    home = _default_cuda_home()
+    if home and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = home
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        import torch
+
+        if torch.cuda.is_available():
+            return  # cpp_extension targets the visible GPUs
+        # Without a GPU cpp_extension cannot guess; cover the data-centre and consumer parts.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;8.6;8.9;9.0"
+
+
+def sources(csrc_dir: str = CSRC_DIR, with_cuda: bool = False) -> list[str]:
+    found = sorted(glob.glob(os.path.join(csrc_dir, "*.cpp")))
+    found += sorted(glob.glob(os.path.join(csrc_dir, "cpu", "*.cpp")))
+    if with_cuda:
+        found += sorted(glob.glob(os.path.join(csrc_dir, "cuda", "*.cu")))
+    return found
+
+
+def extra_compile_args(with_cuda: bool = False) -> dict[str, list[str]]:
+    cxx = ["-O3", "-std=c++17"]
+    if with_cuda:
+        cxx.append("-DWITH_CUDA")
+    args = {"cxx": cxx}
+    if with_cuda:
+        args["nvcc"] = ["-O3", "-std=c++17", "-DWITH_CUDA", "-diag-suppress=3189", "-lineinfo"]
+    return args
+
+
+def include_dirs(csrc_dir: str = CSRC_DIR) -> list[str]:
+    return [csrc_dir]
