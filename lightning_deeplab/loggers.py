@@ -1,0 +1,35 @@
+"""The default experiment logger: Weights & Biases, offline unless the user has an API key."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+WANDB_PROJECT = "lightning-deeplab"
+
+
+def wandb_api_key_configured() -> bool:
+    """True when wandb could log in without asking: WANDB_API_KEY, or a key saved by `wandb login`."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def default_logger(save_dir: str, name: str | None = None) -> Logger:
+    """WandbLogger that never blocks on a missing key; a CSVLogger when WANDB_MODE=disabled.
+
+    WANDB_MODE, when set, decides (online / offline / disabled); otherwise the run is online
+    only if an API key is configured, so a machine without one still trains and keeps its logs
+    under ``<save_dir>/wandb/offline-run-*`` for a later `wandb sync`.
+    """
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode == "disabled":
+        return CSVLogger(save_dir=save_dir, name=name or "csv")
+    offline = mode in ("offline", "dryrun") or (mode == "" and not wandb_api_key_configured())
+    os.makedirs(save_dir, exist_ok=True)
+    return WandbLogger(project=WANDB_PROJECT, name=name, save_dir=save_dir, offline=offline)

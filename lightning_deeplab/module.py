@@ -1,0 +1,241 @@
+"""The LightningModule: DeepLab v2's loss, optimisation schedule, metrics and CRF evaluation."""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .constants import IGNORE_INDEX
+from .metrics import confusion_matrix_metric, scores_from_confusion
+from .models import DeepLabV2
+
+
+def poly_lr_factor(step: int, max_steps: int, power: float = 0.9) -> float:
+    """The paper's "poly" policy: lr = base * (1 - step / max_steps) ** power, 0 after the end."""
+    if max_steps <= 0:
+        raise ValueError(f"max_steps must be positive for the poly schedule, got {max_steps}")
+    return max(0.0, 1.0 - min(step, max_steps) / max_steps) ** power
+
+
+def resize_labels(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of an integer label map [B, H, W] (ignore labels stay ignore labels)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def image_to_uint8(image: Tensor) -> Tensor:
+    """The batch's RGB 0-255 float image as the uint8 image the dense CRF's colour kernel reads."""
+    return image.round().clamp_(0, 255).to(torch.uint8)
+
+
+class DeepLabV2Module(pl.LightningModule):
+    """DeepLab v2 training and evaluation.
+
+    Args mirror the paper's recipe (ResNet-101, ASPP-L, MSC, frozen BN, SGD 2.5e-4 with poly 0.9,
+    10x/20x LR on the classifier weights/biases). ``loss_resolution="logits"`` resizes the labels
+    (nearest) to every output as the paper does; ``"image"`` upsamples the logits to the labels.
+    With ``eval_crf`` validation and test also score the dense-CRF-refined prediction; ``crf``
+    holds keyword arguments of :class:`lightning_deeplab.crf.DenseCRF` (its defaults are the
+    paper's ResNet-101 setting).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet101",
+        head: str = "aspp-l",
+        num_classes: int = 21,
+        msc_scales: Optional[tuple[float, ...]] = (1.0, 0.75, 0.5),
+        atrous_rates: Optional[tuple[int, ...]] = None,
+        style: str = "caffe",
+        norm: str = "frozen",
+        pretrained: Optional[str] = None,
+        lr: float = 2.5e-4,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        poly_power: float = 0.9,
+        head_lr_mult: float = 10.0,
+        head_bias_lr_mult: float = 20.0,
+        loss_resolution: Literal["logits", "image"] = "logits",
+        eval_crf: bool = True,
+        crf: Optional[dict[str, Any]] = None,
+        class_names: Optional[list[str]] = None,
+        ignore_index: int = IGNORE_INDEX,
+        num_logged_images: int = 4,
+    ) -> None:
+        super().__init__()
+        if loss_resolution not in ("logits", "image"):
+            raise ValueError(f"loss_resolution must be 'logits' or 'image', got {loss_resolution!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.save_hyperparameters()
+        self.model = DeepLabV2(
+            backbone=backbone,
+            head=head,
+            num_classes=num_classes,
+            msc_scales=msc_scales,
+            atrous_rates=atrous_rates,
+            style=style,
+            norm=norm,
+            pretrained=pretrained,
+        )
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.crf = self._build_crf(crf) if eval_crf else None
+        # One confusion matrix per stage and per refinement, summed over the whole split.
+        self.confusion = torch.nn.ModuleDict(
+            {
+                key: confusion_matrix_metric(num_classes, ignore_index)
+                for key in ("val", "val_crf", "test", "test_crf")
+            }
+        )
+        self._logged_examples: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _build_crf(params: Optional[dict[str, Any]]) -> torch.nn.Module:
+        from .crf import DenseCRF
+
+        try:
+            return DenseCRF(**(params or {}))
+        except TypeError as err:  # an unknown key in the config: say which section it came from
+            raise TypeError(f"model.crf: {err}") from err
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Fused logits at output stride 8 for an RGB 0-255 image batch."""
+        return self.model(image)
+
+    # ----------------------------------------------------------------------------- training
+    def training_losses(self, outputs: list[Tensor], mask: Tensor) -> dict[str, Tensor]:
+        """Cross-entropy of every output of ``forward_multi`` (per MSC scale, then the fused map)."""
+        scales = self.model.msc_scales if len(outputs) > 1 else ()
+        names = [f"scale{s:g}" for s in scales] + ["fused"]
+        losses = {}
+        for name, logits in zip(names, outputs):
+            if self.hparams.loss_resolution == "logits":
+                target = resize_labels(mask, tuple(logits.shape[-2:]))
+            else:
+                logits, target = upsample_logits(logits, tuple(mask.shape[-2:])), mask
+            losses[name] = F.cross_entropy(logits.float(), target, ignore_index=self.hparams.ignore_index)
+        return losses
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.training_losses(self.model.forward_multi(batch["image"]), batch["mask"])
+        loss = sum(losses.values())
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if len(losses) > 1:
+            for name, value in losses.items():
+                self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = self.model.parameter_groups()
+        settings = {
+            "backbone": (hp.lr, hp.weight_decay),
+            "head_weight": (hp.lr * hp.head_lr_mult, hp.weight_decay),
+            "head_bias": (hp.lr * hp.head_bias_lr_mult, 0.0),
+        }
+        param_groups = [
+            {"name": name, "params": groups[name], "lr": lr, "weight_decay": wd}
+            for name, (lr, wd) in settings.items()
+            if groups[name]
+        ]
+        optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        max_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(max_steps):
+            raise ValueError("the poly schedule needs a finite length: set trainer.max_steps or trainer.max_epochs")
+        max_steps = int(max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: poly_lr_factor(step, max_steps, hp.poly_power)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------------------------- evaluation
+    def predict_scores(self, image: Tensor) -> Tensor:
+        """Logits bilinearly upsampled to the image size."""
+        return upsample_logits(self.model(image), tuple(image.shape[-2:]))
+
+    def refine_with_crf(self, logits: Tensor, image: Tensor) -> Tensor:
+        """Dense-CRF marginals from upsampled logits and the batch's RGB image."""
+        from .crf import unary_from_softmax
+
+        probs = logits.float().softmax(dim=1)
+        return self.crf(unary_from_softmax(probs), image_to_uint8(image))
+
+    def _evaluate(self, stage: str, batch: dict[str, Any], batch_idx: int) -> None:
+        image, mask = batch["image"], batch["mask"]
+        logits = self.predict_scores(image)
+        pred = logits.argmax(dim=1)
+        self.confusion[stage].update(pred, mask)
+        crf_pred = None
+        if self.crf is not None:
+            crf_pred = self.refine_with_crf(logits, image).argmax(dim=1)
+            self.confusion[f"{stage}_crf"].update(crf_pred, mask)
+        if stage == "val":
+            self._keep_examples(image, mask, pred, crf_pred)
+
+    def _keep_examples(self, image: Tensor, mask: Tensor, pred: Tensor, crf_pred: Optional[Tensor]) -> None:
+        room = self.hparams.num_logged_images - len(self._logged_examples)
+        if room <= 0 or not self.trainer.is_global_zero:
+            return
+        for i in range(min(room, image.shape[0])):
+            example = {
+                "image": image_to_uint8(image[i]).permute(1, 2, 0).cpu().numpy(),
+                "ground_truth": mask[i].cpu().numpy(),
+                "prediction": pred[i].cpu().numpy(),
+            }
+            if crf_pred is not None:
+                example["crf_prediction"] = crf_pred[i].cpu().numpy()
+            self._logged_examples.append(example)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate("val", batch, batch_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate("test", batch, batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged_examples = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+        self._log_examples()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _log_scores(self, stage: str) -> None:
+        for key in (stage, f"{stage}_crf"):
+            metric = self.confusion[key]
+            if key.endswith("_crf") and self.crf is None:
+                continue
+            # compute() sums the matrix over all processes, so every rank logs the same numbers.
+            scores = scores_from_confusion(metric.compute())
+            metric.reset()
+            for name in ("mIoU", "pixel_acc", "mean_acc", "fw_iou"):
+                self.log(f"{key}/{name}", scores[name].float(), prog_bar=name == "mIoU")
+            for class_name, iou in zip(self.class_names, scores["iou"]):
+                self.log(f"{key}/iou_{class_name}", iou.float())
+
+    def _log_examples(self) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        if not self._logged_examples or not isinstance(self.logger, WandbLogger):
+            return
+        labels = dict(enumerate(self.class_names))
+        labels[self.hparams.ignore_index] = "ignore"
+        masks = [
+            {key: {"mask_data": ex[key], "class_labels": labels} for key in ex if key != "image"}
+            for ex in self._logged_examples
+        ]
+        self.logger.log_image(
+            key="val/examples", images=[ex["image"] for ex in self._logged_examples], masks=masks
+        )
