@@ -1,0 +1,213 @@
+"""The LightningDataModule: one dataset (by registry name), the training augmentation, and
+loaders whose evaluation side is exact under DDP."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from .collate import pad_collate
+from .registry import open_source
+from .transforms import build_train_transform, seed_transform
+
+_ROLES = ("train", "val", "test")
+
+
+def _distributed() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, or (1, 0)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _mix_seed(*values: int) -> int:
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
+
+
+def _seed_worker_transform(worker_id: int, rank: int) -> None:
+    # Forked workers start with copies of one augmentation stream; give each its own, derived
+    # from the per-worker seed that torch draws (it changes every epoch) and the process rank.
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None:
+        seed_transform(transform, _mix_seed(info.seed, rank))
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Loaders for semantic segmentation.
+
+    Every loader yields ``{"image": float32 [B, 3, H, W] RGB 0-255 (not normalised),
+    "mask": int64 [B, H, W] (255 = ignore), "name": list[str]}``. Training samples are scaled,
+    padded, cropped to ``crop_size`` and flipped; evaluation samples keep their size and are
+    padded to the largest in the batch (mean colour / 255), so the padding never counts.
+
+    Args:
+        root: the dataset root. VOC: the folder holding ``VOCdevkit/`` or ``VOCdevkit/VOC2012``
+            itself. synthetic: the folder it is generated into on first use.
+        dataset: registry name: ``"voc"`` or ``"synthetic"``.
+        train_split, val_split: split names (VOC: ``ImageSets/Segmentation/<split>.txt``;
+            ``train_aug`` reads ``SegmentationClassAug``, others ``SegmentationClass``).
+        test_split: split of ``test``/``predict``; None: the ``val_split``.
+        crop_size: side of the square training crops.
+        scale_range: (low, high) of the random training rescale.
+        hflip: random horizontal flips in training.
+        batch_size: training batch size (per process).
+        val_batch_size: validation/test batch size (per process).
+        num_workers: loader worker processes.
+        synthetic_num_train, synthetic_num_val, synthetic_image_size, synthetic_seed: size
+            ((height, width) or one int), and seed of the generated set; dataset "synthetic" only.
+    """
+
+    def __init__(
+        self,
+        root: Union[str, Path],
+        dataset: str = "voc",
+        train_split: str = "train_aug",
+        val_split: str = "val",
+        test_split: Optional[str] = None,
+        crop_size: int = 321,
+        scale_range: tuple[float, float] = (0.5, 1.5),
+        hflip: bool = True,
+        batch_size: int = 10,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        synthetic_num_train: int = 400,
+        synthetic_num_val: int = 60,
+        synthetic_image_size: Union[int, tuple[int, int]] = (120, 160),
+        synthetic_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for arg, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
+                                ("num_workers", num_workers, 0)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+        for arg, value in (("train_split", train_split), ("val_split", val_split)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{arg} must be a non-empty split name, got {value!r}")
+        self.root = root
+        self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.train_transform = build_train_transform(crop_size, scale_range, hflip)
+        self.source = open_source(
+            dataset,
+            root,
+            {
+                "synthetic_num_train": synthetic_num_train,
+                "synthetic_num_val": synthetic_num_val,
+                "synthetic_image_size": synthetic_image_size,
+                "synthetic_seed": synthetic_seed,
+            },
+        )
+        self._datasets: dict[str, Dataset] = {}
+
+    # -- what the model and the logger need to know -------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the dataset."""
+        return self.source.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names, indexed by label value."""
+        return self.source.class_names
+
+    @property
+    def palette(self) -> np.ndarray:
+        """[256, 3] uint8 RGB colour of every label value (255 included)."""
+        return self.source.palette
+
+    @property
+    def ignore_index(self) -> int:
+        """Label value of pixels left out of the loss and the metrics."""
+        return self.source.ignore_index
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate or check the data on disk (Lightning runs this once per node)."""
+        self.source.prepare()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Open the splits ``stage`` uses, so bad data lists fail before training starts."""
+        roles = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                 "predict": ("test",)}.get(stage, _ROLES)  # fmt: skip
+        for role in roles:
+            self.dataset(role)
+
+    def dataset(self, role: str) -> Dataset:
+        """The dataset of ``role`` ("train", "val" or "test"), opened on first use."""
+        if role not in _ROLES:
+            raise ValueError(f"role must be one of {_ROLES}, got {role!r}")
+        if role not in self._datasets:
+            transform = self.train_transform if role == "train" else None
+            self._datasets[role] = self.source.dataset(self.splits[role], transform)
+        return self._datasets[role]
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train")
+        world_size, rank = _distributed()
+        if len(dataset) < self.batch_size * world_size:
+            raise ValueError(
+                f"train split {self.splits['train']!r} has {len(dataset)} samples, fewer than "
+                f"batch_size {self.batch_size} x {world_size} process(es): no full batch"
+            )
+        # seeded from torch's generator, so seed_everything makes the augmentation repeatable
+        seed_transform(self.train_transform, _mix_seed(torch.randint(2**31 - 1, ()).item(), rank))
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,  # under DDP Lightning swaps in its DistributedSampler
+            drop_last=True,
+            collate_fn=pad_collate,
+            worker_init_fn=partial(_seed_worker_transform, rank=rank) if self.num_workers else None,
+            **self._loader_options(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_dataloader("test")
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _loader_options(self) -> dict:
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
+
+    def _eval_dataloader(self, role: str) -> DataLoader:
+        dataset = self.dataset(role)
+        world_size, rank = _distributed()
+        sampler = None
+        if world_size > 1:
+            if len(dataset) < world_size:
+                raise ValueError(
+                    f"{role} split {self.splits[role]!r} has {len(dataset)} samples, fewer than "
+                    f"the {world_size} processes evaluating it"
+                )
+            # Every sample exactly once over all ranks (Lightning's default sampler repeats
+            # samples to even out the shards, which skews the metrics). Lightning keeps a
+            # DistributedSampler subclass in place.
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            collate_fn=pad_collate,
+            **self._loader_options(),
+        )

@@ -1,0 +1,46 @@
+"""What every dataset kind provides to the DataModule: class names, a palette, and its splits."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..constants import IGNORE_INDEX
+
+#: A joint image/mask transform with the albumentations call convention:
+#: ``transform(image=float32 HxWx3, mask=uint8 HxW) -> {"image": ..., "mask": ...}``.
+JointTransform = Callable[..., Mapping[str, np.ndarray]]
+
+
+class SegmentationSource(ABC):
+    """One dataset on disk. Constructing it must be cheap (no generation, no scan of the files):
+    the DataModule builds one in every process, and reads the class names before any data is
+    touched.
+    """
+
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    @abstractmethod
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the classes, indexed by label value."""
+
+    @property
+    @abstractmethod
+    def palette(self) -> np.ndarray:
+        """``[256, 3]`` uint8 RGB colours, indexed by label value (255 included)."""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (label values ``0 .. num_classes - 1``; ``ignore_index`` aside)."""
+        return len(self.class_names)
+
+    def prepare(self) -> None:
+        """Create or convert the data on disk if the dataset needs it (runs once per node)."""
+
+    @abstractmethod
+    def dataset(self, split: str, transform: Optional[JointTransform] = None) -> Dataset:
+        """The samples of ``split``: dicts with ``image`` float32 [3, H, W] RGB 0-255,
+        ``mask`` int64 [H, W] and ``name`` (the image id)."""
