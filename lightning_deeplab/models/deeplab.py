@@ -1,0 +1,184 @@
+"""DeepLabV2: backbone at output stride 8, ASPP head, multi-scale inputs fused by max."""
+
+import os
+from collections.abc import Sequence
+from numbers import Integral
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from .aspp import ASPP, VGGASPP
+from .msc import fuse_max, resize_input, validate_scales
+from .norm import NORMS
+from .resnet import RESNET_SPECS, ResNetBackbone
+from .vgg import VGG16Backbone
+from .weights import imagenet_state_dict, load_into, read_checkpoint, vgg_fc_weights
+
+#: Valid backbone names.
+BACKBONES = ("resnet101", "resnet50", "resnet34", "resnet18", "vgg16")
+#: Valid head names and their atrous rates. ``largefov`` is the single rate-12 branch.
+HEADS: dict[str, tuple[int, ...]] = {
+    "aspp-l": (6, 12, 18, 24),
+    "aspp-s": (2, 4, 8, 12),
+    "largefov": (12,),
+}
+#: Valid styles: the layout and input convention of the released Caffe weights, or torchvision's.
+STYLES = ("caffe", "pytorch")
+
+
+class DeepLabV2(nn.Module):
+    """DeepLab v2 (Chen et al., TPAMI 2017): a plain ``nn.Module``.
+
+    Input: float [B, 3, H, W], RGB, 0-255, not normalised: the model normalises it itself with
+    :attr:`input_mean` / :attr:`input_std` (style ``"caffe"``: flipped to BGR, minus the Caffe
+    mean, std 1; style ``"pytorch"``: RGB, ImageNet mean and std scaled to 0-255, which equals
+    torchvision's normalisation of ``x / 255``). Output: class scores at output stride 8
+    (321 -> 41, 513 -> 65), the max-fusion over the MSC scales.
+
+    Args:
+        backbone: one of :data:`BACKBONES`.
+        head: one of :data:`HEADS`. On ResNet each branch is a 3x3 conv to the classes; on VGG-16
+            each branch is fc6 (3x3, the rate) -> fc7 -> fc8.
+        num_classes: number of output classes.
+        msc_scales: input scales, or None (or ``(1.0,)``) for a single scale. Each scale's input
+            has sides ``ceil(side * scale)`` (bilinear, align_corners=False); the score maps are
+            bilinearly resized to the first scale's map and fused by element-wise max. 1.0, when
+            present, must come first.
+        atrous_rates: rates that replace the head's own (one branch per rate).
+        style: one of :data:`STYLES`. ``"caffe"``: ResNet stride on a bottleneck's first 1x1
+            conv and ceil-mode max-pool, BGR input minus the Caffe mean. ``"pytorch"``:
+            torchvision's layout and normalisation. (VGG-16 has the same layout in both styles.)
+        norm: one of :data:`~lightning_deeplab.models.norm.NORMS`; ResNet only (VGG-16 has no
+            normalisation layers).
+        pretrained: None; ``"imagenet"`` (torchvision's weights, style ``"pytorch"`` only; VGG's
+            fc6/fc7 are decimated from its classifier); or the path of a checkpoint: a state dict
+            of the backbone (torchvision's keys) or of the whole model, or a Lightning .ckpt.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet101",
+        head: str = "aspp-l",
+        num_classes: int = 21,
+        msc_scales: Optional[Sequence[float]] = (1.0, 0.75, 0.5),
+        atrous_rates: Optional[Sequence[int]] = None,
+        style: str = "caffe",
+        norm: str = "frozen",
+        pretrained: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        _check_choice("backbone", backbone, BACKBONES)
+        _check_choice("head", head, tuple(HEADS))
+        _check_choice("style", style, STYLES)
+        _check_choice("norm", norm, NORMS)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        rates = HEADS[head] if atrous_rates is None else _check_rates(atrous_rates)
+
+        self.backbone_name, self.head_name, self.style, self.norm = backbone, head, style, norm
+        self.num_classes = int(num_classes)
+        self.msc_scales = validate_scales(msc_scales)
+        self.atrous_rates = rates
+
+        if backbone in RESNET_SPECS:
+            self.backbone: nn.Module = ResNetBackbone(backbone, style=style, norm=norm)
+            self.head: nn.Module = ASPP(self.backbone.out_channels, self.num_classes, rates)
+        else:
+            self.backbone = VGG16Backbone()
+            self.head = VGGASPP(self.backbone.out_channels, self.num_classes, rates)
+
+        if style == "caffe":
+            mean, std = CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)
+        else:
+            mean = tuple(255.0 * m for m in IMAGENET_MEAN_RGB)
+            std = tuple(255.0 * s for s in IMAGENET_STD_RGB)
+        #: Channel order the backbone sees ("BGR": the input is flipped first).
+        self.input_channel_order = "BGR" if style == "caffe" else "RGB"
+        # Not persistent: they follow from ``style``, and keep state dicts free of them.
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+        if pretrained is not None:
+            self.load_pretrained(pretrained)
+
+    def normalize_input(self, x: Tensor) -> Tensor:
+        """RGB 0-255 -> what the backbone expects (channel order, mean, std of :attr:`style`)."""
+        if self.input_channel_order == "BGR":
+            x = x.flip(1)
+        return (x - self.input_mean) / self.input_std
+
+    def forward_multi(self, x: Tensor) -> list[Tensor]:
+        """Score maps at each MSC scale (in ``msc_scales`` order, each its own size), then the fused map.
+
+        Without MSC, a one-element list. The training loss uses every entry.
+        """
+        if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(f"input must be a float tensor [B, 3, H, W] (RGB, 0-255), got {x.dtype} {tuple(x.shape)}")
+        x = self.normalize_input(x)
+        scores = [self.head(self.backbone(resize_input(x, scale))) for scale in self.msc_scales]
+        if len(scores) > 1:
+            scores.append(fuse_max(scores))
+        return scores
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Fused class scores [B, num_classes, h, w] at output stride 8 for RGB 0-255 images ``x``."""
+        return self.forward_multi(x)[-1]
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters split into the paper's learning-rate groups.
+
+        ``head_weight`` (10x) and ``head_bias`` (20x, no weight decay) hold the final classifier
+        convs (the ASPP branches on ResNet, fc8 on VGG-16); ``backbone`` (1x) holds everything
+        else, VGG's fc6/fc7 included. Parameters with ``requires_grad=False`` are left out.
+        """
+        classifier = self.head.classifier_convs()
+        head_weight = [c.weight for c in classifier if c.weight.requires_grad]
+        head_bias = [c.bias for c in classifier if c.bias is not None and c.bias.requires_grad]
+        in_head = {id(p) for p in head_weight + head_bias}
+        backbone = [p for p in self.parameters() if p.requires_grad and id(p) not in in_head]
+        return {"backbone": backbone, "head_weight": head_weight, "head_bias": head_bias}
+
+    def num_parameters(self) -> int:
+        """Parameter count as the paper counts it: frozen BatchNorm's weight and bias included."""
+        frozen_affine = sum(
+            m.weight.numel() + m.bias.numel() for m in self.modules() if isinstance(m, FrozenBatchNorm2d)
+        )
+        return sum(p.numel() for p in self.parameters()) + frozen_affine
+
+    def load_pretrained(self, pretrained: "str | os.PathLike[str]") -> None:
+        """Load ``"imagenet"`` (torchvision) weights or a checkpoint file; see the class docstring."""
+        if pretrained == "imagenet":
+            if self.style != "pytorch":
+                raise ValueError(
+                    "pretrained='imagenet' loads torchvision weights, which expect style='pytorch' "
+                    f"(got style={self.style!r}); caffe-style weights come from a converted checkpoint path"
+                )
+            state = imagenet_state_dict(self.backbone_name)
+            source = f"torchvision ImageNet weights of {self.backbone_name}"
+        else:
+            if not isinstance(pretrained, (str, os.PathLike)):
+                raise TypeError(f"pretrained must be None, 'imagenet' or a path, got {pretrained!r}")
+            state, source = read_checkpoint(pretrained), f"checkpoint {os.fspath(pretrained)!r}"
+        unused = load_into(self, self.backbone, state, source)
+        fc_weights = vgg_fc_weights(state, unused) if isinstance(self.head, VGGASPP) else None
+        if fc_weights is not None:
+            self.head.load_fc6_fc7(fc_weights)
+
+
+def _check_choice(argument: str, value: object, valid: Sequence[str]) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be a string, one of {', '.join(valid)}; got {value!r}")
+    if value not in valid:
+        raise ValueError(f"unknown {argument} {value!r}; valid names: {', '.join(valid)}")
+
+
+def _check_rates(rates: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence) or len(rates) == 0:
+        raise ValueError(f"atrous_rates must be a non-empty sequence of positive integers, got {rates!r}")
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, Integral) or rate < 1:
+            raise ValueError(f"atrous_rates must hold positive integers, got {rate!r} in {rates!r}")
+    return tuple(int(rate) for rate in rates)
