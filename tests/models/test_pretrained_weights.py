@@ -150,3 +150,17 @@ def test_imagenet_weights_come_from_the_hub_cache(monkeypatch, tmp_path: Path, t
 def test_imagenet_weights_need_the_pytorch_style() -> None:
     with pytest.raises(ValueError, match="style='pytorch'"):
         DeepLabV2("resnet18", msc_scales=None, style="caffe", pretrained="imagenet")
+
+
+class _HyperParameters:
+    """Stands for an object a LightningModule pickled into its checkpoint's hyper-parameters."""
+
+
+def test_checkpoint_with_pickled_objects_loads_with_a_warning(tmp_path: Path) -> None:
+    source = DeepLabV2("resnet18", num_classes=3, msc_scales=None)
+    path = tmp_path / "with_objects.ckpt"
+    state = {f"net.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"config": _HyperParameters()}}, path)
+    with pytest.warns(UserWarning, match="more than tensors"):
+        target = DeepLabV2("resnet18", num_classes=3, msc_scales=None, pretrained=str(path))
+    assert torch.equal(target.head.branches[2].weight, source.head.branches[2].weight)
