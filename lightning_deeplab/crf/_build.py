@@ -52,17 +52,21 @@ def sources(csrc_dir: str = CSRC_DIR, with_cuda: bool = False) -> list[str]:
     found = sorted(glob.glob(os.path.join(csrc_dir, "*.cpp")))
     found += sorted(glob.glob(os.path.join(csrc_dir, "cpu", "*.cpp")))
     if with_cuda:
+        # cuda/*.cpp hold the host side (operator registration, allocation) compiled by the
+        # C++ compiler; cuda/*.cu hold only kernels, so nvcc never parses the heavy torch headers.
+        found += sorted(glob.glob(os.path.join(csrc_dir, "cuda", "*.cpp")))
         found += sorted(glob.glob(os.path.join(csrc_dir, "cuda", "*.cu")))
     return found
 
 
 def extra_compile_args(with_cuda: bool = False) -> dict[str, list[str]]:
-    cxx = ["-O3", "-std=c++17"]
+    # No contraction into FMAs: the lattice arithmetic must round the same on CPU and GPU.
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off"]
     if with_cuda:
         cxx.append("-DWITH_CUDA")
     args = {"cxx": cxx}
     if with_cuda:
-        args["nvcc"] = ["-O3", "-std=c++17", "-DWITH_CUDA", "-diag-suppress=3189", "-lineinfo"]
+        args["nvcc"] = ["-O3", "-std=c++20", "-DWITH_CUDA", "-diag-suppress=3189", "-lineinfo"]
     return args
 
 

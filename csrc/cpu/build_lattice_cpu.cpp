@@ -1,0 +1,213 @@
+// CPU construction of the permutohedral lattices of a batch (one lattice per image).
+//
+// Pixels are located in parallel; each image's vertices are then numbered in order of first
+// use (pixel-major, as the reference implementation numbers them) by a sequential hash
+// insertion, images in parallel. Blur neighbours are looked up in parallel and the splat
+// lists are a counting sort, so the whole build is deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "lattice.h"
+#include "lattice_checks.h"
+
+namespace lightning_deeplab {
+namespace {
+
+using lattice::kMaxDim;
+
+// Open-addressing (linear probing) table from vertex key to vertex index. A slot packs the
+// key's 32-bit hash (high half) and index+1 (low half; 0 marks an empty slot), so most
+// probes are settled without touching the key array.
+class VertexTable {
+ public:
+  VertexTable(int d, int64_t expected_vertices) : d_(d) {
+    uint64_t capacity = 64;
+    while (capacity < 2 * static_cast<uint64_t>(expected_vertices)) capacity *= 2;
+    slots_.assign(capacity, 0);
+    mask_ = capacity - 1;
+    keys_.reserve(static_cast<size_t>(expected_vertices) * d);
+  }
+
+  int32_t size() const { return size_; }
+  const int32_t* key(int32_t v) const { return keys_.data() + static_cast<int64_t>(v) * d_; }
+
+  int32_t insert(const int32_t* key) {
+    if (2 * (static_cast<uint64_t>(size_) + 1) > slots_.size()) grow();
+    const uint32_t h = lattice::hash_key(key, d_, 0);
+    for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+      const uint64_t slot = slots_[i];
+      if (slot == 0) {
+        const int32_t v = size_++;
+        keys_.insert(keys_.end(), key, key + d_);
+        slots_[i] = (static_cast<uint64_t>(h) << 32) | static_cast<uint32_t>(v + 1);
+        return v;
+      }
+      if (static_cast<uint32_t>(slot >> 32) == h) {
+        const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(slot)) - 1;
+        if (lattice::keys_equal(this->key(v), key, d_)) return v;
+      }
+    }
+  }
+
+  // Index of the vertex with this key, or -1.
+  int32_t find(const int32_t* key) const {
+    const uint32_t h = lattice::hash_key(key, d_, 0);
+    for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+      const uint64_t slot = slots_[i];
+      if (slot == 0) return -1;
+      if (static_cast<uint32_t>(slot >> 32) == h) {
+        const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(slot)) - 1;
+        if (lattice::keys_equal(this->key(v), key, d_)) return v;
+      }
+    }
+  }
+
+ private:
+  void grow() {
+    std::vector<uint64_t> old;
+    old.swap(slots_);
+    slots_.assign(old.size() * 2, 0);
+    mask_ = slots_.size() - 1;
+    for (const uint64_t slot : old) {
+      if (slot == 0) continue;
+      uint64_t i = (slot >> 32) & mask_;
+      while (slots_[i] != 0) i = (i + 1) & mask_;
+      slots_[i] = slot;
+    }
+  }
+
+  int d_;
+  int32_t size_ = 0;
+  uint64_t mask_ = 0;
+  std::vector<uint64_t> slots_;
+  std::vector<int32_t> keys_;
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+build_lattice_cpu(const at::Tensor& features_arg) {
+  check_features(features_arg);
+  const at::Tensor features = features_arg.contiguous();
+  const int64_t B = features.size(0);
+  const int64_t N = features.size(1);
+  const int d = static_cast<int>(features.size(2));
+  const int d1 = d + 1;
+  const int64_t P = B * N;
+  const int64_t E = P * d1;
+
+  const auto int_opts = features.options().dtype(at::kInt);
+  at::Tensor offsets = at::empty({B, N, d1}, int_opts);
+  at::Tensor weights = at::empty({B, N, d1}, features.options());
+  at::Tensor rem0 = at::empty({P, d1}, int_opts);
+  at::Tensor rank = at::empty({P, d1}, int_opts);
+
+  const float* feat = features.data_ptr<float>();
+  int32_t* rem0_p = rem0.data_ptr<int32_t>();
+  int32_t* rank_p = rank.data_ptr<int32_t>();
+  float* weight_p = weights.data_ptr<float>();
+  int32_t* offset_p = offsets.data_ptr<int32_t>();
+
+  // 1. Locate every pixel's simplex.
+  const lattice::ElevationScale scale = lattice::elevation_scale(d);
+  std::atomic<bool> out_of_range{false};
+  at::parallel_for(0, P, 2048, [&](int64_t begin, int64_t end) {
+    bool bad = false;
+    for (int64_t p = begin; p < end; ++p) {
+      bad |= !lattice::locate_simplex(feat + p * d, d, scale, rem0_p + p * d1, rank_p + p * d1,
+                                      weight_p + p * d1);
+    }
+    if (bad) out_of_range = true;
+  });
+  TORCH_CHECK_VALUE(!out_of_range.load(),
+                    "build_lattice: features are not finite or too large for the lattice "
+                    "(an elevated coordinate exceeds 2^18); use larger standard deviations");
+
+  // 2. Number each image's vertices in order of first use.
+  std::vector<VertexTable> tables;
+  tables.reserve(B);
+  for (int64_t b = 0; b < B; ++b) tables.emplace_back(d, N);
+  at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
+    int32_t key[kMaxDim];
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      VertexTable& table = tables[b];
+      for (int64_t p = b * N; p < (b + 1) * N; ++p) {
+        for (int r = 0; r < d1; ++r) {
+          lattice::vertex_key(rem0_p + p * d1, rank_p + p * d1, d, r, key);
+          offset_p[p * d1 + r] = table.insert(key);
+        }
+      }
+    }
+  });
+  std::vector<int64_t> base(B + 1, 0);
+  at::Tensor vertex_counts = at::empty({B}, features.options().dtype(at::kLong));
+  for (int64_t b = 0; b < B; ++b) {
+    base[b + 1] = base[b] + tables[b].size();
+    vertex_counts.data_ptr<int64_t>()[b] = tables[b].size();
+  }
+  const int64_t M = base[B];
+
+  // 3. Splat lists: a counting sort of each image's (pixel, vertex) entries by vertex; the
+  // entries are visited in pixel order, so every list comes out sorted by pixel.
+  at::Tensor splat_ptr = at::empty({M + 1}, int_opts);
+  at::Tensor splat_pixel = at::empty({E}, int_opts);
+  at::Tensor splat_weight = at::empty({E}, features.options());
+  int32_t* ptr_p = splat_ptr.data_ptr<int32_t>();
+  int32_t* spix_p = splat_pixel.data_ptr<int32_t>();
+  float* sw_p = splat_weight.data_ptr<float>();
+  at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const int64_t m = tables[b].size();
+      const int64_t entry_base = b * N * d1;
+      std::vector<int32_t> cursor(m + 1, 0);
+      for (int64_t e = entry_base; e < entry_base + N * d1; ++e) cursor[offset_p[e] + 1] += 1;
+      for (int64_t v = 0; v < m; ++v) cursor[v + 1] += cursor[v];
+      for (int64_t v = 0; v < m; ++v) ptr_p[base[b] + v] = static_cast<int32_t>(entry_base + cursor[v]);
+      for (int64_t e = entry_base; e < entry_base + N * d1; ++e) {
+        const int64_t pos = entry_base + cursor[offset_p[e]]++;
+        spix_p[pos] = static_cast<int32_t>(e / d1);
+        sw_p[pos] = weight_p[e];
+      }
+    }
+  });
+  ptr_p[M] = static_cast<int32_t>(E);
+
+  // 4. Global vertex indices, then the blur neighbours of every vertex along every axis.
+  at::parallel_for(0, P, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int32_t shift = static_cast<int32_t>(base[p / N]);
+      for (int r = 0; r < d1; ++r) offset_p[p * d1 + r] += shift;
+    }
+  });
+  at::Tensor neighbors = at::empty({d1, M, 2}, int_opts);
+  int32_t* nb_p = neighbors.data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const VertexTable& table = tables[b];
+    at::parallel_for(0, table.size(), 1024, [&](int64_t begin, int64_t end) {
+      int32_t n1[kMaxDim], n2[kMaxDim];
+      for (int64_t v = begin; v < end; ++v) {
+        const int32_t* key = table.key(static_cast<int32_t>(v));
+        for (int j = 0; j < d1; ++j) {
+          lattice::neighbour_keys(key, d, j, n1, n2);
+          const int32_t f1 = table.find(n1);
+          const int32_t f2 = table.find(n2);
+          int32_t* out = nb_p + (static_cast<int64_t>(j) * M + base[b] + v) * 2;
+          out[0] = f1 < 0 ? -1 : static_cast<int32_t>(f1 + base[b]);
+          out[1] = f2 < 0 ? -1 : static_cast<int32_t>(f2 + base[b]);
+        }
+      }
+    });
+  }
+  return {offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight, vertex_counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lightning_deeplab, CPU, m) { m.impl("build_lattice", &build_lattice_cpu); }
+
+}  // namespace lightning_deeplab

@@ -1,0 +1,215 @@
+// Permutohedral-lattice arithmetic shared by the CPU and CUDA kernels.
+//
+// Every function here is compiled by g++ as a plain inline function and by nvcc as a
+// __host__ __device__ one, so the CPU tests exercise exactly the arithmetic the GPU runs.
+// The float operations follow Kraehenbuehl's dense-CRF code (and the order of its
+// operations) so the lattice matches pydensecrf; the *_rn helpers stop nvcc from fusing
+// multiply-adds, which would make the GPU lattice differ from the CPU one in the last bit.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define LD_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define LD_HOST_DEVICE inline
+#endif
+
+namespace lightning_deeplab {
+namespace lattice {
+
+// Largest feature dimension d the kernels accept (sizes the per-thread scratch arrays).
+constexpr int kMaxDim = 16;
+
+// Elevated coordinates must stay below this magnitude: float32 then still resolves a
+// position to 1/32 of a lattice step and keys fit easily in int32 (pydensecrf stores them
+// as int16 and silently wraps above 32767). Mirrored in lightning_deeplab/crf/_validation.py.
+constexpr float kMaxElevated = 262144.0f;  // 2^18
+
+LD_HOST_DEVICE float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+LD_HOST_DEVICE float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+LD_HOST_DEVICE float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+LD_HOST_DEVICE float round_half_even(float v) {
+#if defined(__CUDA_ARCH__)
+  return rintf(v);
+#else
+  return std::nearbyint(v);  // default rounding mode: to nearest, ties to even
+#endif
+}
+
+// Diagonal of the elevation matrix: scale[i] = sqrt(2/3) (d+1) / sqrt((i+1)(i+2)), float32,
+// computed in double and rounded once (as the reference does).
+struct ElevationScale {
+  float s[kMaxDim];
+};
+
+inline ElevationScale elevation_scale(int d) {
+  ElevationScale scale{};
+  const float inv_std = static_cast<float>(std::sqrt(2.0 / 3.0) * (d + 1));
+  for (int i = 0; i < d && i < kMaxDim; ++i) {
+    scale.s[i] = static_cast<float>(1.0 / std::sqrt(static_cast<double>((i + 2) * (i + 1))) *
+                                    static_cast<double>(inv_std));
+  }
+  return scale;
+}
+
+// Blur scaling constant of the slice: 1 / (1 + 2^-d).
+inline float slice_alpha(int d) { return 1.0f / (1.0f + std::pow(2.0f, static_cast<float>(-d))); }
+
+// Locates feature vector f (length d) in the lattice: the remainder-0 point rem0[0..d], the
+// rank of every coordinate and the barycentric weight bary[0..d] of the d+1 enclosing
+// vertices. Returns false (and zeroes the outputs) when an elevated coordinate is not
+// finite or exceeds kMaxElevated.
+LD_HOST_DEVICE bool locate_simplex(const float* f, int d, const ElevationScale& scale,
+                                   int32_t* rem0, int32_t* rank, float* bary) {
+  float elevated[kMaxDim + 1];
+  float sm = 0.0f;
+  for (int j = d; j > 0; --j) {
+    const float cf = mul_rn(f[j - 1], scale.s[j - 1]);
+    elevated[j] = sub_rn(sm, mul_rn(static_cast<float>(j), cf));
+    sm = add_rn(sm, cf);
+  }
+  elevated[0] = sm;
+
+  bool in_range = true;
+  for (int i = 0; i <= d; ++i) {
+    // Written so that NaN fails the test.
+    if (!(elevated[i] <= kMaxElevated && elevated[i] >= -kMaxElevated)) in_range = false;
+  }
+  if (!in_range) {
+    for (int i = 0; i <= d; ++i) {
+      rem0[i] = 0;
+      rank[i] = i;
+      bary[i] = 0.0f;
+    }
+    return false;
+  }
+
+  // Nearest remainder-0 point: round each coordinate to a multiple of d+1.
+  const float down = 1.0f / static_cast<float>(d + 1);
+  const float up = static_cast<float>(d + 1);
+  float rem0f[kMaxDim + 1];
+  float sum = 0.0f;
+  for (int i = 0; i <= d; ++i) {
+    const float v = round_half_even(mul_rn(down, elevated[i]));
+    rem0f[i] = mul_rn(v, up);
+    sum = add_rn(sum, v);
+  }
+
+  // Rank of each coordinate's remainder (a smaller remainder ranks higher; ties go to j).
+  for (int i = 0; i <= d; ++i) rank[i] = 0;
+  for (int i = 0; i < d; ++i) {
+    const float di = sub_rn(elevated[i], rem0f[i]);
+    for (int j = i + 1; j <= d; ++j) {
+      if (di < sub_rn(elevated[j], rem0f[j])) {
+        rank[i] += 1;
+      } else {
+        rank[j] += 1;
+      }
+    }
+  }
+
+  // Bring the point back onto the plane sum(x) = 0.
+  const int shift = static_cast<int>(sum);
+  for (int i = 0; i <= d; ++i) {
+    rank[i] += shift;
+    if (rank[i] < 0) {
+      rank[i] += d + 1;
+      rem0f[i] = add_rn(rem0f[i], up);
+    } else if (rank[i] > d) {
+      rank[i] -= d + 1;
+      rem0f[i] = sub_rn(rem0f[i], up);
+    }
+  }
+
+  // Barycentric coordinates.
+  float b[kMaxDim + 2];
+  for (int i = 0; i <= d + 1; ++i) b[i] = 0.0f;
+  for (int i = 0; i <= d; ++i) {
+    const float v = mul_rn(sub_rn(elevated[i], rem0f[i]), down);
+    b[d - rank[i]] = add_rn(b[d - rank[i]], v);
+    b[d - rank[i] + 1] = sub_rn(b[d - rank[i] + 1], v);
+  }
+  b[0] = add_rn(b[0], add_rn(1.0f, b[d + 1]));
+
+  for (int i = 0; i <= d; ++i) {
+    rem0[i] = static_cast<int32_t>(rem0f[i]);
+    bary[i] = b[i];
+  }
+  return true;
+}
+
+// Coordinate i (i < d) of the key of enclosing vertex r (r = 0..d) of a located point.
+LD_HOST_DEVICE int32_t vertex_key_coord(const int32_t* rem0, const int32_t* rank, int d, int r,
+                                        int i) {
+  return rem0[i] + (rank[i] <= d - r ? r : r - (d + 1));
+}
+
+// Key of vertex r: its first d coordinates (the last one is implied by sum = 0).
+LD_HOST_DEVICE void vertex_key(const int32_t* rem0, const int32_t* rank, int d, int r,
+                               int32_t* key) {
+  for (int i = 0; i < d; ++i) key[i] = vertex_key_coord(rem0, rank, d, r, i);
+}
+
+// Keys of the two blur neighbours of `key` along axis j (j = 0..d):
+// n1 = key - 1 with coordinate j set to key[j] + d, n2 = key + 1 with coordinate j set to
+// key[j] - d (for j = d only the -1 / +1 shifts apply, coordinate d being implied).
+LD_HOST_DEVICE void neighbour_keys(const int32_t* key, int d, int j, int32_t* n1, int32_t* n2) {
+  for (int i = 0; i < d; ++i) {
+    n1[i] = key[i] - 1;
+    n2[i] = key[i] + 1;
+  }
+  if (j < d) {
+    n1[j] = key[j] + d;
+    n2[j] = key[j] - d;
+  }
+}
+
+// 32-bit hash of a key (and the image it belongs to), well mixed in the low bits so a
+// power-of-two table with linear probing spreads it.
+LD_HOST_DEVICE uint32_t hash_key(const int32_t* key, int d, uint32_t image) {
+  uint32_t h = 0x9E3779B9u ^ (image * 0x85EBCA6Bu);
+  for (int i = 0; i < d; ++i) {
+    h ^= static_cast<uint32_t>(key[i]);
+    h *= 0x01000193u;
+    h ^= h >> 15;
+  }
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+LD_HOST_DEVICE bool keys_equal(const int32_t* a, const int32_t* b, int d) {
+  for (int i = 0; i < d; ++i) {
+    if (a[i] != b[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace lattice
+}  // namespace lightning_deeplab

@@ -1,0 +1,30 @@
+// Schemas of the dense-CRF operators (namespace lightning_deeplab). The CPU kernels live in
+// cpu/, the CUDA ones in cuda/; both register implementations of these exact schemas.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import lightning_deeplab._C` loads this library, which registers the operators with
+// torch.ops as a side effect; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(lightning_deeplab, m) {
+  // Builds one permutohedral lattice per image from per-pixel features [B, N, d] (float32).
+  //   offsets      [B, N, d+1] int32  global index of each pixel's enclosing vertices
+  //   weights      [B, N, d+1] float32 their barycentric weights
+  //   neighbors    [d+1, M, 2] int32  blur neighbours of every vertex per axis (-1: none)
+  //   splat_ptr    [M+1]       int32  CSR row pointers: the (pixel, weight) pairs of vertex m
+  //   splat_pixel  [B*N*(d+1)] int32  are splat_pixel/splat_weight[splat_ptr[m]:splat_ptr[m+1]],
+  //   splat_weight [B*N*(d+1)] float32 in increasing pixel order (pixel = b*N + n)
+  //   vertex_counts [B]        int64  vertices of each image (image b owns a contiguous range)
+  m.def(
+      "build_lattice(Tensor features) -> (Tensor offsets, Tensor weights, Tensor neighbors, "
+      "Tensor splat_ptr, Tensor splat_pixel, Tensor splat_weight, Tensor vertex_counts)");
+  // Gaussian filtering of values [B, N, C] through a lattice: splat, blur along the axes
+  // 0..d (d..0 when reverse, which is the transpose), slice. Returns [B, N, C].
+  m.def(
+      "lattice_filter(Tensor values, Tensor offsets, Tensor weights, Tensor neighbors, "
+      "Tensor splat_ptr, Tensor splat_pixel, Tensor splat_weight, bool reverse) -> Tensor");
+}

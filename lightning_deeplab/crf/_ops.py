@@ -1,0 +1,116 @@
+"""Loads the compiled CRF operators (`torch.ops.lightning_deeplab.*`) and registers their
+fake (shape-only) implementations and autograd rules.
+
+The operators come from `lightning_deeplab._C` (built by setup.py). When that module is
+missing, csrc/ is compiled just in time with `torch.utils.cpp_extension.load` (ninja); the
+result is cached by torch under TORCH_EXTENSIONS_DIR, so only the first import pays.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+
+import torch
+
+_log = logging.getLogger(__name__)
+
+_JIT_NAME = "lightning_deeplab_crf_ops"
+
+
+def _load_build_description():
+    """`_build.py` by path, so this module works whether or not the package is installed."""
+    spec = importlib.util.spec_from_file_location(
+        "_lightning_deeplab_crf_build", os.path.join(os.path.dirname(__file__), "_build.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile_just_in_time() -> None:
+    from torch.utils.cpp_extension import load
+
+    build = _load_build_description()
+    with_cuda = build.want_cuda()
+    if with_cuda:
+        build.prepare_cuda_environment()
+    _log.warning(
+        "lightning_deeplab._C is not built; compiling the CRF operators from %s (%s). "
+        "This happens once: the build is cached by torch.utils.cpp_extension.",
+        build.CSRC_DIR,
+        "CPU and CUDA" if with_cuda else "CPU only",
+    )
+    flags = build.extra_compile_args(with_cuda=with_cuda)
+    load(
+        name=_JIT_NAME,
+        sources=build.sources(with_cuda=with_cuda),
+        extra_cflags=flags["cxx"],
+        extra_cuda_cflags=flags.get("nvcc"),
+        extra_include_paths=build.include_dirs(),
+        with_cuda=with_cuda,
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def _load_operators() -> str:
+    """Makes `torch.ops.lightning_deeplab` available; returns where it came from."""
+    if os.environ.get("LIGHTNING_DEEPLAB_FORCE_JIT", "0") != "1":
+        try:
+            importlib.import_module("lightning_deeplab._C")
+            return "compiled"
+        except ImportError as error:
+            _log.info("lightning_deeplab._C unavailable (%s)", error)
+    _compile_just_in_time()
+    return "jit"
+
+
+OPS_SOURCE = _load_operators()
+_ops = torch.ops.lightning_deeplab
+
+
+@torch.library.register_fake("lightning_deeplab::build_lattice")
+def _build_lattice_fake(features: torch.Tensor):
+    batch, pixels, dim = features.shape
+    vertices = torch.library.get_ctx().new_dynamic_size()
+    entries = batch * pixels * (dim + 1)
+    return (
+        features.new_empty((batch, pixels, dim + 1), dtype=torch.int32),
+        features.new_empty((batch, pixels, dim + 1), dtype=torch.float32),
+        features.new_empty((dim + 1, vertices, 2), dtype=torch.int32),
+        features.new_empty((vertices + 1,), dtype=torch.int32),
+        features.new_empty((entries,), dtype=torch.int32),
+        features.new_empty((entries,), dtype=torch.float32),
+        features.new_empty((batch,), dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("lightning_deeplab::lattice_filter")
+def _lattice_filter_fake(
+    values, offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight, reverse
+):
+    torch._check(values.dim() == 3, lambda: "lattice_filter: values must be [B, N, C]")
+    return torch.empty_like(values, memory_format=torch.contiguous_format)
+
+
+def _lattice_filter_setup_context(ctx, inputs, output) -> None:
+    _values, *lattice, reverse = inputs
+    ctx.save_for_backward(*lattice)
+    ctx.reverse = reverse
+
+
+def _lattice_filter_backward(ctx, grad: torch.Tensor):
+    # The filter is linear; its adjoint is the same filter with the blur axes reversed.
+    grad_values = _ops.lattice_filter(grad, *ctx.saved_tensors, not ctx.reverse)
+    return (grad_values,) + (None,) * 7
+
+
+torch.library.register_autograd(
+    "lightning_deeplab::lattice_filter",
+    _lattice_filter_backward,
+    setup_context=_lattice_filter_setup_context,
+)
+
+__all__ = ["OPS_SOURCE"]

@@ -1,0 +1,62 @@
+"""The permutohedral lattice as a Python object: build it once from features, filter through
+it as often as needed (the mean-field loop filters every iteration)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ._ops import _ops
+
+
+class Lattice(NamedTuple):
+    """Per-image permutohedral lattices of a batch (see `build_lattice`).
+
+    Vertex indices are global over the batch; image b owns a contiguous range of
+    `vertex_counts[b]` vertices, and no neighbour or splat list crosses images.
+    """
+
+    offsets: torch.Tensor  # [B, N, d+1] int32: vertices enclosing each pixel
+    weights: torch.Tensor  # [B, N, d+1] float32: their barycentric weights
+    neighbors: torch.Tensor  # [d+1, M, 2] int32: blur neighbours per axis, -1 when absent
+    splat_ptr: torch.Tensor  # [M+1] int32: CSR row pointers of the splat lists
+    splat_pixel: torch.Tensor  # [B*N*(d+1)] int32: pixel (b*N + n) of each splat entry
+    splat_weight: torch.Tensor  # [B*N*(d+1)] float32: weight of each splat entry
+    vertex_counts: torch.Tensor  # [B] int64: vertices of each image
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension d."""
+        return self.offsets.shape[-1] - 1
+
+    @property
+    def num_vertices(self) -> int:
+        """Vertices of all images together (M)."""
+        return self.neighbors.shape[1]
+
+    def filter(self, values: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """Approximate Gaussian filter of `values` [B, N, C]; see `lattice_filter`."""
+        return lattice_filter(values, self, reverse)
+
+
+def build_lattice(features: torch.Tensor) -> Lattice:
+    """Builds one lattice per image from features [B, N, d] (float32, already divided by
+    their standard deviations). Unit standard deviation in feature space is what the
+    lattice blurs with."""
+    return Lattice(*_ops.build_lattice(features))
+
+
+def lattice_filter(values: torch.Tensor, lattice: Lattice, reverse: bool = False) -> torch.Tensor:
+    """Filters values [B, N, C] (float32 or float64) through `lattice`: splat, blur along
+    the axes 0..d (d..0 if `reverse`: the transposed filter), slice. Differentiable in
+    `values`; the result includes each pixel's own contribution."""
+    return _ops.lattice_filter(
+        values,
+        lattice.offsets,
+        lattice.weights,
+        lattice.neighbors,
+        lattice.splat_ptr,
+        lattice.splat_pixel,
+        lattice.splat_weight,
+        reverse,
+    )

@@ -1,0 +1,35 @@
+"""Unary energies for the dense CRF, from class probabilities or raw network scores."""
+from __future__ import annotations
+
+import torch
+
+#: Probabilities are clamped to [UNARY_CLIP, 1] before the log, as pydensecrf.utils does.
+UNARY_CLIP = 1e-5
+
+
+def _check_scores(name: str, scores: torch.Tensor) -> None:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
+    if not scores.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {scores.dtype}")
+    if scores.dim() != 4:
+        raise ValueError(f"{name} must be [B, C, H, W], got shape {tuple(scores.shape)}")
+
+
+def unary_from_softmax(probs: torch.Tensor, clip: float = UNARY_CLIP) -> torch.Tensor:
+    """Unary energies -log(clamp(p, clip, 1)) of class probabilities probs [B, C, H, W]
+    (softmax over C), as `pydensecrf.utils.unary_from_softmax` computes them. The result
+    has the dtype of `probs`."""
+    _check_scores("probs", probs)
+    if not 0.0 < clip < 1.0:
+        raise ValueError(f"clip must lie in (0, 1), got {clip}")
+    return -torch.log(probs.clamp(min=clip, max=1.0))
+
+
+def unary_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Unary energies -log_softmax(logits) of raw class scores logits [B, C, H, W].
+
+    Unclipped, this is the unary of the official DeepLab Caffe CRF layer (which uses the
+    negated scores; the two differ by a per-pixel constant, which the CRF ignores)."""
+    _check_scores("logits", logits)
+    return -torch.log_softmax(logits, dim=1)
