@@ -117,9 +117,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self.source.num_classes
 
     @property
-    def class_names(self) -> tuple[str, ...]:
+    def class_names(self) -> list[str]:
         """Class names, indexed by label value."""
-        return self.source.class_names
+        return list(self.source.class_names)
 
     @property
     def palette(self) -> np.ndarray:
