@@ -58,7 +58,7 @@ def check_normalization(normalization: str) -> None:
 
 
 def check_unary_and_image(unary: torch.Tensor, image: torch.Tensor) -> None:
-    """Shapes, dtypes, devices and values of the CRF inputs."""
+    """Shapes, dtypes and devices of the CRF inputs."""
     for name, tensor in (("unary", unary), ("image", image)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -89,6 +89,10 @@ def check_unary_and_image(unary: torch.Tensor, image: torch.Tensor) -> None:
             f"unary/image of shape {tuple(unary.shape)} is too large: B*H*W = {batch * height * width} "
             f"pixels exceed the int32 lattice indices (at most {_MAX_ENTRIES // (_BILATERAL_DIM + 1)})"
         )
+
+
+def check_values(unary: torch.Tensor, image: torch.Tensor) -> None:
+    """Finite unary, image values in 0-255 (data-dependent: skipped while compiling)."""
     if _compiling():
         return
     if not bool(torch.isfinite(unary).all()):

@@ -105,6 +105,7 @@ def dense_crf(
     if compatibility is not None:
         check.check_compatibility(compatibility, classes, unary.device)
     check.check_lattice_range(height, width, pos_xy_std, bi_xy_std, bi_rgb_std)
+    check.check_values(unary, image)
 
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
     pixels = height * width
