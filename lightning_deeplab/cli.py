@@ -22,10 +22,10 @@ def batch_size_of(batch: dict[str, Any]) -> int:
     return batch["image"].shape[0]
 
 
-def default_callbacks(root_dir: str) -> list:
+def default_callbacks(root_dir: str, with_logger: bool = True) -> list:
     """Checkpoints in a fixed folder under the run's root (so `--ckpt_path last` finds them),
-    the LR of every parameter group, and training throughput."""
-    return [
+    and, when there is a logger, the LR of every parameter group and the training throughput."""
+    callbacks = [
         ModelCheckpoint(
             dirpath=os.path.join(root_dir, "checkpoints"),
             filename="best-step{step}",
@@ -34,10 +34,11 @@ def default_callbacks(root_dir: str) -> list:
             mode="max",
             save_last=True,
             save_top_k=1,
-        ),
-        LearningRateMonitor(logging_interval="step"),
-        ThroughputMonitor(batch_size_fn=batch_size_of),
+        )
     ]
+    if with_logger:
+        callbacks += [LearningRateMonitor(logging_interval="step"), ThroughputMonitor(batch_size_fn=batch_size_of)]
+    return callbacks
 
 
 class DeepLabCLI(LightningCLI):
@@ -60,7 +61,7 @@ class DeepLabCLI(LightningCLI):
             user_callbacks = config.get("callbacks") or []
             if not isinstance(user_callbacks, list):
                 user_callbacks = [user_callbacks]
-            kwargs["callbacks"] = user_callbacks + default_callbacks(root_dir)
+            kwargs["callbacks"] = user_callbacks + default_callbacks(root_dir, config.get("logger") is not False)
         return super().instantiate_trainer(**kwargs)
 
 

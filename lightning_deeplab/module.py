@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import measure_flops
 from torch import Tensor
 
 from .constants import IGNORE_INDEX
@@ -77,7 +78,7 @@ class DeepLabV2Module(pl.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         self.save_hyperparameters()
-        self.model = DeepLabV2(
+        self._architecture = dict(
             backbone=backbone,
             head=head,
             num_classes=num_classes,
@@ -85,8 +86,10 @@ class DeepLabV2Module(pl.LightningModule):
             atrous_rates=atrous_rates,
             style=style,
             norm=norm,
-            pretrained=pretrained,
         )
+        self.model = DeepLabV2(**self._architecture, pretrained=pretrained)
+        #: FLOPs of one training step, measured on the first batch (read by ThroughputMonitor).
+        self.flops_per_batch: Optional[int] = None
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.crf = self._build_crf(crf) if eval_crf else None
         # One confusion matrix per stage and per refinement, summed over the whole split.
@@ -134,6 +137,18 @@ class DeepLabV2Module(pl.LightningModule):
             for name, value in losses.items():
                 self.log(f"train/loss_{name}", value, batch_size=batch_size)
         return loss
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.flops_per_batch is None:
+            self.flops_per_batch = self.training_flops(tuple(batch["image"].shape))
+
+    def training_flops(self, image_shape: tuple[int, ...]) -> int:
+        """Forward + backward FLOPs of the training network for one batch, counted on a
+        meta-device copy (no memory, no compute)."""
+        with torch.device("meta"):
+            model = DeepLabV2(**self._architecture)
+            image = torch.empty(image_shape)
+        return measure_flops(model, lambda: model.forward_multi(image), lambda outs: sum(o.sum() for o in outs))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -1,0 +1,164 @@
+"""The LightningModule's recipe: losses, poly LR, parameter groups, evaluation with a CRF."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_deeplab.constants import IGNORE_INDEX
+from lightning_deeplab.module import DeepLabV2Module, poly_lr_factor, resize_labels
+
+NUM_CLASSES = 4
+
+
+def small_module(**kwargs) -> DeepLabV2Module:
+    args = dict(backbone="resnet18", num_classes=NUM_CLASSES, norm="bn", style="pytorch", eval_crf=False)
+    args.update(kwargs)
+    torch.manual_seed(0)
+    return DeepLabV2Module(**args)
+
+
+def attach_trainer(module: DeepLabV2Module, max_steps: int) -> None:
+    # configure_optimizers reads only the schedule length from the trainer
+    module._trainer = SimpleNamespace(estimated_stepping_batches=max_steps)
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [(0, 1.0), (50, 0.5**0.9), (75, 0.25**0.9), (99, 0.01**0.9), (100, 0.0), (150, 0.0)],
+)
+def test_poly_factor(step, expected):
+    assert poly_lr_factor(step, 100, 0.9) == pytest.approx(expected, rel=1e-12)
+
+
+def test_poly_schedule_and_parameter_groups_follow_the_paper():
+    module = small_module(lr=2.5e-4, weight_decay=5e-4)
+    attach_trainer(module, max_steps=20)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"backbone", "head_weight", "head_bias"}
+    assert groups["backbone"]["lr"] == pytest.approx(2.5e-4)
+    assert groups["head_weight"]["lr"] == pytest.approx(2.5e-3)
+    assert groups["head_bias"]["lr"] == pytest.approx(5e-3)
+    assert groups["backbone"]["weight_decay"] == groups["head_weight"]["weight_decay"] == 5e-4
+    assert groups["head_bias"]["weight_decay"] == 0.0
+    assert optimizer.defaults["momentum"] == 0.9
+    # every trainable parameter is optimised exactly once
+    ids = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in module.parameters() if p.requires_grad}
+    # head biases are biases, head weights are conv kernels
+    assert all(p.dim() == 1 for p in groups["head_bias"]["params"])
+    assert all(p.dim() == 4 for p in groups["head_weight"]["params"])
+
+    seen = []
+    for _ in range(10):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx(2.5e-4)
+    assert seen[5] == pytest.approx(2.5e-4 * (1 - 5 / 20) ** 0.9)
+    assert optimizer.param_groups[2]["lr"] == pytest.approx(5e-3 * (1 - 10 / 20) ** 0.9)
+
+
+def test_loss_ignores_the_ignore_label():
+    module = small_module(msc_scales=None)
+    logits = torch.randn(2, NUM_CLASSES, 8, 8)
+    mask = torch.randint(0, NUM_CLASSES, (2, 8, 8))
+    ignored = torch.rand(2, 8, 8) < 0.4
+    mask_ignored = mask.masked_fill(ignored, IGNORE_INDEX)
+    loss = module.training_losses([logits], mask_ignored)["fused"]
+    # the mean over the kept pixels only, whatever the ignored pixels' labels were
+    per_pixel = F.cross_entropy(logits, mask, reduction="none")
+    assert loss.item() == pytest.approx(per_pixel[~ignored].mean().item(), rel=1e-6)
+    changed = mask.masked_fill(ignored, 0)
+    assert module.training_losses([logits], changed)["fused"].item() != pytest.approx(loss.item())
+
+
+def test_msc_loss_has_four_terms_against_labels_resized_to_each_output():
+    module = small_module(msc_scales=(1.0, 0.75, 0.5))
+    image = torch.rand(2, 3, 65, 65) * 255
+    mask = torch.randint(0, NUM_CLASSES, (2, 65, 65))
+    mask[:, :5] = IGNORE_INDEX
+    outputs = module.model.forward_multi(image)
+    losses = module.training_losses(outputs, mask)
+    assert list(losses) == ["scale1", "scale0.75", "scale0.5", "fused"]
+    for (name, loss), logits in zip(losses.items(), outputs):
+        target = F.interpolate(mask[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+        expected = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6), name
+    # the scales really differ in size, so each term saw its own resized labels
+    assert len({tuple(o.shape[-2:]) for o in outputs[:3]}) == 3
+
+
+def test_loss_at_image_resolution_upsamples_the_logits():
+    module = small_module(msc_scales=None, loss_resolution="image")
+    logits = torch.randn(1, NUM_CLASSES, 5, 5)
+    mask = torch.randint(0, NUM_CLASSES, (1, 33, 33))
+    up = F.interpolate(logits, size=(33, 33), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(up, mask)
+    assert module.training_losses([logits], mask)["fused"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_resize_labels_keeps_label_values():
+    mask = torch.tensor([[[0, 1, 255, 3]]]).expand(1, 4, 4).contiguous()
+    small = resize_labels(mask, (2, 2))
+    assert set(small.unique().tolist()) <= {0, 1, 3, 255}
+
+
+class ShiftingCRF(torch.nn.Module):
+    """A stand-in refinement whose output argmax is known: it moves every pixel to class 0."""
+
+    def forward(self, unary, image):
+        assert image.dtype == torch.uint8 and image.shape[1] == 3
+        assert unary.shape[-2:] == image.shape[-2:]
+        q = torch.zeros_like(unary)
+        q[:, 0] = 1
+        return q
+
+
+def test_evaluation_scores_the_prediction_and_the_crf_refinement_separately():
+    module = small_module(msc_scales=None)
+    module.crf = ShiftingCRF()
+    module._trainer = SimpleNamespace(is_global_zero=True)
+    module.eval()
+    image = torch.rand(2, 3, 40, 48) * 255
+    mask = torch.randint(0, NUM_CLASSES, (2, 40, 48))
+    mask[0, :4] = IGNORE_INDEX
+    with torch.no_grad():
+        module._evaluate("val", {"image": image, "mask": mask, "name": ["a", "b"]}, 0)
+        pred = module.predict_scores(image).argmax(1)
+    assert pred.shape == mask.shape
+    plain = module.confusion["val"].compute()
+    refined = module.confusion["val_crf"].compute()
+    valid = mask != IGNORE_INDEX
+    assert plain.sum() == refined.sum() == valid.sum()
+    # the stand-in predicts class 0 everywhere: only column 0 is filled
+    assert refined[:, 1:].sum() == 0
+    assert torch.equal(plain.sum(0), torch.bincount(pred[valid], minlength=NUM_CLASSES))
+    assert len(module._logged_examples) == 2 and "crf_prediction" in module._logged_examples[0]
+
+
+def test_training_flops_are_counted_for_the_batch():
+    module = small_module(msc_scales=None)
+    one = module.training_flops((1, 3, 64, 64))
+    two = module.training_flops((2, 3, 64, 64))
+    assert one > 1e8 and two == pytest.approx(2 * one, rel=1e-6)
+
+
+def test_bad_arguments_name_what_is_wrong():
+    with pytest.raises(ValueError, match="loss_resolution"):
+        small_module(loss_resolution="pixels")
+    with pytest.raises(ValueError, match="class_names"):
+        small_module(class_names=["a", "b"])
+    with pytest.raises(ValueError, match="backbone"):
+        small_module(backbone="resnet1O1")
+    with pytest.raises(ValueError, match="max_steps"):
+        poly_lr_factor(1, 0)
+    module = small_module()
+    attach_trainer(module, math.inf)
+    with pytest.raises(ValueError, match="max_steps"):
+        module.configure_optimizers()
