@@ -1,0 +1,354 @@
+"""Convert a released DeepLab v2 ResNet ``.caffemodel`` into a DeepLabV2 state dict.
+
+The result loads with ``DeepLabV2(backbone=..., head="aspp-l", style="caffe", pretrained=PATH)``:
+
+- with the classifier (the VOC model, ``fc1_voc12_c0..c3``): a whole-model state dict
+  (``backbone.*``, ``head.branches.*``) for ``num_classes`` = the classifier's classes;
+- without it (the COCO-pretrained ``init.caffemodel``, whose classifier is absent or has
+  another class count, or a class count other than ``num_classes``): a backbone state dict,
+  and the head of the model that loads it keeps its random initialisation.
+
+BatchNorm blobs are (mean, variance, moving-average scale factor): the statistics are the first
+two divided by the factor (a factor of 0 counts as 1). The Scale layer after it holds (gamma,
+beta). Command line: ``python -m lightning_deeplab.caffe.convert IN.caffemodel OUT.pth
+[--num-classes N] [--backbone resnet101|resnet50]``.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..models import HEADS, DeepLabV2
+from .caffemodel import CaffeBlob, CaffeLayer, read_caffemodel
+from .names import CAFFE_BACKBONES, CLASSIFIER_PATTERN, MSC_COPY_PATTERN, ConvUnit, resnet_units
+
+#: The head the released models were trained with.
+RELEASED_HEAD = "aspp-l"
+_BACKBONE_PREFIX = "backbone."
+_MAX_LISTED = 10
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: which Caffe layers filled which tensors, and what was left out."""
+
+    source: str
+    backbone: str
+    #: Classes of the head in the state dict; None when the head was left out.
+    num_classes: Optional[int] = None
+    #: ``"caffe_layer[blob] -> state_dict_key"`` for every tensor written.
+    mapped: list[str] = field(default_factory=list)
+    #: Layers of the MSC branches (copies of shared weights), skipped.
+    msc_copies: list[str] = field(default_factory=list)
+    #: Layers with blobs that fill nothing, as ``"name (type, shapes)"``.
+    unmapped: list[str] = field(default_factory=list)
+    #: Why the head is not in the state dict (it then stays randomly initialised).
+    head_note: Optional[str] = None
+    #: BatchNorm layers whose scale-factor blob was 0 (taken as 1).
+    zero_scale_factors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for people: backbone, head, and everything skipped or unmapped."""
+        lines = [f"source: {self.source}", f"backbone: {self.backbone} (style 'caffe'), {len(self.mapped)} tensors mapped"]
+        if self.num_classes is not None:
+            lines.append(f"head: {RELEASED_HEAD}, {self.num_classes} classes (whole-model state dict)")
+        else:
+            lines.append(f"head: NOT converted, stays randomly initialised (backbone-only state dict): {self.head_note}")
+        if self.msc_copies:
+            lines.append(f"skipped: {len(self.msc_copies)} layers of the MSC branches (copies of shared weights)")
+        if self.zero_scale_factors:
+            lines.append(f"BatchNorm scale factor 0 taken as 1 in: {_listing(self.zero_scale_factors)}")
+        if self.unmapped:
+            lines.append(f"unmapped: {len(self.unmapped)} layers with weights: {_listing(self.unmapped)}")
+        else:
+            lines.append("unmapped: none")
+        return "\n".join(lines)
+
+
+def convert_caffemodel(
+    path: "str | os.PathLike[str]", num_classes: Optional[int] = None, backbone: Optional[str] = None
+) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Read the ``.caffemodel`` at ``path`` and convert it; see :func:`convert_layers`."""
+    return convert_layers(read_caffemodel(path), num_classes=num_classes, backbone=backbone, source=os.fspath(path))
+
+
+def convert_layers(
+    layers: Sequence[CaffeLayer],
+    num_classes: Optional[int] = None,
+    backbone: Optional[str] = None,
+    source: str = "caffemodel",
+) -> tuple[dict[str, Tensor], ConversionReport]:
+    """A DeepLabV2 state dict (caffe style, ASPP-L) from the layers of a released DeepLab v2 ResNet.
+
+    Args:
+        layers: the net's layers, e.g. from :func:`~.caffemodel.read_caffemodel`.
+        num_classes: the class count the checkpoint is for. None: the classifier's own count.
+            A classifier with another count is left out (the report says so).
+        backbone: ``"resnet101"`` or ``"resnet50"``; None: the one whose layer names the file uses.
+        source: how errors and the report name the input.
+
+    Returns the state dict and a :class:`ConversionReport`. Raises ValueError when a backbone
+    layer is missing, has the wrong number of blobs, or a blob's shape does not fit its module.
+    """
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+    weighted, msc_copies = _layers_with_weights(layers, source)
+    backbone = _choose_backbone(weighted, backbone, source)
+    report = ConversionReport(source=source, backbone=backbone, msc_copies=msc_copies)
+    expected, feature_channels = _expected_shapes(backbone)
+
+    state: dict[str, Tensor] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    for unit in resnet_units(backbone):
+        if all(name in weighted for name in (unit.conv, unit.batch_norm, unit.scale)):
+            state.update(_convert_unit(unit, weighted, expected, report, source))
+        missing.extend(name for name in (unit.conv, unit.batch_norm, unit.scale) if name not in weighted)
+        used.update((unit.conv, unit.batch_norm, unit.scale))
+    if missing:
+        raise ValueError(
+            f"{source}: {len(missing)} layers of the {backbone} backbone are missing (or have no weights): "
+            f"{_listing(missing)}"
+        )
+
+    head, head_layers = _convert_classifier(weighted, feature_channels, num_classes, report, source)
+    used.update(head_layers)
+    if head:
+        state.update(head)
+    else:
+        state = {key[len(_BACKBONE_PREFIX):]: value for key, value in state.items()}
+        report.mapped = [line.replace(f"-> {_BACKBONE_PREFIX}", "-> ") for line in report.mapped]
+    report.unmapped = [_describe(layer) for name, layer in weighted.items() if name not in used]
+    return state, report
+
+
+def save_state_dict(state: Mapping[str, Tensor], path: "str | os.PathLike[str]") -> None:
+    """``torch.save`` ``state`` to ``path`` atomically: a temporary file beside it, then a rename."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(dict(state), stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would make the checkpoint private
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: convert, print the mapping and the report, write OUTPUT. Returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_deeplab.caffe.convert",
+        description="Convert a released DeepLab v2 ResNet .caffemodel into a DeepLabV2 checkpoint "
+        "(style 'caffe', head 'aspp-l') that DeepLabV2(pretrained=OUTPUT) loads.",
+    )
+    parser.add_argument("input", type=Path, help="the .caffemodel (e.g. the VOC model or init.caffemodel)")
+    parser.add_argument("output", type=Path, help="where to write the state dict (.pth)")
+    parser.add_argument("--num-classes", type=_positive_int, default=None,
+                        help="classes of the checkpoint's head; a classifier with another count is left out")
+    parser.add_argument("--backbone", choices=tuple(CAFFE_BACKBONES), default=None,
+                        help="the backbone (default: found from the layer names)")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary, not every mapped tensor")
+    args = parser.parse_args(argv)
+    try:
+        state, report = convert_caffemodel(args.input, num_classes=args.num_classes, backbone=args.backbone)
+        save_state_dict(state, args.output)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print("\n".join(report.mapped))
+    print(report.summary())
+    usage = f"DeepLabV2(backbone={report.backbone!r}, head={RELEASED_HEAD!r}, style='caffe'"
+    usage += f", num_classes={report.num_classes}" if report.num_classes is not None else ", num_classes=<yours>"
+    print(f"wrote {args.output}; load it with {usage}, pretrained={str(args.output)!r})")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _layers_with_weights(layers: Sequence[CaffeLayer], source: str) -> tuple[dict[str, CaffeLayer], list[str]]:
+    """Layers that hold blobs, by name, minus the MSC copies (returned by name)."""
+    weighted: dict[str, CaffeLayer] = {}
+    msc_copies = []
+    for layer in layers:
+        if not layer.blobs:
+            continue
+        if MSC_COPY_PATTERN.search(layer.name):
+            msc_copies.append(layer.name)
+            continue
+        if layer.name in weighted:
+            raise ValueError(f"{source}: two layers with weights are named {layer.name!r} (bytes {weighted[layer.name].offset} and {layer.offset})")
+        weighted[layer.name] = layer
+    return weighted, msc_copies
+
+
+def _choose_backbone(weighted: Mapping[str, CaffeLayer], backbone: Optional[str], source: str) -> str:
+    if backbone is not None:
+        if backbone not in CAFFE_BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(CAFFE_BACKBONES)}, got {backbone!r}")
+        return backbone
+    coverage = {name: sum(unit.conv in weighted for unit in resnet_units(name)) for name in CAFFE_BACKBONES}
+    best = max(coverage, key=lambda name: coverage[name] / len(resnet_units(name)))
+    if coverage[best] == 0:
+        raise ValueError(
+            f"{source}: no DeepLab v2 ResNet layer (conv1, res2a_branch2a, ...) with weights; layers with "
+            f"weights: {_listing(weighted) or 'none'}"
+        )
+    return best
+
+
+def _expected_shapes(backbone: str) -> tuple[dict[str, torch.Size], int]:
+    """The backbone's state-dict shapes (``backbone.*`` keys) and its feature channels.
+
+    Read from a model built on the meta device: no memory, no initialisation cost.
+    """
+    with torch.device("meta"):
+        model = DeepLabV2(backbone, RELEASED_HEAD, num_classes=1, msc_scales=None, style="caffe", norm="frozen")
+    shapes = {_BACKBONE_PREFIX + key: value.shape for key, value in model.backbone.state_dict().items()}
+    return shapes, model.backbone.out_channels
+
+
+def _convert_unit(
+    unit: ConvUnit, weighted: Mapping[str, CaffeLayer], expected: Mapping[str, torch.Size], report: ConversionReport, source: str
+) -> dict[str, Tensor]:
+    conv, batch_norm, scale = weighted[unit.conv], weighted[unit.batch_norm], weighted[unit.scale]
+    _check_blob_count(conv, (1,), "weights only: the model's convs have no bias", source)
+    _check_blob_count(batch_norm, (2, 3), "mean, variance[, scale factor]", source)
+    _check_blob_count(scale, (2,), "gamma, beta", source)
+
+    factor = 1.0
+    if len(batch_norm.blobs) == 3:
+        factor_blob = batch_norm.blobs[2]
+        if factor_blob.data.size != 1:
+            raise ValueError(f"{source}: {batch_norm.name} blob 2 (scale factor) has shape {factor_blob.shape}, expected one value")
+        factor = float(factor_blob.data.reshape(-1)[0])
+        if factor == 0.0:
+            report.zero_scale_factors.append(batch_norm.name)
+            factor = 1.0
+
+    values = {
+        f"{unit.conv_module}.weight": (conv, 0, 1.0),
+        f"{unit.norm_module}.running_mean": (batch_norm, 0, factor),
+        f"{unit.norm_module}.running_var": (batch_norm, 1, factor),
+        f"{unit.norm_module}.weight": (scale, 0, 1.0),
+        f"{unit.norm_module}.bias": (scale, 1, 1.0),
+    }
+    converted = {}
+    for key, (layer, index, divisor) in values.items():
+        tensor = _fit(layer, index, expected[key], key, source)
+        converted[key] = tensor / divisor if divisor != 1.0 else tensor
+        report.mapped.append(f"{layer.name}[{index}] -> {key}")
+    return converted
+
+
+def _convert_classifier(
+    weighted: Mapping[str, CaffeLayer],
+    in_channels: int,
+    num_classes: Optional[int],
+    report: ConversionReport,
+    source: str,
+) -> tuple[dict[str, Tensor], set[str]]:
+    """The ASPP-L head from ``fc1_{tag}_c0..c3``, or nothing (and ``report.head_note``)."""
+    branches = len(HEADS[RELEASED_HEAD])
+    groups: dict[str, dict[int, CaffeLayer]] = {}
+    for name, layer in weighted.items():
+        match = CLASSIFIER_PATTERN.match(name)
+        if match:
+            groups.setdefault(match["tag"] or "", {})[int(match["branch"])] = layer
+    complete = {tag: group for tag, group in groups.items() if sorted(group) == list(range(branches))}
+    if len(complete) > 1:
+        raise ValueError(f"{source}: several ASPP classifiers: {_listing(f'fc1_{tag}_c*' for tag in complete)}")
+    if not complete:
+        found = _listing(sorted(name for group in groups.values() for name in (layer.name for layer in group.values())))
+        report.head_note = (
+            f"no ASPP-L classifier (fc1_<tag>_c0..c{branches - 1}) in the caffemodel"
+            + (f"; incomplete classifier layers: {found}" if found else "")
+        )
+        return {}, set()
+
+    group = next(iter(complete.values()))
+    layers = [group[index] for index in range(branches)]
+    for layer in layers:
+        _check_blob_count(layer, (2,), "weights, bias", source)
+    shapes = {layer.blobs[0].shape for layer in layers}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 4 or next(iter(shapes))[1:] != (in_channels, 3, 3):
+        raise ValueError(
+            f"{source}: ASPP classifier weights must all be (classes, {in_channels}, 3, 3); got "
+            + ", ".join(f"{layer.name} {layer.blobs[0].shape}" for layer in layers)
+        )
+    classes = next(iter(shapes))[0]
+    names = {layer.name for layer in layers}
+    if num_classes is not None and classes != num_classes:
+        report.head_note = (
+            f"the classifier {layers[0].name}..{layers[-1].name} has {classes} classes, {num_classes} were asked for"
+        )
+        return {}, names
+
+    head = {}
+    for index, layer in enumerate(layers):
+        for blob_index, (suffix, shape) in enumerate((("weight", (classes, in_channels, 3, 3)), ("bias", (classes,)))):
+            key = f"head.branches.{index}.{suffix}"
+            head[key] = _fit(layer, blob_index, torch.Size(shape), key, source)
+            report.mapped.append(f"{layer.name}[{blob_index}] -> {key}")
+    report.num_classes = classes
+    return head, names
+
+
+def _check_blob_count(layer: CaffeLayer, allowed: tuple[int, ...], meaning: str, source: str) -> None:
+    if len(layer.blobs) not in allowed:
+        raise ValueError(
+            f"{source}: layer {layer.name!r} ({layer.type}) has {len(layer.blobs)} blobs, expected "
+            f"{' or '.join(map(str, allowed))} ({meaning})"
+        )
+
+
+def _fit(layer: CaffeLayer, index: int, shape: torch.Size, key: str, source: str) -> Tensor:
+    """Blob ``index`` of ``layer`` as a float32 tensor of ``shape``.
+
+    Legacy blobs are 4-D with padding dims of 1 (a bias stored as 1x1x1xN): a blob fits when
+    its shape equals ``shape`` once dims of size 1 are dropped from both.
+    """
+    blob: CaffeBlob = layer.blobs[index]
+    squeezed = tuple(dim for dim in blob.shape if dim != 1)
+    if squeezed != tuple(dim for dim in shape if dim != 1) or blob.data.size != shape.numel():
+        raise ValueError(
+            f"{source}: shape mismatch: {layer.name!r} blob {index} has shape {blob.shape}, "
+            f"but {key} needs {tuple(shape)}"
+        )
+    return torch.from_numpy(np.array(blob.data, dtype=np.float32)).reshape(shape)  # a writable copy
+
+
+def _describe(layer: CaffeLayer) -> str:
+    shapes = ", ".join("x".join(map(str, blob.shape)) or "scalar" for blob in layer.blobs)
+    return f"{layer.name} ({layer.type or 'unknown type'}, {shapes})"
+
+
+def _listing(items) -> str:
+    items = list(items)
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
