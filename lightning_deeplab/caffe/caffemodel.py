@@ -112,7 +112,9 @@ def parse_net_parameter(content: bytes, source: str = "<bytes>") -> list[CaffeLa
 
 def _expect_message(field: Field) -> Field:
     if field.wire_type != WIRE_LENGTH_DELIMITED:
-        raise WireFormatError(field.offset, f"field {field.number} should be a message but has wire type {field.wire_type}")
+        raise WireFormatError(
+            field.offset, f"field {field.number} should be a message but has wire type {field.wire_type}"
+        )
     return field
 
 

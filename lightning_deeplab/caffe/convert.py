@@ -58,11 +58,16 @@ class ConversionReport:
 
     def summary(self) -> str:
         """A few lines for people: backbone, head, and everything skipped or unmapped."""
-        lines = [f"source: {self.source}", f"backbone: {self.backbone} (style 'caffe'), {len(self.mapped)} tensors mapped"]
+        lines = [
+            f"source: {self.source}",
+            f"backbone: {self.backbone} (style 'caffe'), {len(self.mapped)} tensors mapped",
+        ]
         if self.num_classes is not None:
             lines.append(f"head: {RELEASED_HEAD}, {self.num_classes} classes (whole-model state dict)")
         else:
-            lines.append(f"head: NOT converted, stays randomly initialised (backbone-only state dict): {self.head_note}")
+            lines.append(
+                f"head: NOT converted, stays randomly initialised (backbone-only state dict): {self.head_note}"
+            )
         if self.msc_copies:
             lines.append(f"skipped: {len(self.msc_copies)} layers of the MSC branches (copies of shared weights)")
         if self.zero_scale_factors:
@@ -99,7 +104,9 @@ def convert_layers(
     Returns the state dict and a :class:`ConversionReport`. Raises ValueError when a backbone
     layer is missing, has the wrong number of blobs, or a blob's shape does not fit its module.
     """
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
     weighted, msc_copies = _layers_with_weights(layers, source)
     backbone = _choose_backbone(weighted, backbone, source)
@@ -198,7 +205,10 @@ def _layers_with_weights(layers: Sequence[CaffeLayer], source: str) -> tuple[dic
             msc_copies.append(layer.name)
             continue
         if layer.name in weighted:
-            raise ValueError(f"{source}: two layers with weights are named {layer.name!r} (bytes {weighted[layer.name].offset} and {layer.offset})")
+            raise ValueError(
+                f"{source}: two layers with weights are named {layer.name!r} "
+                f"(bytes {weighted[layer.name].offset} and {layer.offset})"
+            )
         weighted[layer.name] = layer
     return weighted, msc_copies
 
@@ -230,7 +240,11 @@ def _expected_shapes(backbone: str) -> tuple[dict[str, torch.Size], int]:
 
 
 def _convert_unit(
-    unit: ConvUnit, weighted: Mapping[str, CaffeLayer], expected: Mapping[str, torch.Size], report: ConversionReport, source: str
+    unit: ConvUnit,
+    weighted: Mapping[str, CaffeLayer],
+    expected: Mapping[str, torch.Size],
+    report: ConversionReport,
+    source: str,
 ) -> dict[str, Tensor]:
     conv, batch_norm, scale = weighted[unit.conv], weighted[unit.batch_norm], weighted[unit.scale]
     _check_blob_count(conv, (1,), "weights only: the model's convs have no bias", source)
@@ -241,7 +255,9 @@ def _convert_unit(
     if len(batch_norm.blobs) == 3:
         factor_blob = batch_norm.blobs[2]
         if factor_blob.data.size != 1:
-            raise ValueError(f"{source}: {batch_norm.name} blob 2 (scale factor) has shape {factor_blob.shape}, expected one value")
+            raise ValueError(
+                f"{source}: {batch_norm.name} blob 2 (scale factor) has shape {factor_blob.shape}, expected one value"
+            )
         factor = float(factor_blob.data.reshape(-1)[0])
         if factor == 0.0:
             report.zero_scale_factors.append(batch_norm.name)

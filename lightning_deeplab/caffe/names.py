@@ -22,16 +22,17 @@ from dataclasses import dataclass
 
 from ..models import RESNET_SPECS
 
-#: The backbones with a Caffe release, and the stages whose blocks after the first are
-#: numbered (b1, b2, ...) rather than lettered.
+#: The backbones whose Caffe layer names are known (He et al.'s ResNet-50 / ResNet-101; DeepLab v2
+#: released ResNet-101), and the stages whose blocks after the first are numbered (b1, b2, ...).
 CAFFE_BACKBONES: dict[str, tuple[int, ...]] = {"resnet101": (3, 4), "resnet50": ()}
 
 #: The classifier branches of ASPP-L in the released train/test prototxts.
 CLASSIFIER_PATTERN = re.compile(r"^fc1_(?:(?P<tag>.+)_)?c(?P<branch>\d+)$")
 
-#: Layers of the extra MSC inputs in the released train nets (``..._res075``, ``..._res05``):
-#: they share their weights with the full-scale layers, so their blobs are copies.
-MSC_COPY_PATTERN = re.compile(r"(?:^|_)res0\d+(?:_|$)")
+#: Layers of the extra MSC inputs in the released train nets (names with ``res075`` or ``res05``,
+#: the 0.75x and 0.5x inputs): they share the full-scale layers' weights, so their blobs are copies.
+#: No backbone layer name contains ``res0`` followed by a digit (stages are res2..res5).
+MSC_COPY_PATTERN = re.compile(r"res0\d")
 
 _BRANCH2 = ("a", "b", "c")
 
@@ -73,11 +74,11 @@ def resnet_units(backbone: str) -> list[ConvUnit]:
             block = f"{stage}{block_name(index, numbered)}"
             prefix = f"backbone.layer{stage - 1}.{index}"
             for branch, letter in enumerate(_BRANCH2, start=1):
-                suffix = f"{block}_branch2{letter}"
-                units.append(ConvUnit(f"res{suffix}", f"bn{suffix}", f"scale{suffix}", f"{prefix}.conv{branch}", f"{prefix}.bn{branch}"))
+                units.append(_unit(f"{block}_branch2{letter}", f"{prefix}.conv{branch}", f"{prefix}.bn{branch}"))
             if index == 0:
-                suffix = f"{block}_branch1"
-                units.append(
-                    ConvUnit(f"res{suffix}", f"bn{suffix}", f"scale{suffix}", f"{prefix}.downsample.0", f"{prefix}.downsample.1")
-                )
+                units.append(_unit(f"{block}_branch1", f"{prefix}.downsample.0", f"{prefix}.downsample.1"))
     return units
+
+
+def _unit(suffix: str, conv_module: str, norm_module: str) -> ConvUnit:
+    return ConvUnit(f"res{suffix}", f"bn{suffix}", f"scale{suffix}", conv_module, norm_module)

@@ -153,4 +153,6 @@ def unpacked_run(buffer: memoryview, field: Field, dtype: str, end: int) -> tupl
 
 def _expect_wire_type(field: Field, wire_type: int) -> None:
     if field.wire_type != wire_type:
-        raise WireFormatError(field.offset, f"field {field.number} has wire type {field.wire_type}, expected {wire_type}")
+        raise WireFormatError(
+            field.offset, f"field {field.number} has wire type {field.wire_type}, expected {wire_type}"
+        )

@@ -67,7 +67,7 @@ def _randomise_norms(model: nn.Module, generator: torch.Generator) -> None:
 def reference() -> DeepLabV2:
     """The network the caffemodel is written from: random convs, random frozen-BN statistics and affine."""
     torch.manual_seed(1)
-    model = DeepLabV2("resnet50", "aspp-l", num_classes=CLASSES, msc_scales=None, style="caffe").eval()
+    model = _resnet50(CLASSES).eval()
     with torch.no_grad():
         _randomise_norms(model.backbone, torch.Generator().manual_seed(2))
         for branch in model.head.branches:
@@ -104,7 +104,8 @@ def caffemodel(caffe_blobs: dict[str, list[np.ndarray]], tmp_path_factory) -> Pa
     for name, arrays in caffe_blobs.items():
         legacy = name.startswith("scale2")  # some blobs in the legacy 4-D form
         unpacked = name == "scale_conv1"  # and one layer written without packing
-        layers.append(layer(name, _caffe_type(name), [blob(a, legacy_dims=legacy, packed=not unpacked) for a in arrays]))
+        encoded = [blob(a, legacy_dims=legacy, packed=not unpacked) for a in arrays]
+        layers.append(layer(name, _caffe_type(name), encoded))
         if name.startswith("res") and name.endswith("branch2c"):
             layers.append(layer(name[:-len("_branch2c")], "Eltwise"))
     for name in ("conv1", "bn_conv1", "fc1_voc12_c2"):
@@ -120,6 +121,10 @@ def caffemodel(caffe_blobs: dict[str, list[np.ndarray]], tmp_path_factory) -> Pa
 @pytest.fixture(scope="module")
 def caffe_layers(caffemodel: Path) -> list[CaffeLayer]:
     return read_caffemodel(caffemodel)
+
+
+def _resnet50(classes: int, pretrained=None) -> DeepLabV2:
+    return DeepLabV2("resnet50", "aspp-l", num_classes=classes, msc_scales=None, style="caffe", pretrained=pretrained)
 
 
 def _caffe_type(name: str) -> str:
@@ -147,8 +152,7 @@ def test_converted_checkpoint_reproduces_the_network_it_was_written_from(
     assert "res4f_branch2c[0] -> backbone.layer3.5.conv3.weight" in printed
     assert "fc1_voc12_c3[1] -> head.branches.3.bias" in printed
 
-    loaded = DeepLabV2("resnet50", "aspp-l", num_classes=CLASSES, msc_scales=None, style="caffe", pretrained=str(output))
-    loaded.eval()
+    loaded = _resnet50(CLASSES, pretrained=str(output)).eval()
     expected = reference.state_dict()
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-7, msg=key)
@@ -174,13 +178,15 @@ def _caffe_conv(x, blobs, name, stride=1, pad=0):
 
 def _caffe_bottleneck(x, blobs, block: str, stride: int) -> torch.Tensor:
     """A first block of a stage, as the Caffe prototxt has it: the stride on the 1x1 convs."""
-    unit = lambda h, branch, s, p: _caffe_bn_scale(  # noqa: E731
-        _caffe_conv(h, blobs, f"res{block}_branch{branch}", s, p), blobs, f"bn{block}_branch{branch}", f"scale{block}_branch{branch}"
-    )
-    shortcut = unit(x, "1", stride, 0)
-    h = F.relu(unit(x, "2a", stride, 0))
-    h = F.relu(unit(h, "2b", 1, 1))
-    return F.relu(shortcut + unit(h, "2c", 1, 0))
+    shortcut = _caffe_unit(x, blobs, f"{block}_branch1", stride, 0)
+    h = F.relu(_caffe_unit(x, blobs, f"{block}_branch2a", stride, 0))
+    h = F.relu(_caffe_unit(h, blobs, f"{block}_branch2b", 1, 1))
+    return F.relu(shortcut + _caffe_unit(h, blobs, f"{block}_branch2c", 1, 0))
+
+
+def _caffe_unit(x, blobs, suffix: str, stride: int, pad: int) -> torch.Tensor:
+    """Convolution res{suffix}, then BatchNorm bn{suffix} and Scale scale{suffix}."""
+    return _caffe_bn_scale(_caffe_conv(x, blobs, f"res{suffix}", stride, pad), blobs, f"bn{suffix}", f"scale{suffix}")
 
 
 def _caffe_pooled_size(size: int, kernel: int = 3, stride: int = 2, pad: int = 1) -> int:
@@ -193,7 +199,7 @@ def test_first_stages_equal_a_direct_caffe_computation_from_the_blobs(
     caffe_layers: list[CaffeLayer], caffe_blobs: dict[str, list[np.ndarray]]
 ) -> None:
     state, report = convert_layers(caffe_layers)
-    model = DeepLabV2("resnet50", "aspp-l", num_classes=report.num_classes, msc_scales=None, style="caffe").eval()
+    model = _resnet50(report.num_classes).eval()
     model.load_state_dict(state)
     rgb = torch.rand(2, 3, 35, 38, generator=torch.Generator().manual_seed(4)) * 255
     bgr = rgb.flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
@@ -219,12 +225,9 @@ def test_first_stages_equal_a_direct_caffe_computation_from_the_blobs(
 
 def _caffe_plain_block(x, blobs, block: str) -> torch.Tensor:
     """A block with the identity shortcut."""
-    unit = lambda h, branch, p: _caffe_bn_scale(  # noqa: E731
-        _caffe_conv(h, blobs, f"res{block}_branch{branch}", 1, p), blobs, f"bn{block}_branch{branch}", f"scale{block}_branch{branch}"
-    )
-    h = F.relu(unit(x, "2a", 0))
-    h = F.relu(unit(h, "2b", 1))
-    return F.relu(x + unit(h, "2c", 0))
+    h = F.relu(_caffe_unit(x, blobs, f"{block}_branch2a", 1, 0))
+    h = F.relu(_caffe_unit(h, blobs, f"{block}_branch2b", 1, 1))
+    return F.relu(x + _caffe_unit(h, blobs, f"{block}_branch2c", 1, 0))
 
 
 def test_report_lists_skipped_unmapped_and_zero_factor_layers(caffe_layers: list[CaffeLayer]) -> None:
@@ -249,14 +252,15 @@ def test_other_class_count_leaves_the_head_out_and_the_backbone_loads(
     assert "head: NOT converted, stays randomly initialised" in report.summary()
     path = tmp_path / "backbone.pth"
     save_state_dict(state, path)
-    model = DeepLabV2("resnet50", "aspp-l", num_classes=CLASSES + 2, msc_scales=None, style="caffe", pretrained=str(path))
+    model = _resnet50(CLASSES + 2, pretrained=str(path))
     torch.testing.assert_close(model.backbone.layer4[2].bn3.running_var, reference.backbone.layer4[2].bn3.running_var)
     assert model.head.branches[0].weight.shape[0] == CLASSES + 2
 
 
 def test_init_model_with_a_coco_classifier_converts_the_backbone_only(caffe_layers: list[CaffeLayer]) -> None:
     layers = _without(caffe_layers, *(f"fc1_voc12_c{i}" for i in range(4)))
-    coco = CaffeLayer("fc1_coco", "Convolution", (CaffeBlob((91, 2048, 1, 1), np.zeros((91, 2048, 1, 1), np.float32), 0),), 0)
+    coco_weights = np.zeros((91, 2048, 1, 1), np.float32)  # a 1x1 classifier for COCO's 91 classes
+    coco = CaffeLayer("fc1_coco", "Convolution", (CaffeBlob(coco_weights.shape, coco_weights, 0),), 0)
     state, report = convert_layers([*layers, coco])
     assert report.num_classes is None and "no ASPP-L classifier" in report.head_note
     assert report.unmapped == ["fc_extra (InnerProduct, 2x4)", "fc1_coco (Convolution, 91x2048x1x1)"]
@@ -265,17 +269,19 @@ def test_init_model_with_a_coco_classifier_converts_the_backbone_only(caffe_laye
 
 def test_missing_layers_are_named(caffe_layers: list[CaffeLayer]) -> None:
     layers = _without(caffe_layers, "res4c_branch2b", "scale5a_branch1")
-    with pytest.raises(ValueError, match=r"2 layers of the resnet50 backbone are missing.*res4c_branch2b, scale5a_branch1"):
+    with pytest.raises(ValueError, match=r"2 layers of the resnet50 backbone are missing.*res4c_branch2b, scale5a_bra"):
         convert_layers(layers, source="voc.caffemodel")
 
 
 def test_shape_mismatch_names_the_layer_and_the_parameter(caffe_layers: list[CaffeLayer], caffe_blobs) -> None:
     transposed = np.ascontiguousarray(caffe_blobs["res3a_branch2b"][0].transpose(1, 0, 2, 3)[:, :64])
     layers = _replace(caffe_layers, "res3a_branch2b", transposed)
-    with pytest.raises(ValueError, match=r"'res3a_branch2b' blob 0 has shape \(128, 64, 3, 3\).*backbone\.layer2\.0\.conv2\.weight needs \(128, 128, 3, 3\)"):
+    message = r"'res3a_branch2b' blob 0 has shape \(128, 64, 3, 3\).*layer2\.0\.conv2\.weight needs \(128, 128, 3, 3\)"
+    with pytest.raises(ValueError, match=message):
         convert_layers(layers)
-    with pytest.raises(ValueError, match=r"'bn_conv1' blob 1 has shape \(63,\).*backbone\.bn1\.running_var needs \(64,\)"):
-        convert_layers(_replace(caffe_layers, "bn_conv1", np.zeros(64, np.float32), np.ones(63, np.float32), np.ones(1, np.float32)))
+    short_variance = (np.zeros(64, np.float32), np.ones(63, np.float32), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match=r"'bn_conv1' blob 1 has shape \(63,\).*bn1\.running_var needs \(64,\)"):
+        convert_layers(_replace(caffe_layers, "bn_conv1", *short_variance))
 
 
 def test_wrong_blob_counts_and_classifier_shapes_are_refused(caffe_layers: list[CaffeLayer], caffe_blobs) -> None:
@@ -329,8 +335,10 @@ def _constant_layers(backbone: str) -> tuple[list[CaffeLayer], dict[str, float]]
         conv, norm = unit.conv_module, unit.norm_module
         channels = shapes[f"{conv}.weight"][0]
         layers.append(CaffeLayer(unit.conv, "Convolution", (constant(shapes[f"{conv}.weight"], number),), 0))
-        layers.append(CaffeLayer(unit.batch_norm, "BatchNorm", (constant((channels,), 2 * number), constant((channels,), 4 * number + 4), constant((1,), 2)), 0))
-        layers.append(CaffeLayer(unit.scale, "Scale", (constant((channels,), -number), constant((channels,), number + 0.5)), 0))
+        statistics = (constant((channels,), 2 * number), constant((channels,), 4 * number + 4), constant((1,), 2))
+        layers.append(CaffeLayer(unit.batch_norm, "BatchNorm", statistics, 0))
+        affine = (constant((channels,), -number), constant((channels,), number + 0.5))
+        layers.append(CaffeLayer(unit.scale, "Scale", affine, 0))
         values.update({
             f"{conv}.weight": number, f"{norm}.running_mean": number, f"{norm}.running_var": 2 * number + 2,
             f"{norm}.weight": -number, f"{norm}.bias": number + 0.5,

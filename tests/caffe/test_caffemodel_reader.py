@@ -72,7 +72,8 @@ def test_double_data_is_read_when_float_data_is_absent() -> None:
 
 def test_scalar_and_unpacked_dims() -> None:
     scalar = field_bytes(7, b"") + field_bytes(5, np.float32(999.5).tobytes())  # BlobShape with no dim
-    unpacked_dims = field_bytes(7, field_varint(1, 2) + field_varint(1, 2)) + field_bytes(5, np.ones(4, np.float32).tobytes())
+    unpacked_dims = field_bytes(7, field_varint(1, 2) + field_varint(1, 2))
+    unpacked_dims += field_bytes(5, np.ones(4, np.float32).tobytes())
     (bn,) = parse_net_parameter(net([layer("bn", "BatchNorm", [scalar, unpacked_dims])]))
     assert bn.blobs[0].shape == () and float(bn.blobs[0].data) == 999.5
     assert bn.blobs[1].shape == (2, 2)
