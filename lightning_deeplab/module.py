@@ -91,7 +91,9 @@ class DeepLabV2Module(pl.LightningModule):
         #: FLOPs of one training step, measured on the first batch (read by ThroughputMonitor).
         self.flops_per_batch: Optional[int] = None
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.crf = self._build_crf(crf) if eval_crf else None
+        # Built even when unused, so a mistake in the CRF settings surfaces at start-up.
+        crf_layer = self._build_crf(crf) if (eval_crf or crf) else None
+        self.crf = crf_layer if eval_crf else None
         # One confusion matrix per stage and per refinement, summed over the whole split.
         self.confusion = torch.nn.ModuleDict(
             {
@@ -109,6 +111,20 @@ class DeepLabV2Module(pl.LightningModule):
             return DenseCRF(**(params or {}))
         except TypeError as err:  # an unknown key in the config: say which section it came from
             raise TypeError(f"model.crf: {err}") from err
+
+    # The CRF's settings come from the configuration (saved in the hyperparameters), never from
+    # a checkpoint: evaluating a checkpoint with other CRF settings must use the new ones.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("crf.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("crf.")]:
+            del state[key]
+        if self.crf is not None:
+            state.update({f"crf.{k}": v for k, v in self.crf.state_dict().items()})
 
     def forward(self, image: Tensor) -> Tensor:
         """Fused logits at output stride 8 for an RGB 0-255 image batch."""

@@ -162,3 +162,37 @@ def test_bad_arguments_name_what_is_wrong():
     attach_trainer(module, math.inf)
     with pytest.raises(ValueError, match="max_steps"):
         module.configure_optimizers()
+
+
+def test_crf_settings_come_from_the_configuration_not_the_checkpoint(tmp_path):
+    import pytorch_lightning as pl
+
+    trained = small_module(msc_scales=None, eval_crf=True, crf={"bi_w": 4.0})
+    path = tmp_path / "model.ckpt"
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(trained)
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    assert not any(k.startswith("crf.") for k in saved)
+    assert any(k.startswith("model.") for k in saved)
+
+    reloaded = DeepLabV2Module.load_from_checkpoint(path, crf={"bi_w": 5.0})
+    assert float(reloaded.crf.bi_w) == 5.0
+    for key, value in trained.model.state_dict().items():
+        assert torch.equal(reloaded.model.state_dict()[key], value), key
+
+
+def test_a_typo_in_the_crf_settings_names_the_key():
+    with pytest.raises(TypeError, match="model.crf.*bi_ww"):
+        small_module(crf={"bi_ww": 4.0})
+
+
+def test_real_dense_crf_refines_the_upsampled_prediction():
+    module = small_module(msc_scales=None, eval_crf=True)
+    module.eval()
+    image = torch.rand(1, 3, 24, 32) * 255
+    with torch.no_grad():
+        logits = module.predict_scores(image)
+        q = module.refine_with_crf(logits, image)
+    assert q.shape == logits.shape
+    torch.testing.assert_close(q.sum(1), torch.ones(1, 24, 32))
