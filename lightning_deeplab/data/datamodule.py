@@ -14,6 +14,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .collate import pad_collate
+from .images import PredictImages, predict_collate
 from .registry import open_source
 from .transforms import build_train_transform, seed_transform
 
@@ -63,6 +64,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         num_workers: loader worker processes.
         synthetic_num_train, synthetic_num_val, synthetic_image_size, synthetic_seed: size
             ((height, width) or one int), and seed of the generated set; dataset "synthetic" only.
+        predict_path: what ``predict`` reads: an image, a folder of images or a list file (see
+            :func:`~lightning_deeplab.data.images.find_predict_images`), at their own sizes,
+            unreadable files skipped and reported. None: the ``test_split``.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         synthetic_num_val: int = 60,
         synthetic_image_size: Union[int, tuple[int, int]] = (120, 160),
         synthetic_seed: int = 0,
+        predict_path: Optional[Union[str, Path]] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -109,6 +114,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             },
         )
         self._datasets: dict[str, Dataset] = {}
+        self.predict_path = predict_path
+        self._predict_images: Optional[PredictImages] = None
 
     # -- what the model and the logger need to know -------------------------------------------
     @property
@@ -134,10 +141,15 @@ class SegmentationDataModule(pl.LightningDataModule):
     # -- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Generate or check the data on disk (Lightning runs this once per node)."""
+        if self._predicting_images():
+            return  # only the images at predict_path are read
         self.source.prepare()
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Open the splits ``stage`` uses, so bad data lists fail before training starts."""
+        if stage == "predict" and self.predict_path is not None:
+            self.predict_images()
+            return
         roles = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                  "predict": ("test",)}.get(stage, _ROLES)  # fmt: skip
         for role in roles:
@@ -179,7 +191,21 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._eval_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test")
+        if self.predict_path is None:
+            return self._eval_dataloader("test")
+        return self._eval_dataloader("predict", self.predict_images(), predict_collate)
+
+    def predict_images(self) -> PredictImages:
+        """The images at ``predict_path``, listed on first use."""
+        if self.predict_path is None:
+            raise ValueError("predict_path is not set: give an image, a folder or a list file")
+        if self._predict_images is None:
+            self._predict_images = PredictImages(self.predict_path)
+        return self._predict_images
+
+    def _predicting_images(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return self.predict_path is not None and trainer is not None and trainer.state.fn == "predict"
 
     # -- helpers -------------------------------------------------------------------------------
     def _loader_options(self) -> dict:
@@ -189,14 +215,15 @@ class SegmentationDataModule(pl.LightningDataModule):
             "pin_memory": torch.cuda.is_available(),
         }
 
-    def _eval_dataloader(self, role: str) -> DataLoader:
-        dataset = self.dataset(role)
+    def _eval_dataloader(self, role: str, dataset: Optional[Dataset] = None,
+                         collate_fn=pad_collate) -> DataLoader:  # fmt: skip
+        dataset = self.dataset(role) if dataset is None else dataset
         world_size, rank = _distributed()
         sampler = None
         if world_size > 1:
             if len(dataset) < world_size:
                 raise ValueError(
-                    f"{role} split {self.splits[role]!r} has {len(dataset)} samples, fewer than "
+                    f"{role} split {self.splits.get(role, self.predict_path)!r} has {len(dataset)} samples, fewer than "
                     f"the {world_size} processes evaluating it"
                 )
             # Every sample exactly once over all ranks (Lightning's default sampler repeats
@@ -208,6 +235,6 @@ class SegmentationDataModule(pl.LightningDataModule):
             batch_size=self.val_batch_size,
             shuffle=False,
             sampler=sampler,
-            collate_fn=pad_collate,
+            collate_fn=collate_fn,
             **self._loader_options(),
         )
