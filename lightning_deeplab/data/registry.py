@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
+from .cityscapes import CityscapesSource
+from .cocostuff import CocoStuff10kSource, CocoStuff164kSource
+from .folder import FolderSource
 from .source import SegmentationSource
 from .synthetic import SyntheticSource
 from .voc import VOCSource
@@ -27,6 +30,10 @@ class DatasetEntry:
 
 DATASETS: dict[str, DatasetEntry] = {
     "voc": DatasetEntry(VOCSource),
+    "cityscapes": DatasetEntry(CityscapesSource),
+    "cocostuff164k": DatasetEntry(CocoStuff164kSource),
+    "cocostuff10k": DatasetEntry(CocoStuff10kSource),
+    "folder": DatasetEntry(FolderSource),
     "synthetic": DatasetEntry(
         SyntheticSource,
         options={

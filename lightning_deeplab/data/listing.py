@@ -1,0 +1,62 @@
+"""Finding a dataset's files: list files, split folders, and errors that name what is missing.
+
+Every reader checks that the files of a split exist when the split is opened (cheap: no file is
+decoded), so a wrong root or a stale list fails before training starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+#: How many missing files an error lists before it only counts the rest.
+SHOWN_PROBLEMS = 5
+
+
+def raise_if_missing(problems: Sequence[str]) -> None:
+    """Raise FileNotFoundError listing the first problems (one line each) and counting the rest."""
+    if problems:
+        more = f"\n... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+        raise FileNotFoundError("\n".join(problems[:SHOWN_PROBLEMS]) + more)
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a folder; otherwise raise FileNotFoundError naming ``what``."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {path} does not exist (or is not a folder)")
+    return path
+
+
+def require_split_dir(parent: Path, split: str, what: str) -> Path:
+    """``parent / split`` if it is a folder; otherwise a FileNotFoundError listing the splits
+    (sub-folders of ``parent``) that are there."""
+    folder = parent / split
+    if not folder.is_dir():
+        present = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+        raise FileNotFoundError(
+            f"{what} folder {folder} of split {split!r} not found; splits present: {present or 'none'}"
+        )
+    return folder
+
+
+def read_list_lines(list_file: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank lines of a list file as ``(line number, whitespace-separated fields)``."""
+    if not list_file.is_file():
+        raise FileNotFoundError(f"list file {list_file} does not exist")
+    lines = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+        fields = line.split()
+        if fields:
+            lines.append((lineno, fields))
+    return lines
+
+
+def require_samples(samples: Sequence, where: str) -> None:
+    """Raise ValueError when a split turned out empty; ``where`` says what was searched."""
+    if not samples:
+        raise ValueError(f"empty split: {where}")
+
+
+def missing_files(checks: Iterable[tuple[str, Path]]) -> list[str]:
+    """``"<where> <path> does not exist"`` for each ``(where, path)`` whose file is absent
+    (``where`` e.g. ``"train.txt:3: image"``)."""
+    return [f"{where} {path} does not exist" for where, path in checks if not path.is_file()]
