@@ -1,21 +1,35 @@
-"""`deeplab fit|validate|test|predict`: LightningCLI over the module and the DataModule.
+"""`deeplab fit|validate|test|predict`: LightningCLI over the module and the DataModule, plus
+the commands that are not a Trainer method (`deeplab crf-search`, `deeplab convert-caffe`).
 
 This is the only place where configuration is wired to objects.
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from typing import Any, Callable, Optional, Sequence
 
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
+from .predict import SegmentationWriter
 
 #: The validation score that picks the best checkpoint.
 MONITOR = "val/mIoU"
+
+
+#: Commands handled outside LightningCLI: name -> (module, one-line description).
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val images"),
+    "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab v2 .caffemodel to a checkpoint"),
+}
+
+HELP_DESCRIPTION = "DeepLab v2: train, evaluate and predict with a YAML config.\n\nOther commands:\n" + "\n".join(
+    f"  deeplab {name:<14} {summary} (deeplab {name} --help)" for name, (_, summary) in EXTRA_COMMANDS.items()
+)
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:
@@ -45,6 +59,7 @@ class DeepLabCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
+        kwargs["parser_kwargs"] = {"description": HELP_DESCRIPTION, **(kwargs.get("parser_kwargs") or {})}
         super().__init__(DeepLabV2Module, SegmentationDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -62,11 +77,41 @@ class DeepLabCLI(LightningCLI):
             if not isinstance(user_callbacks, list):
                 user_callbacks = [user_callbacks]
             kwargs["callbacks"] = user_callbacks + default_callbacks(root_dir, config.get("logger") is not False)
+        if self.subcommand == "predict":
+            # Without a writer of its own, predict saves label maps and overlays under the run's root.
+            user_callbacks = config.get("callbacks") or []
+            user_callbacks = user_callbacks if isinstance(user_callbacks, list) else [user_callbacks]
+            defaults = self.trainer_defaults.get("callbacks") or []
+            defaults = defaults if isinstance(defaults, list) else [defaults]
+            if not any(isinstance(cb, BasePredictionWriter) for cb in user_callbacks + defaults):
+                kwargs["callbacks"] = user_callbacks + [SegmentationWriter(os.path.join(root_dir, "predictions"))]
         return super().instantiate_trainer(**kwargs)
 
+    def predict(self, **kwargs: Any) -> Any:
+        """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not
+        also kept in memory (unless ``--return_predictions true``)."""
+        if kwargs.get("return_predictions") is None:
+            kwargs["return_predictions"] = False
+        return self.trainer.predict(**kwargs)
 
-def main(args: Any = None) -> None:
+
+def _extra_command(name: str) -> Callable[[Optional[Sequence[str]]], Any]:
+    from importlib import import_module
+
+    return import_module(EXTRA_COMMANDS[name][0]).main
+
+
+def main(args: Any = None) -> Any:
+    """The `deeplab` command: `crf-search` and `convert-caffe` go to their own parsers,
+    everything else to :class:`DeepLabCLI`. Returns the extra command's exit status."""
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and argv and argv[0] in EXTRA_COMMANDS:
+        status = _extra_command(argv[0])(list(argv[1:]))
+        if args is None:
+            sys.exit(status)
+        return status
     DeepLabCLI(args=args)
+    return None
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import measure_flops
 from torch import Tensor
 
 from .constants import IGNORE_INDEX
+from .evaluation import InferenceConfig, format_scores_table, infer_probabilities, scores_report, write_json
 from .metrics import confusion_matrix_metric, scores_from_confusion
 from .models import DeepLabV2
 
@@ -46,7 +49,15 @@ class DeepLabV2Module(pl.LightningModule):
     (nearest) to every output as the paper does; ``"image"`` upsamples the logits to the labels.
     With ``eval_crf`` validation and test also score the dense-CRF-refined prediction; ``crf``
     holds keyword arguments of :class:`lightning_deeplab.crf.DenseCRF` (its defaults are the
-    paper's ResNet-101 setting).
+    paper's ResNet-101 setting). ``inference`` says how validation, test and predict run the
+    network on whole images (:class:`~lightning_deeplab.evaluation.InferenceConfig`: whole or
+    sliding window, test-time scales and flip; a mapping of its fields is accepted too);
+    training is unaffected.
+
+    After ``validate`` and ``test`` the scores (with and without the CRF) are printed as a table
+    and saved as JSON beside the evaluated checkpoint (``<checkpoint stem>.<stage>-scores.json``),
+    or as ``<stage>-scores.json`` in the trainer's ``default_root_dir`` when no checkpoint was
+    given.
     """
 
     def __init__(
@@ -71,12 +82,16 @@ class DeepLabV2Module(pl.LightningModule):
         class_names: Optional[list[str]] = None,
         ignore_index: int = IGNORE_INDEX,
         num_logged_images: int = 4,
+        inference: Optional[InferenceConfig] = None,
     ) -> None:
         super().__init__()
         if loss_resolution not in ("logits", "image"):
             raise ValueError(f"loss_resolution must be 'logits' or 'image', got {loss_resolution!r}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.inference = InferenceConfig.from_value(inference)
+        # Hyperparameters hold plain values, so checkpoints load without unpickling classes.
+        inference = self.inference.to_dict()  # noqa: F841 (read by save_hyperparameters)
         self.save_hyperparameters()
         self._architecture = dict(
             backbone=backbone,
@@ -94,6 +109,8 @@ class DeepLabV2Module(pl.LightningModule):
         # Built even when unused, so a mistake in the CRF settings surfaces at start-up.
         crf_layer = self._build_crf(crf) if (eval_crf or crf) else None
         self.crf = crf_layer if eval_crf else None
+        # A CRF for prediction when evaluation does not use one (not a submodule: never saved).
+        self._spare_crf: dict[torch.device, torch.nn.Module] = {}
         # One confusion matrix per stage and per refinement, summed over the whole split.
         self.confusion = torch.nn.ModuleDict(
             {
@@ -190,28 +207,66 @@ class DeepLabV2Module(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------------------- evaluation
-    def predict_scores(self, image: Tensor) -> Tensor:
-        """Logits bilinearly upsampled to the image size."""
-        return upsample_logits(self.model(image), tuple(image.shape[-2:]))
+    def predict_probabilities(self, image: Tensor) -> Tensor:
+        """Class probabilities [B, C, H, W] at the image size, as :attr:`inference` says
+        (whole image or sliding window, averaged over the test-time scales and flips)."""
+        return infer_probabilities(self.model, image, self.inference)
 
-    def refine_with_crf(self, logits: Tensor, image: Tensor) -> Tensor:
-        """Dense-CRF marginals from upsampled logits and the batch's RGB image."""
+    def predict_scores(self, image: Tensor) -> Tensor:
+        """Log-probabilities [B, C, H, W] at the image size: scores whose argmax is the
+        prediction and whose softmax is :meth:`predict_probabilities`."""
+        probs = self.predict_probabilities(image)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+    def refine_probabilities(self, probs: Tensor, image: Tensor) -> Tensor:
+        """Dense-CRF marginals from class probabilities at the image size and the batch's RGB
+        image. Uses the evaluation CRF, or one built from ``crf`` when ``eval_crf`` is off."""
         from .crf import unary_from_softmax
 
-        probs = logits.float().softmax(dim=1)
-        return self.crf(unary_from_softmax(probs), image_to_uint8(image))
+        return self.dense_crf(probs.device)(unary_from_softmax(probs.float()), image_to_uint8(image))
+
+    def refine_with_crf(self, logits: Tensor, image: Tensor) -> Tensor:
+        """Dense-CRF marginals from scores (logits or log-probabilities) at the image size."""
+        return self.refine_probabilities(logits.float().softmax(dim=1), image)
+
+    def dense_crf(self, device: Optional[torch.device] = None) -> torch.nn.Module:
+        """The CRF layer of this model's ``crf`` settings (the evaluation one when there is one)."""
+        if self.crf is not None:
+            return self.crf
+        device = torch.device(device) if device is not None else self.device
+        if device not in self._spare_crf:
+            self._spare_crf[device] = self._build_crf(self.hparams.crf).to(device)
+        return self._spare_crf[device]
 
     def _evaluate(self, stage: str, batch: dict[str, Any], batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
-        logits = self.predict_scores(image)
-        pred = logits.argmax(dim=1)
+        probs = self.predict_probabilities(image)
+        pred = probs.argmax(dim=1)
         self.confusion[stage].update(pred, mask)
         crf_pred = None
         if self.crf is not None:
-            crf_pred = self.refine_with_crf(logits, image).argmax(dim=1)
+            crf_pred = self.refine_probabilities(probs, image).argmax(dim=1)
             self.confusion[f"{stage}_crf"].update(crf_pred, mask)
         if stage == "val":
             self._keep_examples(image, mask, pred, crf_pred)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Probabilities of a batch, with what a prediction writer needs to save them: the
+        image, the names, each image's own size (the batch is padded to its largest) and the
+        files that could not be read."""
+        image = batch["image"]
+        sizes = batch.get("size") or [tuple(image.shape[-2:])] * image.shape[0]
+        if image.shape[0]:
+            probs = self.predict_probabilities(image)
+        else:  # every file of the batch was unreadable: nothing to run, only skips to report
+            probs = image.new_zeros((0, self.hparams.num_classes, *image.shape[-2:]))
+        return {
+            "probabilities": probs,
+            "image": image,
+            "name": list(batch["name"]),
+            "size": [tuple(int(v) for v in s) for s in sizes],
+            "skipped": list(batch.get("skipped", [])),
+        }
 
     def _keep_examples(self, image: Tensor, mask: Tensor, pred: Tensor, crf_pred: Optional[Tensor]) -> None:
         room = self.hparams.num_logged_images - len(self._logged_examples)
@@ -244,17 +299,58 @@ class DeepLabV2Module(pl.LightningModule):
         self._log_scores("test")
 
     def _log_scores(self, stage: str) -> None:
+        confusions = {}
         for key in (stage, f"{stage}_crf"):
             metric = self.confusion[key]
             if key.endswith("_crf") and self.crf is None:
                 continue
             # compute() sums the matrix over all processes, so every rank logs the same numbers.
-            scores = scores_from_confusion(metric.compute())
+            confusions[key] = metric.compute().cpu()
             metric.reset()
+            scores = scores_from_confusion(confusions[key])
             for name in ("mIoU", "pixel_acc", "mean_acc", "fw_iou"):
                 self.log(f"{key}/{name}", scores[name].float(), prog_bar=name == "mIoU")
             for class_name, iou in zip(self.class_names, scores["iou"]):
                 self.log(f"{key}/iou_{class_name}", iou.float())
+        if self.trainer.sanity_checking:
+            return
+        report = scores_report(self.class_names, confusions[stage], confusions.get(f"{stage}_crf"))
+        self._log_scores_table(stage, report)
+        if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and self.trainer.is_global_zero:
+            self._report_scores(stage, report)
+
+    def scores_path(self, stage: str) -> str:
+        """Where the scores of ``stage`` are saved: beside the evaluated checkpoint, or in the
+        trainer's ``default_root_dir`` when there is none."""
+        ckpt_path = self.trainer.ckpt_path
+        if ckpt_path and os.path.isfile(ckpt_path):
+            stem = os.path.splitext(ckpt_path)[0]
+            return f"{stem}.{stage}-scores.json"
+        return os.path.join(self.trainer.default_root_dir, f"{stage}-scores.json")
+
+    def _report_scores(self, stage: str, report: dict[str, Any]) -> None:
+        checkpoint = self.trainer.ckpt_path if self.trainer.ckpt_path and os.path.isfile(self.trainer.ckpt_path) else None
+        title = f"{stage} scores (%), {report['num_pixels']} pixels" + (f", checkpoint {checkpoint}" if checkpoint else "")
+        print("\n" + format_scores_table(report, title=title) + "\n", flush=True)
+        path = self.scores_path(stage)
+        write_json(path, {"stage": stage, "checkpoint": checkpoint, "inference": self.inference.to_dict(),
+                          "crf": dict(self.hparams.crf or {}) if self.crf is not None else None, **report})  # fmt: skip
+        print(f"scores saved to {path}", flush=True)
+
+    def _log_scores_table(self, stage: str, report: dict[str, Any]) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        columns = ["class", "IoU"] + (["IoU with CRF"] if report["with_crf"] is not None else [])
+        rows = [
+            [name, report["without_crf"]["iou"][name]]
+            + ([report["with_crf"]["iou"][name]] if report["with_crf"] is not None else [])
+            for name in report["classes"]
+        ]
+        for logger in loggers:
+            logger.log_table(key=f"{stage}/per_class_iou", columns=columns, data=rows)
 
     def _log_examples(self) -> None:
         from pytorch_lightning.loggers import WandbLogger

@@ -6,6 +6,7 @@ reported, by path, in the batch's ``skipped`` list.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -37,7 +38,7 @@ def _read_list(list_file: Path) -> list[tuple[str, Path]]:
         if not entry or entry.startswith("#"):
             continue
         path = Path(entry).expanduser()
-        path = path if path.is_absolute() else list_file.parent / path
+        path = Path(os.path.normpath(path if path.is_absolute() else list_file.parent / path))
         entries.append((_name_under(path, list_file.parent), path, lineno))
     if not entries:
         raise ValueError(f"predict list {list_file} names no images")

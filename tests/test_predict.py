@@ -1,0 +1,174 @@
+"""`deeplab predict`: images of any size from a folder, a list or one file; palette label PNGs,
+overlays and probabilities written at each image's size; unreadable files reported and skipped."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.data import VOC_PALETTE
+from lightning_deeplab.data.images import PredictImages, find_predict_images, predict_collate
+from lightning_deeplab.predict import SegmentationWriter
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "synthetic.yaml")
+SIZES = {"a": (37, 45), "c": (30, 52), "sub/b": (50, 41)}  # (height, width)
+
+
+def write_images(folder: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, (h, w) in SIZES.items():
+        path = folder / (name + (".jpg" if name == "sub/b" else ".png"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (folder / "notes.md").write_text("not an image: ignored in a folder")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A folder of images and a checkpoint of the demo network (untrained: the files, not the
+    predictions, are under test)."""
+    root = tmp_path_factory.mktemp("predict")
+    write_images(root / "images")
+    base = ["--config", CONFIG, "--data.root", str(root / "unused-data-root"), "--data.num_workers", "0",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    cli = DeepLabCLI(args=base, run=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(cli.model)
+    trainer.save_checkpoint(root / "model.ckpt")
+    return SimpleNamespace(root=root, images=root / "images", ckpt=str(root / "model.ckpt"), args=base,
+                           num_classes=cli.model.hparams.num_classes)  # fmt: skip
+
+
+def test_predict_folder_through_the_cli(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    DeepLabCLI(
+        args=[
+            "predict", *setup.args, "--ckpt_path", setup.ckpt,
+            "--data.predict_path", str(setup.images), "--data.val_batch_size", "3",
+            "--trainer.callbacks+=lightning_deeplab.predict.SegmentationWriter",
+            "--trainer.callbacks.output_dir", str(out),
+            "--trainer.callbacks.overlay", "side_by_side",
+            "--trainer.callbacks.save_probabilities", "true",
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    # the corrupt file is named and skipped; the others (in its batch too) are all written
+    assert "bad.png" in err and "skipped" in err
+    assert not list(out.rglob("bad.*"))
+    for name, (h, w) in SIZES.items():
+        label = Image.open(out / "labels" / f"{name}.png")
+        assert label.mode == "P" and label.size == (w, h)
+        palette = np.array(label.getpalette(), dtype=np.uint8).reshape(-1, 3)
+        assert np.array_equal(palette[: setup.num_classes], VOC_PALETTE[: setup.num_classes])
+        probs = np.load(out / "probabilities" / f"{name}.npy")
+        assert probs.dtype == np.float16 and probs.shape == (setup.num_classes, h, w)
+        np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+        # pixel values are class indices: the argmax of the saved probabilities
+        values = np.array(label)
+        assert values.max() < setup.num_classes
+        agree = (values == probs.astype(np.float32).argmax(0)).mean()
+        assert agree > 0.99  # float16 rounding may flip near-ties
+        overlay = Image.open(out / "overlays" / f"{name}.jpg")
+        assert overlay.size == (2 * w, h)  # image | colour labels
+
+
+def test_predict_without_a_writer_saves_under_the_run_and_reads_a_list(setup, tmp_path):
+    listing = setup.images / "some.txt"
+    listing.write_text("# two of them\nsub/b.jpg\n\n" + str(setup.images / "a.png") + "\n")
+    run = tmp_path / "run"
+    DeepLabCLI(args=["predict", *setup.args, "--data.predict_path", str(listing),
+                     "--trainer.default_root_dir", str(run)])  # fmt: skip
+    out = run / "predictions"
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["labels/a.png", "labels/sub/b.png", "overlays/a.jpg", "overlays/sub/b.jpg"]
+    assert Image.open(out / "overlays" / "a.jpg").size == (45, 37)  # a blend
+
+
+def test_missing_predict_path_is_named(setup, tmp_path):
+    missing = tmp_path / "no-such-images"
+    with pytest.raises(FileNotFoundError, match="predict_path.*no-such-images"):
+        DeepLabCLI(args=["predict", *setup.args, "--data.predict_path", str(missing)])
+
+
+def test_finding_images_in_a_folder_a_list_and_one_file(tmp_path):
+    write_images(tmp_path)
+    names = [name for name, _ in find_predict_images(tmp_path)]
+    assert names == ["a", "bad", "c", "sub/b"]
+    assert find_predict_images(tmp_path / "c.png") == [("c", tmp_path / "c.png")]
+    (tmp_path / "dup.txt").write_text("a.png\nsub/../a.png\n")
+    with pytest.raises(ValueError, match=r"dup.txt:2.*'a'.*line 1"):
+        find_predict_images(tmp_path / "dup.txt")
+    (tmp_path / "empty.txt").write_text("\n# nothing\n")
+    with pytest.raises(ValueError, match="empty.txt names no images"):
+        find_predict_images(tmp_path / "empty.txt")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ValueError, match="nothing holds no images"):
+        find_predict_images(tmp_path / "nothing")
+
+
+def test_a_batch_of_unreadable_files_only_reports_them(tmp_path):
+    write_images(tmp_path)
+    (tmp_path / "missing.txt").write_text("bad.png\ngone.png\n")
+    dataset = PredictImages(tmp_path / "missing.txt")
+    batch = predict_collate([dataset[0], dataset[1]])
+    assert batch["image"].shape[0] == 0 and batch["name"] == []
+    assert [Path(p).name for p, _ in batch["skipped"]] == ["bad.png", "gone.png"]
+    assert "gone.png" in batch["skipped"][1][1]
+
+    from lightning_deeplab.module import DeepLabV2Module
+
+    module = DeepLabV2Module(backbone="resnet18", num_classes=3, msc_scales=None, style="pytorch", norm="bn",
+                             eval_crf=False)  # fmt: skip
+    output = module.predict_step(batch, 0)
+    assert output["probabilities"].shape[0] == 0 and len(output["skipped"]) == 2
+
+
+class ClassZeroRefiner:
+    """Stands in for the module: its CRF refinement moves every pixel to class 0."""
+
+    def refine_probabilities(self, probs, image):
+        assert image.shape[-2:] == probs.shape[-2:]  # refined per image, at its own size
+        out = torch.zeros_like(probs)
+        out[:, 0] = 1
+        return out
+
+
+def test_writer_with_crf_labels_and_blended_overlays(tmp_path, capsys):
+    writer = SegmentationWriter(str(tmp_path), overlay="blend", overlay_alpha=1.0, crf=True)
+    probs = torch.zeros(2, 3, 10, 12)
+    probs[:, 2] = 1  # the network says class 2 everywhere
+    image = torch.full((2, 3, 10, 12), 40.0)
+    prediction = {"probabilities": probs, "image": image, "name": ["x", "y"], "size": [(10, 12), (6, 7)],
+                  "skipped": [("/data/broken.jpg", "cannot read image")]}  # fmt: skip
+    trainer = SimpleNamespace(datamodule=None, world_size=1, global_rank=0)
+    writer.on_predict_start(trainer, None)
+    writer.write_on_batch_end(trainer, ClassZeroRefiner(), prediction, None, None, 0, 0)
+    writer.on_predict_end(trainer, None)
+    for name, (h, w) in (("x", (10, 12)), ("y", (6, 7))):
+        labels = np.array(Image.open(tmp_path / "labels" / f"{name}.png"))
+        assert labels.shape == (h, w) and (labels == 0).all()  # the CRF's labels, not the network's
+        overlay = np.array(Image.open(tmp_path / "overlays" / f"{name}.jpg"))
+        assert overlay.shape == (h, w, 3)
+        # alpha 1: the colour of class 0 (black) replaces the image
+        assert np.abs(overlay.astype(int) - VOC_PALETTE[0]).max() <= 3
+    assert not (tmp_path / "probabilities").exists()
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "2 image(s) written" in err
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [({"overlay": "sideways"}, "overlay.*sideways"), ({"overlay_alpha": 1.5}, "overlay_alpha"),
+     ({"output_dir": ""}, "output_dir")],
+)  # fmt: skip
+def test_bad_writer_options_are_named(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        SegmentationWriter(**kwargs)
