@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 
 #include "lattice.h"
 
@@ -81,6 +82,31 @@ inline void check_filter_args(const at::Tensor& values, const LatticeTensors& la
   }
   TORCH_CHECK_VALUE((M + 1) * values.size(2) <= std::numeric_limits<int64_t>::max() / 2,
                     "lattice_filter: lattice too large");
+}
+
+inline void check_filter_extras(const at::Tensor& values, const std::optional<at::Tensor>& scale_in,
+                                const std::optional<at::Tensor>& scale_out,
+                                const std::optional<at::Tensor>& addend) {
+  for (const auto* scale : {&scale_in, &scale_out}) {
+    if (!scale->has_value()) continue;
+    const at::Tensor& t = scale->value();
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == values.size(0) && t.size(1) == values.size(1),
+                      "lattice_filter: scales must be [B, N] = [", values.size(0), ", ",
+                      values.size(1), "], got ", t.sizes());
+    TORCH_CHECK_TYPE(t.scalar_type() == values.scalar_type(), "lattice_filter: scale dtype ",
+                     t.scalar_type(), " differs from values dtype ", values.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == values.device(), "lattice_filter: scale on ", t.device(),
+                      " but values on ", values.device());
+  }
+  if (addend.has_value()) {
+    const at::Tensor& t = addend.value();
+    TORCH_CHECK_VALUE(t.sizes() == values.sizes(), "lattice_filter: addend ", t.sizes(),
+                      " differs from values ", values.sizes());
+    TORCH_CHECK_TYPE(t.scalar_type() == values.scalar_type(), "lattice_filter: addend dtype ",
+                     t.scalar_type(), " differs from values dtype ", values.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == values.device(), "lattice_filter: addend on ", t.device(),
+                      " but values on ", values.device());
+  }
 }
 
 }  // namespace lightning_deeplab

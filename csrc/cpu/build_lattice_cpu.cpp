@@ -2,8 +2,8 @@
 //
 // Pixels are located in parallel; each image's vertices are then numbered in order of first
 // use (pixel-major, as the reference implementation numbers them) by a sequential hash
-// insertion, images in parallel. Blur neighbours are looked up in parallel and the splat
-// lists are a counting sort, so the whole build is deterministic.
+// insertion, images in parallel. The splat lists (a counting sort) and the blur neighbours
+// are built in parallel over vertex ranges. Every step is deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -38,9 +38,9 @@ class VertexTable {
   int32_t size() const { return size_; }
   const int32_t* key(int32_t v) const { return keys_.data() + static_cast<int64_t>(v) * d_; }
 
-  int32_t insert(const int32_t* key) {
+  // Index of the vertex with this key (and hash), created if new.
+  int32_t insert(const int32_t* key, uint32_t h) {
     if (2 * (static_cast<uint64_t>(size_) + 1) > slots_.size()) grow();
-    const uint32_t h = lattice::hash_key(key, d_, 0);
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
       const uint64_t slot = slots_[i];
       if (slot == 0) {
@@ -55,6 +55,8 @@ class VertexTable {
       }
     }
   }
+
+  void prefetch(uint32_t h) const { __builtin_prefetch(slots_.data() + (h & mask_)); }
 
   // Index of the vertex with this key, or -1.
   int32_t find(const int32_t* key) const {
@@ -128,18 +130,29 @@ build_lattice_cpu(const at::Tensor& features_arg) {
                     "build_lattice: features are not finite or too large for the lattice "
                     "(an elevated coordinate exceeds 2^18); use larger standard deviations");
 
-  // 2. Number each image's vertices in order of first use.
+  // 2. Number each image's vertices in order of first use. Keys and hashes of a block of
+  // pixels are computed (and their table slots prefetched) before the block is inserted.
   std::vector<VertexTable> tables;
   tables.reserve(B);
   for (int64_t b = 0; b < B; ++b) tables.emplace_back(d, N);
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
-    int32_t key[kMaxDim];
+    constexpr int64_t kBlock = 8;
+    std::vector<int32_t> keys(kBlock * d1 * d);
+    std::vector<uint32_t> hashes(kBlock * d1);
     for (int64_t b = b_begin; b < b_end; ++b) {
       VertexTable& table = tables[b];
-      for (int64_t p = b * N; p < (b + 1) * N; ++p) {
-        for (int r = 0; r < d1; ++r) {
-          lattice::vertex_key(rem0_p + p * d1, rank_p + p * d1, d, r, key);
-          offset_p[p * d1 + r] = table.insert(key);
+      for (int64_t p0 = b * N; p0 < (b + 1) * N; p0 += kBlock) {
+        const int64_t p1 = std::min(p0 + kBlock, (b + 1) * N);
+        for (int64_t p = p0; p < p1; ++p) {
+          for (int r = 0; r < d1; ++r) {
+            const int64_t e = (p - p0) * d1 + r;
+            lattice::vertex_key(rem0_p + p * d1, rank_p + p * d1, d, r, keys.data() + e * d);
+            hashes[e] = lattice::hash_key(keys.data() + e * d, d, 0);
+            table.prefetch(hashes[e]);
+          }
+        }
+        for (int64_t e = 0; e < (p1 - p0) * d1; ++e) {
+          offset_p[p0 * d1 + e] = table.insert(keys.data() + e * d, hashes[e]);
         }
       }
     }
@@ -151,40 +164,58 @@ build_lattice_cpu(const at::Tensor& features_arg) {
     vertex_counts.data_ptr<int64_t>()[b] = tables[b].size();
   }
   const int64_t M = base[B];
-
-  // 3. Splat lists: a counting sort of each image's (pixel, vertex) entries by vertex; the
-  // entries are visited in pixel order, so every list comes out sorted by pixel.
-  at::Tensor splat_ptr = at::empty({M + 1}, int_opts);
-  at::Tensor splat_pixel = at::empty({E}, int_opts);
-  at::Tensor splat_weight = at::empty({E}, features.options());
-  int32_t* ptr_p = splat_ptr.data_ptr<int32_t>();
-  int32_t* spix_p = splat_pixel.data_ptr<int32_t>();
-  float* sw_p = splat_weight.data_ptr<float>();
-  at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
-    for (int64_t b = b_begin; b < b_end; ++b) {
-      const int64_t m = tables[b].size();
-      const int64_t entry_base = b * N * d1;
-      std::vector<int32_t> cursor(m + 1, 0);
-      for (int64_t e = entry_base; e < entry_base + N * d1; ++e) cursor[offset_p[e] + 1] += 1;
-      for (int64_t v = 0; v < m; ++v) cursor[v + 1] += cursor[v];
-      for (int64_t v = 0; v < m; ++v) ptr_p[base[b] + v] = static_cast<int32_t>(entry_base + cursor[v]);
-      for (int64_t e = entry_base; e < entry_base + N * d1; ++e) {
-        const int64_t pos = entry_base + cursor[offset_p[e]]++;
-        spix_p[pos] = static_cast<int32_t>(e / d1);
-        sw_p[pos] = weight_p[e];
-      }
-    }
-  });
-  ptr_p[M] = static_cast<int32_t>(E);
-
-  // 4. Global vertex indices, then the blur neighbours of every vertex along every axis.
   at::parallel_for(0, P, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int32_t shift = static_cast<int32_t>(base[p / N]);
       for (int r = 0; r < d1; ++r) offset_p[p * d1 + r] += shift;
     }
   });
-  at::Tensor neighbors = at::empty({d1, M, 2}, int_opts);
+
+  // The first pixel that uses each vertex, and the pixel range that can use a vertex range
+  // [lo, hi): from first_pixel[lo] (vertices are numbered by first use) to the end of the
+  // image that owns hi-1.
+  std::vector<int32_t> first_pixel(M);
+  for (int64_t e = 0, next = 0; e < E && next < M; ++e) {
+    if (offset_p[e] == next) first_pixel[next++] = static_cast<int32_t>(e / d1);
+  }
+  const auto pixel_range = [&](int64_t lo, int64_t hi) {
+    const int64_t image = P == 0 ? 0 : first_pixel[hi - 1] / N;
+    return std::make_pair(static_cast<int64_t>(first_pixel[lo]), (image + 1) * N);
+  };
+
+  // 3. Splat lists: a counting sort of the (pixel, vertex) entries by vertex, in parallel
+  // over vertex ranges; entries are visited in pixel order, so lists come out sorted.
+  at::Tensor splat_ptr = at::empty({M + 1}, int_opts);
+  at::Tensor splat_pixel = at::empty({E}, int_opts);
+  at::Tensor splat_weight = at::empty({E}, features.options());
+  int32_t* ptr_p = splat_ptr.data_ptr<int32_t>();
+  int32_t* spix_p = splat_pixel.data_ptr<int32_t>();
+  float* sw_p = splat_weight.data_ptr<float>();
+  ptr_p[0] = 0;
+  at::parallel_for(0, M, 4096, [&](int64_t lo, int64_t hi) {
+    std::fill(ptr_p + lo + 1, ptr_p + hi + 1, 0);
+    const auto [p_begin, p_end] = pixel_range(lo, hi);
+    for (int64_t e = p_begin * d1; e < p_end * d1; ++e) {
+      const int64_t v = offset_p[e];
+      if (v >= lo && v < hi) ptr_p[v + 1] += 1;
+    }
+  });
+  for (int64_t v = 0; v < M; ++v) ptr_p[v + 1] += ptr_p[v];
+  at::parallel_for(0, M, 4096, [&](int64_t lo, int64_t hi) {
+    std::vector<int32_t> cursor(ptr_p + lo, ptr_p + hi);
+    const auto [p_begin, p_end] = pixel_range(lo, hi);
+    for (int64_t e = p_begin * d1; e < p_end * d1; ++e) {
+      const int64_t v = offset_p[e];
+      if (v < lo || v >= hi) continue;
+      const int32_t pos = cursor[v - lo]++;
+      spix_p[pos] = static_cast<int32_t>(e / d1);
+      sw_p[pos] = weight_p[e];
+    }
+  });
+
+  // 4. Blur neighbours. Only n1 is looked up: n2 of vertex u along axis j is the vertex
+  // whose n1 is u (the two shifts are inverses), so it is written from that side.
+  at::Tensor neighbors = at::full({d1, M, 2}, -1, int_opts);
   int32_t* nb_p = neighbors.data_ptr<int32_t>();
   for (int64_t b = 0; b < B; ++b) {
     const VertexTable& table = tables[b];
@@ -194,11 +225,11 @@ build_lattice_cpu(const at::Tensor& features_arg) {
         const int32_t* key = table.key(static_cast<int32_t>(v));
         for (int j = 0; j < d1; ++j) {
           lattice::neighbour_keys(key, d, j, n1, n2);
-          const int32_t f1 = table.find(n1);
-          const int32_t f2 = table.find(n2);
-          int32_t* out = nb_p + (static_cast<int64_t>(j) * M + base[b] + v) * 2;
-          out[0] = f1 < 0 ? -1 : static_cast<int32_t>(f1 + base[b]);
-          out[1] = f2 < 0 ? -1 : static_cast<int32_t>(f2 + base[b]);
+          const int32_t u = table.find(n1);
+          if (u < 0) continue;
+          int32_t* axis = nb_p + static_cast<int64_t>(j) * M * 2;
+          axis[(base[b] + v) * 2] = static_cast<int32_t>(base[b] + u);
+          axis[(base[b] + u) * 2 + 1] = static_cast<int32_t>(base[b] + v);
         }
       }
     });

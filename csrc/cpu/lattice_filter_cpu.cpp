@@ -1,6 +1,10 @@
 // CPU Gaussian filtering through a permutohedral lattice: splat (a gather over each vertex's
 // pixel list, no atomics), d+1 blur passes, slice. Every stage is parallel over vertices or
 // pixels and sums in a fixed order, so results do not depend on the thread count.
+//
+// The lattice rows are scattered in memory, so the loops are bound by memory latency, not
+// arithmetic: rows are padded to whole vectors and the rows needed a few iterations ahead
+// are prefetched.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -8,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <utility>
 
 #include "lattice.h"
@@ -16,67 +21,151 @@
 namespace lightning_deeplab {
 namespace {
 
-template <typename scalar_t>
-void filter_cpu_kernel(const scalar_t* in, scalar_t* out, int64_t P, int64_t M, int d, int64_t C,
-                       const int32_t* offsets, const float* weights, const int32_t* neighbors,
-                       const int32_t* splat_ptr, const int32_t* splat_pixel,
-                       const float* splat_weight, bool reverse, scalar_t* buf_a,
-                       scalar_t* buf_b) {
-  const int d1 = d + 1;
-  // Row 0 of each buffer is zero and stands for a missing neighbour (index -1 + 1); vertex v
-  // lives in row v + 1.
-  std::fill(buf_a, buf_a + C, scalar_t(0));
-  std::fill(buf_b, buf_b + C, scalar_t(0));
+constexpr int64_t kPrefetchAhead = 8;
 
-  at::parallel_for(0, M, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t v = begin; v < end; ++v) {
-      scalar_t* __restrict__ row = buf_a + (v + 1) * C;
-      for (int64_t c = 0; c < C; ++c) row[c] = scalar_t(0);
-      for (int32_t k = splat_ptr[v]; k < splat_ptr[v + 1]; ++k) {
-        const scalar_t w = static_cast<scalar_t>(splat_weight[k]);
-        const scalar_t* __restrict__ x = in + static_cast<int64_t>(splat_pixel[k]) * C;
-        for (int64_t c = 0; c < C; ++c) row[c] += w * x[c];
-      }
-    }
-  });
+template <typename T>
+inline void prefetch_row(const T* row, int64_t length) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const int64_t bytes = length * static_cast<int64_t>(sizeof(T));
+  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
+}
 
-  scalar_t* src = buf_a;
-  scalar_t* dst = buf_b;
-  for (int step = 0; step < d1; ++step) {
-    const int j = reverse ? d - step : step;
-    const int32_t* nb = neighbors + static_cast<int64_t>(j) * M * 2;
-    at::parallel_for(0, M, 512, [&](int64_t begin, int64_t end) {
-      for (int64_t v = begin; v < end; ++v) {
-        const scalar_t* __restrict__ a = src + (static_cast<int64_t>(nb[2 * v]) + 1) * C;
-        const scalar_t* __restrict__ b = src + (static_cast<int64_t>(nb[2 * v + 1]) + 1) * C;
-        const scalar_t* __restrict__ self = src + (v + 1) * C;
-        scalar_t* __restrict__ o = dst + (v + 1) * C;
-        for (int64_t c = 0; c < C; ++c) o[c] = self[c] + scalar_t(0.5) * (a[c] + b[c]);
-      }
-    });
-    std::swap(src, dst);
-  }
+template <typename T>
+struct FilterArgs {
+  const T* in;         // [P, C]
+  T* out;              // [P, C]
+  const T* scale_in;   // [P] or null
+  const T* scale_out;  // [P] or null
+  const T* addend;     // [P, C] or null
+  int64_t P, M, C;
+  int d;
+  const int32_t* offsets;       // [P, d+1]
+  const float* weights;         // [P, d+1]
+  const int32_t* neighbors;     // [d+1, M, 2]
+  const int32_t* splat_ptr;     // [M+1]
+  const int32_t* splat_pixel;   // [E]
+  const float* splat_weight;    // [E]
+  bool reverse;
+};
 
-  const scalar_t alpha = static_cast<scalar_t>(lattice::slice_alpha(d));
-  at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      scalar_t* __restrict__ y = out + p * C;
-      for (int64_t c = 0; c < C; ++c) y[c] = scalar_t(0);
+// Vertex v lives in row v+1 of a buffer with `stride` (>= C) values per row; row 0 is zero
+// and stands for a missing neighbour (index -1).
+//
+// The splat walks the pixels in order and scatters into the vertices, which is cache
+// friendly: vertices are numbered by first use, so consecutive pixels hit recent vertices.
+// Each thread owns a range of vertices and skips entries outside it, so there are no write
+// conflicts and every vertex sums its pixels in increasing pixel order, whatever the number
+// of threads. Vertex `begin` is first used by pixel splat_pixel[splat_ptr[begin]]; no
+// earlier pixel touches the range.
+template <typename T>
+__attribute__((noinline)) void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
+  const int d1 = a.d + 1;
+  std::fill(buf, buf + stride, T(0));
+  at::parallel_for(0, a.M, 4096, [&](int64_t begin, int64_t end) {
+    std::fill(buf + (begin + 1) * stride, buf + (end + 1) * stride, T(0));
+    const int64_t first_pixel = a.splat_pixel[a.splat_ptr[begin]];
+    for (int64_t p = first_pixel; p < a.P; ++p) {
+      const int32_t* __restrict__ vertex = a.offsets + p * d1;
+      const T* __restrict__ x = a.in + p * a.C;
+      const T s = a.scale_in != nullptr ? a.scale_in[p] : T(1);
       for (int r = 0; r < d1; ++r) {
-        const scalar_t w = static_cast<scalar_t>(weights[p * d1 + r]) * alpha;
-        const scalar_t* __restrict__ row = src + (static_cast<int64_t>(offsets[p * d1 + r]) + 1) * C;
-        for (int64_t c = 0; c < C; ++c) y[c] += w * row[c];
+        const int64_t v = vertex[r];
+        if (v < begin || v >= end) continue;
+        T w = static_cast<T>(a.weights[p * d1 + r]);
+        if (a.scale_in != nullptr) w *= s;
+        T* __restrict__ row = buf + (v + 1) * stride;
+        for (int64_t c = 0; c < a.C; ++c) row[c] += w * x[c];
       }
     }
   });
 }
 
+template <typename T>
+__attribute__((noinline)) void blur_axis(const FilterArgs<T>& a, int axis, const T* src, T* dst, int64_t stride) {
+  const int32_t* nb = a.neighbors + static_cast<int64_t>(axis) * a.M * 2;
+  at::parallel_for(0, a.M, 512, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      if (v + kPrefetchAhead < end) {
+        prefetch_row(src + (static_cast<int64_t>(nb[2 * (v + kPrefetchAhead)]) + 1) * stride, stride);
+        prefetch_row(src + (static_cast<int64_t>(nb[2 * (v + kPrefetchAhead) + 1]) + 1) * stride, stride);
+      }
+      const T* __restrict__ n1 = src + (static_cast<int64_t>(nb[2 * v]) + 1) * stride;
+      const T* __restrict__ n2 = src + (static_cast<int64_t>(nb[2 * v + 1]) + 1) * stride;
+      const T* __restrict__ self = src + (v + 1) * stride;
+      T* __restrict__ o = dst + (v + 1) * stride;
+      for (int64_t c = 0; c < stride; ++c) o[c] = self[c] + T(0.5) * (n1[c] + n2[c]);
+    }
+  });
+}
+
+// Slices one pixel's channels [c0, c0 + width) into `y`: a sum over its d+1 vertices,
+// accumulated in a small local array the compiler keeps in registers.
+template <typename T, int kWidth>
+inline void slice_channels(const T* const* rows, const T* w, int d1, int64_t c0, int width,
+                           T scale, const T* addend, T* y) {
+  T acc[kWidth] = {};
+  for (int r = 0; r < d1; ++r) {
+    const T* __restrict__ row = rows[r] + c0;
+    for (int c = 0; c < kWidth; ++c) {
+      if (kWidth == 1 || c < width) acc[c] += w[r] * row[c];
+    }
+  }
+  for (int c = 0; c < width && c < kWidth; ++c) {
+    const T value = acc[c] * scale;
+    y[c0 + c] = addend != nullptr ? addend[c0 + c] + value : value;
+  }
+}
+
+template <typename T>
+__attribute__((noinline)) void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
+  constexpr int kWidth = 32 / sizeof(T);
+  const int d1 = a.d + 1;
+  const T alpha = static_cast<T>(lattice::slice_alpha(a.d));
+  at::parallel_for(0, a.P, 256, [&](int64_t begin, int64_t end) {
+    const T* rows[lattice::kMaxDim + 1];
+    T w[lattice::kMaxDim + 1];
+    for (int64_t p = begin; p < end; ++p) {
+      if (p + kPrefetchAhead < end) {
+        const int32_t* ahead = a.offsets + (p + kPrefetchAhead) * d1;
+        for (int r = 0; r < d1; ++r) prefetch_row(buf + (static_cast<int64_t>(ahead[r]) + 1) * stride, a.C);
+      }
+      for (int r = 0; r < d1; ++r) {
+        rows[r] = buf + (static_cast<int64_t>(a.offsets[p * d1 + r]) + 1) * stride;
+        w[r] = static_cast<T>(a.weights[p * d1 + r]) * alpha;
+      }
+      const T scale = a.scale_out != nullptr ? a.scale_out[p] : T(1);
+      const T* addend = a.addend != nullptr ? a.addend + p * a.C : nullptr;
+      T* y = a.out + p * a.C;
+      int64_t c0 = 0;
+      for (; c0 + kWidth <= a.C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, kWidth, scale, addend, y);
+      for (; c0 < a.C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, 1, scale, addend, y);
+    }
+  });
+}
+
+template <typename T>
+void filter_cpu_kernel(const FilterArgs<T>& a, T* buf_a, T* buf_b, int64_t stride) {
+  splat(a, buf_a, stride);
+  std::fill(buf_b, buf_b + stride, T(0));
+  T* src = buf_a;
+  T* dst = buf_b;
+  for (int step = 0; step <= a.d; ++step) {
+    blur_axis(a, a.reverse ? a.d - step : step, src, dst, stride);
+    std::swap(src, dst);
+  }
+  slice(a, src, stride);
+}
+
 at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& offsets_arg,
                               const at::Tensor& weights_arg, const at::Tensor& neighbors_arg,
                               const at::Tensor& splat_ptr_arg, const at::Tensor& splat_pixel_arg,
-                              const at::Tensor& splat_weight_arg, bool reverse) {
+                              const at::Tensor& splat_weight_arg,
+                              const std::optional<at::Tensor>& scale_in_arg,
+                              const std::optional<at::Tensor>& scale_out_arg,
+                              const std::optional<at::Tensor>& addend_arg, bool reverse) {
   check_filter_args(values_arg, {offsets_arg, weights_arg, neighbors_arg, splat_ptr_arg,
                                  splat_pixel_arg, splat_weight_arg});
+  check_filter_extras(values_arg, scale_in_arg, scale_out_arg, addend_arg);
   const at::Tensor values = values_arg.contiguous();
   const at::Tensor offsets = offsets_arg.contiguous();
   const at::Tensor weights = weights_arg.contiguous();
@@ -84,22 +173,43 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
   const at::Tensor splat_ptr = splat_ptr_arg.contiguous();
   const at::Tensor splat_pixel = splat_pixel_arg.contiguous();
   const at::Tensor splat_weight = splat_weight_arg.contiguous();
+  const auto optional_contiguous = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+  };
+  const std::optional<at::Tensor> scale_in = optional_contiguous(scale_in_arg);
+  const std::optional<at::Tensor> scale_out = optional_contiguous(scale_out_arg);
+  const std::optional<at::Tensor> addend = optional_contiguous(addend_arg);
 
   const int64_t P = values.size(0) * values.size(1);
   const int64_t C = values.size(2);
-  const int d = static_cast<int>(offsets.size(2)) - 1;
   const int64_t M = neighbors.size(1);
-  at::Tensor out = at::empty_like(values);
+  at::Tensor out = at::empty_like(values, at::MemoryFormat::Contiguous);
   if (P == 0 || C == 0) return out;
-  at::Tensor buf_a = at::empty({M + 1, C}, values.options());
-  at::Tensor buf_b = at::empty({M + 1, C}, values.options());
 
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "lattice_filter_cpu", [&] {
-    filter_cpu_kernel<scalar_t>(values.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P, M, d, C,
-                                offsets.data_ptr<int32_t>(), weights.data_ptr<float>(),
-                                neighbors.data_ptr<int32_t>(), splat_ptr.data_ptr<int32_t>(),
-                                splat_pixel.data_ptr<int32_t>(), splat_weight.data_ptr<float>(),
-                                reverse, buf_a.data_ptr<scalar_t>(), buf_b.data_ptr<scalar_t>());
+    using T = scalar_t;
+    // Rows padded to 32 bytes so the blur runs on whole vectors.
+    const int64_t per_vector = 1;
+    const int64_t stride = (C + per_vector - 1) / per_vector * per_vector;
+    at::Tensor buf_a = at::empty({M + 1, stride}, values.options());
+    at::Tensor buf_b = at::empty({M + 1, stride}, values.options());
+    FilterArgs<T> args{values.data_ptr<T>(),
+                       out.data_ptr<T>(),
+                       scale_in ? scale_in->data_ptr<T>() : nullptr,
+                       scale_out ? scale_out->data_ptr<T>() : nullptr,
+                       addend ? addend->data_ptr<T>() : nullptr,
+                       P,
+                       M,
+                       C,
+                       static_cast<int>(offsets.size(2)) - 1,
+                       offsets.data_ptr<int32_t>(),
+                       weights.data_ptr<float>(),
+                       neighbors.data_ptr<int32_t>(),
+                       splat_ptr.data_ptr<int32_t>(),
+                       splat_pixel.data_ptr<int32_t>(),
+                       splat_weight.data_ptr<float>(),
+                       reverse};
+    filter_cpu_kernel<T>(args, buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
   });
   return out;
 }

@@ -89,22 +89,28 @@ def _build_lattice_fake(features: torch.Tensor):
 
 @torch.library.register_fake("lightning_deeplab::lattice_filter")
 def _lattice_filter_fake(
-    values, offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight, reverse
+    values, offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight,
+    scale_in, scale_out, addend, reverse,
 ):
     torch._check(values.dim() == 3, lambda: "lattice_filter: values must be [B, N, C]")
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
 
 def _lattice_filter_setup_context(ctx, inputs, output) -> None:
-    _values, *lattice, reverse = inputs
-    ctx.save_for_backward(*lattice)
+    _values, *lattice, scale_in, scale_out, addend, reverse = inputs
+    ctx.save_for_backward(*lattice, scale_in, scale_out)
     ctx.reverse = reverse
+    ctx.has_addend = addend is not None
 
 
 def _lattice_filter_backward(ctx, grad: torch.Tensor):
-    # The filter is linear; its adjoint is the same filter with the blur axes reversed.
-    grad_values = _ops.lattice_filter(grad, *ctx.saved_tensors, not ctx.reverse)
-    return (grad_values,) + (None,) * 7
+    # out = addend + s_out * K(s_in * x) is linear in x and addend. K's adjoint is the same
+    # filter with the blur axes reversed, so x's gradient swaps the scales and the order.
+    # The scales (kernel normalisations) are constants: they get no gradient.
+    *lattice, scale_in, scale_out = ctx.saved_tensors
+    grad_values = _ops.lattice_filter(grad, *lattice, scale_out, scale_in, None, not ctx.reverse)
+    grad_addend = grad if ctx.has_addend else None
+    return (grad_values,) + (None,) * 8 + (grad_addend, None)
 
 
 torch.library.register_autograd(

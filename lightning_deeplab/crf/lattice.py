@@ -2,7 +2,7 @@
 it as often as needed (the mean-field loop filters every iteration)."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -34,9 +34,16 @@ class Lattice(NamedTuple):
         """Vertices of all images together (M)."""
         return self.neighbors.shape[1]
 
-    def filter(self, values: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    def filter(
+        self,
+        values: torch.Tensor,
+        reverse: bool = False,
+        scale_in: Optional[torch.Tensor] = None,
+        scale_out: Optional[torch.Tensor] = None,
+        addend: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Approximate Gaussian filter of `values` [B, N, C]; see `lattice_filter`."""
-        return lattice_filter(values, self, reverse)
+        return lattice_filter(values, self, reverse, scale_in, scale_out, addend)
 
 
 def build_lattice(features: torch.Tensor) -> Lattice:
@@ -46,10 +53,20 @@ def build_lattice(features: torch.Tensor) -> Lattice:
     return Lattice(*_ops.build_lattice(features))
 
 
-def lattice_filter(values: torch.Tensor, lattice: Lattice, reverse: bool = False) -> torch.Tensor:
+def lattice_filter(
+    values: torch.Tensor,
+    lattice: Lattice,
+    reverse: bool = False,
+    scale_in: Optional[torch.Tensor] = None,
+    scale_out: Optional[torch.Tensor] = None,
+    addend: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Filters values [B, N, C] (float32 or float64) through `lattice`: splat, blur along
-    the axes 0..d (d..0 if `reverse`: the transposed filter), slice. Differentiable in
-    `values`; the result includes each pixel's own contribution."""
+    the axes 0..d (d..0 if `reverse`: the transposed filter), slice; the result includes
+    each pixel's own contribution. Returns `addend + scale_out * K(scale_in * values)`,
+    with per-pixel scales [B, N] and addend [B, N, C] optional (same dtype as values).
+
+    Differentiable in `values` and `addend`; the scales are treated as constants."""
     return _ops.lattice_filter(
         values,
         lattice.offsets,
@@ -58,5 +75,8 @@ def lattice_filter(values: torch.Tensor, lattice: Lattice, reverse: bool = False
         lattice.splat_ptr,
         lattice.splat_pixel,
         lattice.splat_weight,
+        None if scale_in is None else scale_in.detach(),
+        None if scale_out is None else scale_out.detach(),
+        addend,
         reverse,
     )

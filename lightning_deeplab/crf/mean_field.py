@@ -12,7 +12,7 @@ compatibility matrix M [C, C] the message sum is multiplied by M on the label ax
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -23,38 +23,57 @@ from .lattice import Lattice, build_lattice
 Weight = Union[float, torch.Tensor]
 
 
-def _kernel_norms(
-    lattice: Lattice, batch: int, pixels: int, dtype: torch.dtype, device: torch.device,
-    normalization: str,
-) -> tuple[Optional[torch.Tensor], torch.Tensor]:
-    """(input scale, output scale) of one kernel, each [B, N, 1] (input None: no scaling)."""
-    ones = torch.ones(batch, pixels, 1, dtype=dtype, device=device)
-    # In float64 and with the 1e-20 guard of the reference, then rounded once.
-    mass = lattice.filter(ones).to(torch.float64) + 1e-20
+class Kernel(NamedTuple):
+    """One Gaussian kernel of the mean-field update: weight * s_out * K(s_in * Q).
+
+    `weight` is None when it is a constant already folded into `scale_out`; it stays a
+    separate (trainable) tensor when it requires a gradient."""
+
+    lattice: Lattice
+    scale_in: Optional[torch.Tensor]  # [B, N] or None
+    scale_out: torch.Tensor  # [B, N]
+    weight: Optional[torch.Tensor]
+
+
+def make_kernel(lattice: Lattice, weight: Weight, normalization: str, dtype: torch.dtype) -> Kernel:
+    """Normalises `lattice` (from K(1), computed once) and folds a constant weight in."""
+    batch, pixels, _ = lattice.offsets.shape
+    ones = torch.ones(batch, pixels, 1, dtype=dtype, device=lattice.offsets.device)
+    # In float64 with the 1e-20 guard of the reference, rounded once at the end.
+    mass = lattice.filter(ones).reshape(batch, pixels).to(torch.float64) + 1e-20
     if normalization == "symmetric":
-        norm = mass.rsqrt().to(dtype)
-        return norm, norm
-    return None, mass.reciprocal().to(dtype)
+        scale_in, scale_out = mass.rsqrt(), mass.rsqrt()
+    else:
+        scale_in, scale_out = None, mass.reciprocal()
+    if scale_in is not None:
+        scale_in = scale_in.to(dtype)
+    if isinstance(weight, torch.Tensor) and weight.requires_grad:
+        return Kernel(lattice, scale_in, scale_out.to(dtype), weight)
+    constant = weight.detach().to(torch.float64) if isinstance(weight, torch.Tensor) else float(weight)
+    return Kernel(lattice, scale_in, (scale_out * constant).to(dtype), None)
 
 
 def mean_field(
     neg_unary: torch.Tensor,
-    kernels: list[tuple[Lattice, Optional[torch.Tensor], torch.Tensor, Weight]],
+    kernels: Sequence[Kernel],
     iterations: int,
     compatibility: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Runs the mean-field loop on -U [B, N, C] with kernels given as
-    (lattice, input scale or None, output scale, weight); returns Q [B, N, C]."""
+    """Runs the mean-field loop on -U [B, N, C]; returns Q [B, N, C]."""
     q = torch.softmax(neg_unary, dim=-1)
     for _ in range(iterations):
-        messages = None
-        for lattice, scale_in, scale_out, weight in kernels:
-            filtered = lattice.filter(q if scale_in is None else q * scale_in) * scale_out
-            term = weight * filtered
-            if compatibility is not None:
+        # Potts: the filters add their messages straight onto -U, in the reference's order.
+        messages = neg_unary if compatibility is None else None
+        for kernel in kernels:
+            if kernel.weight is None:
+                messages = kernel.lattice.filter(
+                    q, scale_in=kernel.scale_in, scale_out=kernel.scale_out, addend=messages
+                )
+            else:
+                term = kernel.weight * kernel.lattice.filter(
+                    q, scale_in=kernel.scale_in, scale_out=kernel.scale_out
+                )
                 messages = term if messages is None else messages + term
-            else:  # summed in the reference's order: (-U + term_0) + term_1
-                messages = neg_unary + term if messages is None else messages + term
         if compatibility is not None:
             messages = neg_unary + messages @ compatibility
         q = torch.softmax(messages, dim=-1)
@@ -110,17 +129,21 @@ def dense_crf(
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
     pixels = height * width
     # Channels-last [B, N, C]: the lattice kernels read each pixel's C values contiguously.
-    neg_unary = -unary.to(dtype).permute(0, 2, 3, 1).reshape(batch, pixels, classes)
+    # (channels_last conversion has a fast transposing copy; permute + reshape is then a view)
+    neg_unary = -unary.to(dtype).contiguous(memory_format=torch.channels_last)
+    neg_unary = neg_unary.permute(0, 2, 3, 1).reshape(batch, pixels, classes)
 
-    kernels = []
-    for features, weight in (
-        (position_features(batch, height, width, pos_xy_std, unary.device), pos_w),
-        (bilateral_features(image, bi_xy_std, bi_rgb_std), bi_w),
-    ):
-        lattice = build_lattice(features)
-        scale_in, scale_out = _kernel_norms(lattice, batch, pixels, dtype, unary.device, normalization)
-        kernels.append((lattice, scale_in, scale_out, weight))
+    kernels = [
+        make_kernel(build_lattice(features), weight, normalization, dtype)
+        for features, weight in (
+            (position_features(batch, height, width, pos_xy_std, unary.device), pos_w),
+            (bilateral_features(image, bi_xy_std, bi_rgb_std), bi_w),
+        )
+    ]
 
     matrix = compatibility.to(dtype) if compatibility is not None else None
     q = mean_field(neg_unary, kernels, iterations, matrix)
-    return q.reshape(batch, height, width, classes).permute(0, 3, 1, 2).contiguous()
+    # Back to [B, C, H, W]; per-image 2-D transposes take torch's fast path.
+    planes = [q[b].t().contiguous() for b in range(batch)]
+    q = planes[0].unsqueeze(0) if batch == 1 else torch.stack(planes)
+    return q.reshape(batch, classes, height, width)

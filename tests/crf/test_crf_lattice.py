@@ -150,14 +150,36 @@ def test_opcheck_build_lattice():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_opcheck_lattice_filter(dtype, reverse):
+@pytest.mark.parametrize("extras", [False, True])
+def test_opcheck_lattice_filter(dtype, reverse, extras):
     lattice = build_lattice(torch.randn(2, 60, 3))
     values = torch.rand(2, 60, 4, dtype=dtype, requires_grad=True)
-    torch.library.opcheck(torch.ops.lightning_deeplab.lattice_filter.default, (values, *lattice[:6], reverse))
+    if extras:
+        scale_in, scale_out = torch.rand(2, 60, dtype=dtype) + 0.5, torch.rand(2, 60, dtype=dtype) + 0.5
+        addend = torch.rand(2, 60, 4, dtype=dtype, requires_grad=True)
+    else:
+        scale_in = scale_out = addend = None
+    args = (values, *lattice[:6], scale_in, scale_out, addend, reverse)
+    torch.library.opcheck(torch.ops.lightning_deeplab.lattice_filter.default, args)
+
+
+def test_scales_and_addend():
+    lattice = build_lattice(torch.randn(2, 80, 5) * 2)
+    values = torch.rand(2, 80, 3, dtype=torch.float64)
+    scale_in, scale_out = torch.rand(2, 80, dtype=torch.float64), torch.rand(2, 80, dtype=torch.float64)
+    addend = torch.rand(2, 80, 3, dtype=torch.float64)
+    expected = addend + scale_out[..., None] * lattice.filter(scale_in[..., None] * values)
+    got = lattice.filter(values, scale_in=scale_in, scale_out=scale_out, addend=addend)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_filter_gradcheck():
     lattice = build_lattice(torch.randn(1, 30, 2) * 2)
     values = torch.rand(1, 30, 2, dtype=torch.float64, requires_grad=True)
+    addend = torch.rand(1, 30, 2, dtype=torch.float64, requires_grad=True)
+    scale_in, scale_out = torch.rand(1, 30, dtype=torch.float64), torch.rand(1, 30, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda v: lattice_filter(v, lattice), (values,))
+    assert torch.autograd.gradcheck(
+        lambda v, a: lattice_filter(v, lattice, False, scale_in, scale_out, a), (values, addend)
+    )
     assert torch.autograd.gradgradcheck(lambda v: lattice_filter(v, lattice, reverse=True), (values,))
