@@ -115,7 +115,8 @@ class CityscapesSegmentation(LabelledImageDataset):
         if not self.labelled:
             warnings.warn(
                 "Cityscapes 'test' labels are not public: its samples carry masks of 255 only; "
-                "use the split for prediction, not for evaluation",
+                "use the split for prediction, not for evaluation (or predict its images with "
+                f"--data.predict_path {self.root / IMAGE_DIR / split})",
                 UserWarning,
                 stacklevel=2,
             )

@@ -1,0 +1,123 @@
+"""Every registered dataset through the DataModule, and one through `deeplab validate`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from dataset_layouts import cityscapes_stem, write_cityscapes, write_cocostuff10k, write_cocostuff164k, write_gray, write_rgb
+
+from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.constants import IGNORE_INDEX
+from lightning_deeplab.data import (
+    CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, COCO_STUFF_CLASSES, DATASETS, VOC_PALETTE, SegmentationDataModule,
+)  # fmt: skip
+
+REPO = Path(__file__).resolve().parents[2]
+H, W = 20, 24
+
+
+def label_with(values: list[int], fill: int) -> np.ndarray:
+    label = np.full((H, W), fill, np.uint8)
+    label[: H // 2, : W // 2] = values[0]
+    label[H // 2 :, W // 2 :] = values[1]
+    return label
+
+
+def cityscapes_tree(root: Path) -> dict:
+    for split in ("train", "val"):
+        labels = {cityscapes_stem("aachen", i): label_with([7, 26], 0) for i in range(2)}
+        write_cityscapes(root, split, {"aachen": labels})
+    return {"dataset": "cityscapes", "train_split": "train", "val_split": "val",
+            "classes": CITYSCAPES_CLASSES, "palette": CITYSCAPES_PALETTE, "values": {0, 13, IGNORE_INDEX}}  # fmt: skip
+
+
+def cocostuff164k_tree(root: Path) -> dict:
+    for split in ("train2017", "val2017"):
+        write_cocostuff164k(root, split, {f"{i:012d}": label_with([0, 181], 255) for i in range(2)})
+    return {"dataset": "cocostuff164k", "train_split": "train2017", "val_split": "val2017",
+            "classes": COCO_STUFF_CLASSES, "palette": VOC_PALETTE, "values": {0, 170, IGNORE_INDEX}}  # fmt: skip
+
+
+def cocostuff10k_tree(root: Path) -> dict:
+    names = [f"COCO_train2014_{i:012d}" for i in range(4)]
+    write_cocostuff10k(root, {n: label_with([1, 182], 0) for n in names}, {"train": names[:2], "test": names[2:]})
+    return {"dataset": "cocostuff10k", "train_split": "train", "val_split": "test",
+            "classes": COCO_STUFF_CLASSES, "palette": VOC_PALETTE, "values": {0, 170, IGNORE_INDEX}}  # fmt: skip
+
+
+def folder_tree(root: Path) -> dict:
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("background\nleaf 10 200 30\n")
+    for split in ("train", "val"):
+        for i in range(2):
+            write_rgb(root / "images" / split / f"img{i}.png", H, W, seed=i)
+            write_gray(root / "masks" / split / f"img{i}.png", label_with([1, 255], 0))
+    palette = VOC_PALETTE.copy()
+    palette[1] = (10, 200, 30)
+    return {"dataset": "folder", "train_split": "train", "val_split": "val",
+            "classes": ("background", "leaf"), "palette": palette, "values": {0, 1, IGNORE_INDEX}}  # fmt: skip
+
+
+TREES = {"cityscapes": cityscapes_tree, "cocostuff164k": cocostuff164k_tree,
+         "cocostuff10k": cocostuff10k_tree, "folder": folder_tree}  # fmt: skip
+
+
+def test_every_dataset_is_registered():
+    assert set(TREES) | {"voc", "synthetic"} == set(DATASETS)
+
+
+@pytest.mark.parametrize("name", sorted(TREES))
+def test_datamodule_reads_each_dataset(tmp_path, name):
+    tree = TREES[name](tmp_path)
+    dm = SegmentationDataModule(tmp_path, dataset=tree["dataset"], train_split=tree["train_split"],
+                                val_split=tree["val_split"], crop_size=16, batch_size=2, val_batch_size=2,
+                                num_workers=0)  # fmt: skip
+    assert dm.num_classes == len(tree["classes"]) and dm.class_names == list(tree["classes"])
+    assert np.array_equal(dm.palette, tree["palette"])
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 16, 16) and batch["mask"].shape == (2, 16, 16)
+    assert set(batch["mask"].unique().tolist()) <= tree["values"]
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape == (2, 3, H, W) and val["mask"].dtype == torch.int64
+    assert set(val["mask"].unique().tolist()) == tree["values"]  # every value, mapped, in full images
+
+
+def test_datamodule_setup_fails_on_a_missing_split_before_training(tmp_path):
+    cityscapes_tree(tmp_path)
+    dm = SegmentationDataModule(tmp_path, dataset="cityscapes", train_split="train_extra", val_split="val",
+                                num_workers=0)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"leftImg8bit/train_extra .*splits present: \['train', 'val'\]"):
+        dm.setup("fit")
+
+
+def test_validate_through_the_cli_links_the_dataset_classes(tmp_path):
+    cityscapes_tree(tmp_path / "data")
+    cli = DeepLabCLI(args=[
+        "validate", "--config", str(REPO / "configs" / "synthetic.yaml"),
+        "--data.dataset", "cityscapes", "--data.root", str(tmp_path / "data"),
+        "--data.val_batch_size", "2", "--data.num_workers", "0",
+        "--model.eval_crf", "false", "--model.num_logged_images", "0",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+    ])  # fmt: skip
+    assert cli.model.hparams.num_classes == 19 and cli.model.class_names == list(CITYSCAPES_CLASSES)
+    assert "val/mIoU" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("config", ["deeplabv2_resnet101_cocostuff164k.yaml", "deeplabv2_resnet101_cityscapes.yaml"])
+def test_dataset_configs(config, capsys):
+    path = REPO / "configs" / config
+    if not path.is_file():
+        pytest.skip(f"{config} not there yet")
+    settings = yaml.safe_load(path.read_text())
+    assert settings["data"]["dataset"] in DATASETS
+    assert settings["model"]["backbone"] == "resnet101" and settings["model"]["head"] == "aspp-l"
+    with pytest.raises(SystemExit) as exit_info:  # parsing checks every key against the classes
+        DeepLabCLI(args=["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["dataset"] == settings["data"]["dataset"]
