@@ -29,7 +29,7 @@ from .listing import (
     missing_files, raise_if_missing, read_list_lines, require_dir, require_samples, require_split_dir,
 )  # fmt: skip
 from .palette import VOC_PALETTE
-from .remap import LabelRemap
+from .remap import LabelRemap, as_integer_labels
 from .source import JointTransform, SegmentationSource
 
 #: Names of the 182 COCO-Stuff ids, id 1 first: 91 thing ids (1-91), then 91 stuff ids (92-182).
@@ -149,7 +149,7 @@ def read_mat_label(path: Path, field: str = "S") -> np.ndarray:
     label = np.asarray(content[field])
     if label.ndim != 2:
         raise ValueError(f"annotation {path}: field {field!r} has shape {label.shape}; expected HxW")
-    return label
+    return as_integer_labels(label, path)
 
 
 class CocoStuff10k(LabelledImageDataset):

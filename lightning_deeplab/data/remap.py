@@ -9,6 +9,25 @@ import numpy as np
 from ..constants import IGNORE_INDEX
 
 
+def as_integer_labels(label: np.ndarray, path: Path) -> np.ndarray:
+    """``label`` as an integer array; float arrays (MATLAB's default type) are accepted when
+    every value is a whole number. Anything else raises ValueError naming ``path``."""
+    if label.dtype.kind in "ui":
+        return label
+    if label.dtype.kind == "f" and np.all(np.isfinite(label)) and np.array_equal(label, np.round(label)):
+        return label.astype(np.int64)
+    raise ValueError(f"label {path} has dtype {label.dtype} with values that are not whole numbers; "
+                     "expected integer label ids")  # fmt: skip
+
+
+def present_values(label: np.ndarray) -> np.ndarray:
+    """The distinct values of an integer array, sorted (a histogram for small unsigned types,
+    several times faster than sorting a 2048x1024 label)."""
+    if label.dtype.kind == "u" and label.dtype.itemsize <= 2:
+        return np.flatnonzero(np.bincount(label.ravel()))
+    return np.unique(label)
+
+
 class LabelRemap:
     """A lookup table from stored label values to class indices (or the ignore index).
 
@@ -38,9 +57,8 @@ class LabelRemap:
     def __call__(self, label: np.ndarray, path: Path) -> np.ndarray:
         """Map an integer label array; raise ValueError naming ``path`` when it holds values
         that are not in the table."""
-        if label.dtype.kind not in "ui":
-            raise ValueError(f"label {path} has dtype {label.dtype}; expected integer label ids")
-        values = np.unique(label)
+        label = as_integer_labels(label, path)
+        values = present_values(label)
         unknown = values[(values < 0) | (values >= len(self.lut))]
         known = values[(values >= 0) & (values < len(self.lut))]
         unknown = np.concatenate([unknown, known[~self.valid[known]]])

@@ -37,6 +37,7 @@ from PIL import Image
 
 from .files import check_label, read_index_label
 from .listing import raise_if_missing, read_list_lines, require_dir
+from .remap import as_integer_labels
 from .voc import AUG_LABEL_DIR, AUG_SPLIT, IMAGE_DIR, LABEL_DIR, SPLIT_DIR, VOC_CLASSES, resolve_voc_root
 
 #: Which label an image that has both an official VOC label and an SBD label gets.
@@ -77,7 +78,9 @@ def resolve_sbd_root(root: Union[str, Path]) -> Path:
     for candidate in (root, root / "dataset", root / "benchmark_RELEASE" / "dataset"):
         if (candidate / "cls").is_dir():
             return candidate
-    raise FileNotFoundError(f"no SBD release under {root}: expected {root / 'dataset' / 'cls'}/ (benchmark_RELEASE/dataset)")
+    raise FileNotFoundError(
+        f"no SBD release under {root}: expected {root / 'dataset' / 'cls'}/ (benchmark_RELEASE/dataset)"
+    )
 
 
 def read_id_list(list_file: Path) -> dict[str, int]:
@@ -105,8 +108,9 @@ def read_sbd_label(path: Path) -> np.ndarray:
     if gt is None or not hasattr(gt, "Segmentation"):
         raise ValueError(f"SBD annotation {path} has no GTcls.Segmentation (is it a cls/ file?)")
     label = np.asarray(gt.Segmentation)
-    if label.ndim != 2 or label.dtype.kind not in "ui":
-        raise ValueError(f"SBD annotation {path}: GTcls.Segmentation is {label.dtype} {label.shape}; expected HxW ints")
+    if label.ndim != 2:
+        raise ValueError(f"SBD annotation {path}: GTcls.Segmentation has shape {label.shape}; expected HxW")
+    label = as_integer_labels(label, path)
     if label.size and (label.min() < 0 or label.max() >= len(VOC_CLASSES)):
         bad = sorted(set(np.unique(label).tolist()) - set(range(len(VOC_CLASSES))))
         raise ValueError(f"SBD annotation {path} holds values {bad} outside the classes 0-{len(VOC_CLASSES) - 1}")

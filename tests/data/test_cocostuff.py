@@ -48,7 +48,8 @@ def test_164k_split_aliases_and_order(tmp_path):
 
 def test_164k_value_that_is_no_coco_stuff_id(tmp_path):
     root = write_cocostuff164k(tmp_path, "val2017", {"a": stored_values_label([3, 182, 254])})
-    with pytest.raises(ValueError, match=r"annotations/val2017/a\.png holds values \{182, 254\} that are not COCO-Stuff"):
+    message = r"annotations/val2017/a\.png holds values \{182, 254\} that are not COCO-Stuff"
+    with pytest.raises(ValueError, match=message):
         CocoStuff164k(root, "val2017")[0]
 
 
@@ -58,7 +59,8 @@ def test_164k_missing_annotation_and_size_mismatch(tmp_path):
     with pytest.raises(ValueError, match=r"a\.png is 7x10 .* image is 6x10"):
         CocoStuff164k(root, "val2017")[0]
     (root / "annotations/val2017/b.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"annotation of image .*images/val2017/b\.jpg: .*b\.png does not exist"):
+    message = r"annotation of image .*images/val2017/b\.jpg: .*b\.png does not exist"
+    with pytest.raises(FileNotFoundError, match=message):
         CocoStuff164k(root, "val2017")
 
 
@@ -89,6 +91,12 @@ def test_10k_mat_ids_map_to_the_same_classes(tmp_path):
     assert sample["name"] == name and sample["mask"].dtype == torch.int64
     assert sample["mask"].reshape(-1)[: len(ids)].tolist() == [0, IGNORE_INDEX, 11, 80, 170, IGNORE_INDEX]
     assert torch.all(sample["mask"].reshape(-1)[len(ids):] == IGNORE_INDEX)  # the zeros: unlabeled
+
+
+def test_10k_labels_stored_as_matlab_doubles(tmp_path):
+    root = write_cocostuff10k(tmp_path, {"a": np.ones((H, W), np.uint16)}, {"train": ["a"]})
+    write_mat_label(root / "annotations/a.mat", np.full((H, W), 92.0))  # MATLAB's default type
+    assert set(CocoStuff10k(root, "train")[0]["mask"].unique().tolist()) == {80}
 
 
 def test_10k_lists(tmp_path):

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from dataset_layouts import cityscapes_stem, write_cityscapes, write_cocostuff10k, write_cocostuff164k, write_gray, write_rgb
+from dataset_layouts import (
+    cityscapes_stem, write_cityscapes, write_cocostuff10k, write_cocostuff164k, write_gray, write_rgb,
+)  # fmt: skip
 
 from lightning_deeplab.cli import DeepLabCLI
 from lightning_deeplab.constants import IGNORE_INDEX

@@ -54,7 +54,8 @@ def test_folder_split_pairs_images_and_masks_by_name(tmp_path):
 def test_list_file_split(tmp_path):
     root, _ = write_folder_tree(tmp_path, {"all": {"x": np.zeros((H, W), np.uint8), "y": np.ones((H, W), np.uint8)}})
     (root / "lists").mkdir()
-    (root / "lists/val.txt").write_text(f"images/all/y.png masks/all/y.png\n\n{root}/images/all/x.png masks/all/x.png\n")
+    absolute = f"{root}/images/all/x.png masks/all/x.png"
+    (root / "lists/val.txt").write_text(f"images/all/y.png masks/all/y.png\n\n{absolute}\n")
     dataset = FolderSegmentation(root, "lists/val.txt", num_classes=3)
     assert [s.name for s in dataset.samples] == ["y", "x"]
     assert set(dataset[0]["mask"].unique().tolist()) == {1}
@@ -97,7 +98,8 @@ def test_mask_value_outside_the_classes(tmp_path):
 def test_missing_mask_names_the_image_and_the_mask(tmp_path):
     root, _ = write_folder_tree(tmp_path, {"val": {"a": np.zeros((H, W), np.uint8)}})
     write_rgb(root / "images/val/lonely.jpg", H, W, suffix_format="JPEG")
-    with pytest.raises(FileNotFoundError, match=r"mask of image .*images/val/lonely\.jpg: .*masks/val/lonely\.png does not exist"):
+    message = r"mask of image .*images/val/lonely\.jpg: .*masks/val/lonely\.png does not exist"
+    with pytest.raises(FileNotFoundError, match=message):
         FolderSegmentation(root, "val", num_classes=3)
 
 
@@ -118,7 +120,8 @@ def test_list_file_problems_name_the_line(tmp_path):
 
 def test_empty_and_missing_split_folders(tmp_path):
     root, _ = write_folder_tree(tmp_path, {"val": {"a": np.zeros((H, W), np.uint8)}})
-    with pytest.raises(FileNotFoundError, match=r"image folder .*images/train of split 'train' not found; splits present: \['val'\]"):
+    message = r"image folder .*images/train of split 'train' not found; splits present: \['val'\]"
+    with pytest.raises(FileNotFoundError, match=message):
         FolderSegmentation(root, "train", num_classes=3)
     (root / "images/test").mkdir()
     (root / "masks/test").mkdir()

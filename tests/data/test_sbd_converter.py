@@ -134,7 +134,8 @@ def test_listed_annotation_missing_names_list_and_line(trees):
 def test_image_missing_everywhere(trees):
     sbd, voc_root, _ = trees
     (sbd / "dataset/img/2011_f.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"image 2011_f: neither .*JPEGImages/2011_f\.jpg nor .*img/2011_f\.jpg"):
+    message = r"image 2011_f: neither .*JPEGImages/2011_f\.jpg nor .*img/2011_f\.jpg"
+    with pytest.raises(FileNotFoundError, match=message):
         convert_sbd(sbd, voc_root)
 
 
