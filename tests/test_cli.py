@@ -3,15 +3,17 @@ resume, exact metrics under DDP, and clear errors for bad configuration."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from pytorch_lightning import Callback
 
-from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.cli import DeepLabCLI, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "synthetic.yaml")
@@ -123,5 +125,62 @@ def test_console_script_is_installed():
         pytest.fail(f"the console script {script} is missing: install the package with `make install`")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for sub in ("fit", "validate", "test", "predict"):
+    for sub in ("fit", "validate", "test", "predict", "crf-search", "convert-caffe"):
         assert sub in result.stdout
+
+
+def test_extra_commands_have_their_own_parsers(capsys):
+    for command, expected in (("convert-caffe", "caffemodel"), ("crf-search", "bi_rgb_std")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert expected in capsys.readouterr().out, command
+
+
+def save_untrained_checkpoint(args: list[str], path: Path) -> DeepLabCLI:
+    cli = DeepLabCLI(args=[*args, "--trainer.logger", "false"], run=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(cli.model)
+    trainer.save_checkpoint(path)
+    return cli
+
+
+def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(data_root, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    args = tiny_args(data_root, run, "--trainer.logger", "false")
+    ckpt = tmp_path / "model.ckpt"
+    cli = save_untrained_checkpoint(args, ckpt)
+    class_names = cli.datamodule.class_names
+    validated = DeepLabCLI(args=["validate", *args, "--ckpt_path", str(ckpt)])
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("class"))
+    assert header.split() == ["class", "IoU", "IoU", "with", "CRF"]
+    for name in class_names:
+        assert any(line.split()[:1] == [name] for line in out.splitlines()), name
+    saved = json.loads((tmp_path / "model.val-scores.json").read_text())
+    assert saved["stage"] == "val" and saved["checkpoint"] == str(ckpt)
+    assert saved["classes"] == class_names and saved["inference"]["mode"] == "whole"
+    metrics = validated.trainer.callback_metrics
+    assert saved["without_crf"]["mIoU"] == pytest.approx(float(metrics["val/mIoU"]), abs=1e-6)
+    assert saved["with_crf"]["mIoU"] == pytest.approx(float(metrics["val_crf/mIoU"]), abs=1e-6)
+    # one confusion matrix over the split: every labelled pixel of the 5 images counted once
+    labelled = sum(int((cli.datamodule.dataset("val")[i]["mask"] != 255).sum()) for i in range(5))
+    assert saved["num_pixels"] == labelled == sum(map(sum, saved["without_crf"]["confusion"]))
+
+    # no checkpoint: the run's root folder; no CRF: no CRF column
+    DeepLabCLI(args=["test", *args, "--model.eval_crf", "false"])
+    saved = json.loads((tmp_path / "run" / "test-scores.json").read_text())
+    assert saved["stage"] == "test" and saved["checkpoint"] is None and saved["with_crf"] is None
+
+
+def test_inference_settings_from_the_command_line(data_root, tmp_path, capsys):
+    args = tiny_args(data_root, str(tmp_path), "--trainer.logger", "false")
+    cli = DeepLabCLI(args=[*args, "--model.inference.mode", "slide", "--model.inference.window", "33",
+                           "--model.inference.scales", "[1.0, 0.5]"], run=False)  # fmt: skip
+    inference = cli.model.inference
+    assert (inference.mode, inference.window, inference.stride, inference.scales) == ("slide", (33, 33), (22, 22), (1.0, 0.5))
+    with pytest.raises(SystemExit):  # refused by the parser: not one of the modes
+        DeepLabCLI(args=[*args, "--model.inference.mode=slyde"], run=False)
+    assert "slyde" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="inference.window must be >= 8"):
+        DeepLabCLI(args=[*args, "--model.inference.window=7"], run=False)

@@ -196,3 +196,51 @@ def test_real_dense_crf_refines_the_upsampled_prediction():
         q = module.refine_with_crf(logits, image)
     assert q.shape == logits.shape
     torch.testing.assert_close(q.sum(1), torch.ones(1, 24, 32))
+
+
+def test_inference_settings_are_saved_as_plain_values_and_restored(tmp_path):
+    import pytorch_lightning as pl
+
+    from lightning_deeplab.evaluation import InferenceConfig
+
+    config = InferenceConfig(mode="slide", window=33, stride=16, scales=(1.0, 0.5), flip=True)
+    module = small_module(msc_scales=None, inference=config)
+    assert module.hparams.inference == config.to_dict()
+    path = tmp_path / "model.ckpt"
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    torch.load(path, weights_only=True)  # no pickled classes in the checkpoint
+    assert DeepLabV2Module.load_from_checkpoint(path).inference == config
+    # settings given when loading win, as for the CRF
+    reloaded = DeepLabV2Module.load_from_checkpoint(path, inference={"mode": "whole", "pad_to": 41})
+    assert reloaded.inference == InferenceConfig(pad_to=41)
+
+
+def test_evaluation_uses_the_inference_settings():
+    from lightning_deeplab.evaluation import InferenceConfig, infer_probabilities
+
+    module = small_module(msc_scales=None, inference=InferenceConfig(flip=True))
+    module.eval()
+    image = torch.rand(1, 3, 22, 29) * 255
+    with torch.no_grad():
+        probs = module.predict_probabilities(image)
+        plain = infer_probabilities(module.model, image, InferenceConfig())
+        mirrored = infer_probabilities(module.model, image.flip(-1), InferenceConfig()).flip(-1)
+        scores = module.predict_scores(image)
+    torch.testing.assert_close(probs, (plain + mirrored) / 2)
+    assert not torch.allclose(probs, plain, atol=1e-4)
+    # scores are log-probabilities: their softmax gives the probabilities back
+    torch.testing.assert_close(scores.softmax(1), probs)
+
+
+def test_prediction_can_refine_with_the_crf_when_evaluation_does_not():
+    module = small_module(msc_scales=None, eval_crf=False, crf={"bi_w": 5.0, "iterations": 2})
+    assert module.crf is None
+    crf = module.dense_crf()
+    assert float(crf.bi_w) == 5.0 and crf.iterations == 2
+    assert module.dense_crf() is crf  # built once per device
+    assert not any(k.startswith("crf") for k in module.state_dict())
+    probs = torch.rand(1, NUM_CLASSES, 12, 16).softmax(1)
+    refined = module.refine_probabilities(probs, torch.rand(1, 3, 12, 16) * 255)
+    torch.testing.assert_close(refined.sum(1), torch.ones(1, 12, 16))
