@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import RawDescriptionHelpFormatter
 from typing import Any, Callable, Optional, Sequence
 
 from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from .data import SegmentationDataModule
@@ -27,9 +29,15 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab v2 .caffemodel to a checkpoint"),
 }
 
-HELP_DESCRIPTION = "DeepLab v2: train, evaluate and predict with a YAML config.\n\nOther commands:\n" + "\n".join(
-    f"  deeplab {name:<14} {summary} (deeplab {name} --help)" for name, (_, summary) in EXTRA_COMMANDS.items()
+HELP_DESCRIPTION = (
+    "DeepLab v2: train, evaluate and predict with a YAML config.\n\nOther commands "
+    "(`deeplab <command> --help` for their options):\n"
+    + "\n".join(f"  deeplab {name:<14} {summary}" for name, (_, summary) in EXTRA_COMMANDS.items())
 )
+
+
+class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description's line breaks kept (the command list)."""
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:
@@ -59,7 +67,11 @@ class DeepLabCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
-        kwargs["parser_kwargs"] = {"description": HELP_DESCRIPTION, **(kwargs.get("parser_kwargs") or {})}
+        kwargs["parser_kwargs"] = {
+            "description": HELP_DESCRIPTION,
+            "formatter_class": _HelpFormatter,
+            **(kwargs.get("parser_kwargs") or {}),
+        }
         super().__init__(DeepLabV2Module, SegmentationDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
