@@ -145,9 +145,10 @@ def save_untrained_checkpoint(args: list[str], path: Path) -> DeepLabCLI:
     return cli
 
 
-def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(data_root, tmp_path, capsys):
+def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     run = str(tmp_path / "run")
-    args = tiny_args(data_root, run, "--trainer.logger", "false")
+    args = tiny_args(data_root, run)
     ckpt = tmp_path / "model.ckpt"
     cli = save_untrained_checkpoint(args, ckpt)
     class_names = cli.datamodule.class_names
@@ -166,9 +167,17 @@ def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(dat
     # one confusion matrix over the split: every labelled pixel of the 5 images counted once
     labelled = sum(int((cli.datamodule.dataset("val")[i]["mask"] != 255).sum()) for i in range(5))
     assert saved["num_pixels"] == labelled == sum(map(sum, saved["without_crf"]["confusion"]))
+    # the per-class table went to wandb as well
+    tables = glob.glob(os.path.join(run, "wandb", "offline-run-*", "files", "media", "table", "val", "per_class_iou*.json"))
+    assert len(tables) == 1
+    with open(tables[0]) as f:
+        table = json.load(f)
+    assert table["columns"] == ["class", "IoU", "IoU with CRF"]
+    assert [row[0] for row in table["data"]] == class_names
+    assert table["data"][0][1] == pytest.approx(saved["without_crf"]["iou"][class_names[0]])
 
     # no checkpoint: the run's root folder; no CRF: no CRF column
-    DeepLabCLI(args=["test", *args, "--model.eval_crf", "false"])
+    DeepLabCLI(args=["test", *args, "--model.eval_crf", "false", "--trainer.logger", "false"])
     saved = json.loads((tmp_path / "run" / "test-scores.json").read_text())
     assert saved["stage"] == "test" and saved["checkpoint"] is None and saved["with_crf"] is None
 
