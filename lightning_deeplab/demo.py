@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from .cli import DeepLabCLI
-from .viz import blend, colorize, save_atomically, save_label_png
+from .viz import colorize, save_atomically, save_label_png
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.yaml")
 
@@ -66,8 +66,8 @@ def plot_per_class(scores: dict[str, dict[str, Any]], path: str) -> None:
 
 @torch.no_grad()
 def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
-    """Palette PNGs of the prediction and the CRF prediction, and an overlay strip per image
-    (image | ground truth | prediction | CRF prediction)."""
+    """Palette PNGs of the prediction and the CRF prediction, and a strip per image
+    (image | ground truth | prediction | CRF prediction, in the dataset's colours)."""
     module.eval()
     palette = datamodule.palette
     written = []
@@ -79,14 +79,14 @@ def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
                 return written
             image = batch["image"][i].round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
             pred = logits[i].argmax(0).numpy()
-            panels = [image, colorize(batch["mask"][i].numpy(), palette), blend(image, pred, palette)]
+            panels = [image, colorize(batch["mask"][i].numpy(), palette), colorize(pred, palette)]
             save_label_png(pred, palette, os.path.join(output, "predictions", f"{name}.png"))
             if refined is not None:
                 crf_pred = refined[i].argmax(0).numpy()
                 save_label_png(crf_pred, palette, os.path.join(output, "predictions_crf", f"{name}.png"))
-                panels.append(blend(image, crf_pred, palette))
+                panels.append(colorize(crf_pred, palette))
             strip = np.concatenate(panels, axis=1)
-            path = os.path.join(output, "overlays", f"{name}.jpg")
+            path = os.path.join(output, "comparisons", f"{name}.png")
             save_atomically(Image.fromarray(strip), path)
             written.append(path)
     return written
@@ -118,7 +118,7 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
         f.write(table + "\n")
     plot_per_class(scores, os.path.join(output, "per_class_iou.png"))
     print("\n" + table)
-    print(f"\nwrote {output}/results.md, results.json, per_class_iou.png, predictions/, overlays/")
+    print(f"\nwrote {output}/results.md, results.json, per_class_iou.png, predictions/, predictions_crf/, comparisons/")
     return summary
 
 
