@@ -1,0 +1,99 @@
+// CUDA Gaussian filtering through a permutohedral lattice: one thread per (vertex, channel)
+// for the splat (a gather over the vertex's CSR list, so no atomics) and the blur, one per
+// (pixel, channel) for the slice. Channels are the fastest index, so a warp reads whole rows.
+#include "cuda/lattice_cuda.h"
+
+namespace lightning_deeplab {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned int blocks_for(int64_t n) {
+  return static_cast<unsigned int>((n + kThreads - 1) / kThreads);
+}
+
+__device__ __forceinline__ int64_t thread_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+// Vertex v lives in row v+1 of the buffers; row 0 is zero (a missing neighbour, index -1).
+template <typename T>
+__global__ void splat_kernel(FilterPointers<T> ptrs, int64_t M, int64_t C) {
+  const int64_t index = thread_index();
+  if (index >= M * C) return;
+  const int64_t v = index / C;
+  const int64_t c = index % C;
+  T acc = T(0);
+  for (int32_t k = ptrs.splat_ptr[v]; k < ptrs.splat_ptr[v + 1]; ++k) {
+    const int64_t pixel = ptrs.splat_pixel[k];
+    T w = static_cast<T>(ptrs.splat_weight[k]);
+    if (ptrs.scale_in != nullptr) w *= ptrs.scale_in[pixel];
+    acc += w * ptrs.values[pixel * C + c];
+  }
+  ptrs.buf_a[(v + 1) * C + c] = acc;
+}
+
+template <typename T>
+__global__ void blur_kernel(const int32_t* neighbors, const T* src, T* dst, int64_t M, int64_t C) {
+  const int64_t index = thread_index();
+  if (index >= M * C) return;
+  const int64_t v = index / C;
+  const int64_t c = index % C;
+  const int64_t n1 = static_cast<int64_t>(neighbors[2 * v]) + 1;
+  const int64_t n2 = static_cast<int64_t>(neighbors[2 * v + 1]) + 1;
+  dst[(v + 1) * C + c] = src[(v + 1) * C + c] + T(0.5) * (src[n1 * C + c] + src[n2 * C + c]);
+}
+
+template <typename T>
+__global__ void slice_kernel(FilterPointers<T> ptrs, const T* lattice_values, int64_t P,
+                             int64_t C, int d, T alpha) {
+  const int64_t index = thread_index();
+  if (index >= P * C) return;
+  const int64_t p = index / C;
+  const int64_t c = index % C;
+  const int d1 = d + 1;
+  T acc = T(0);
+  for (int r = 0; r < d1; ++r) {
+    const T w = static_cast<T>(ptrs.weights[p * d1 + r]) * alpha;
+    acc += w * lattice_values[(static_cast<int64_t>(ptrs.offsets[p * d1 + r]) + 1) * C + c];
+  }
+  if (ptrs.scale_out != nullptr) acc *= ptrs.scale_out[p];
+  if (ptrs.addend != nullptr) acc = ptrs.addend[index] + acc;
+  ptrs.out[index] = acc;
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t lattice_filter(const FilterPointers<T>& ptrs, int64_t P, int64_t M, int64_t C, int d,
+                           bool reverse, cudaStream_t stream) {
+  cudaError_t status = cudaMemsetAsync(ptrs.buf_a, 0, C * sizeof(T), stream);
+  if (status != cudaSuccess) return status;
+  status = cudaMemsetAsync(ptrs.buf_b, 0, C * sizeof(T), stream);
+  if (status != cudaSuccess) return status;
+  if (M > 0) {
+    splat_kernel<T><<<blocks_for(M * C), kThreads, 0, stream>>>(ptrs, M, C);
+  }
+  T* src = ptrs.buf_a;
+  T* dst = ptrs.buf_b;
+  for (int step = 0; step <= d && M > 0; ++step) {
+    const int axis = reverse ? d - step : step;
+    blur_kernel<T><<<blocks_for(M * C), kThreads, 0, stream>>>(
+        ptrs.neighbors + static_cast<int64_t>(axis) * M * 2, src, dst, M, C);
+    T* swap = src;
+    src = dst;
+    dst = swap;
+  }
+  const T alpha = static_cast<T>(lattice::slice_alpha(d));
+  slice_kernel<T><<<blocks_for(P * C), kThreads, 0, stream>>>(ptrs, src, P, C, d, alpha);
+  return cudaGetLastError();
+}
+
+template cudaError_t lattice_filter<float>(const FilterPointers<float>&, int64_t, int64_t, int64_t,
+                                           int, bool, cudaStream_t);
+template cudaError_t lattice_filter<double>(const FilterPointers<double>&, int64_t, int64_t,
+                                            int64_t, int, bool, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace lightning_deeplab
