@@ -10,7 +10,12 @@ import sys
 from argparse import RawDescriptionHelpFormatter
 from typing import Any, Callable, Optional, Sequence
 
-from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from pytorch_lightning.callbacks import (
+    BasePredictionWriter,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ThroughputMonitor,
+)
 from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -25,7 +30,7 @@ MONITOR = "val/mIoU"
 
 #: Commands handled outside LightningCLI: name -> (module, one-line description).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val images"),
+    "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val"),
     "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab v2 .caffemodel to a checkpoint"),
 }
 

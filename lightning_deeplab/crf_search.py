@@ -214,8 +214,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.num_images < 1:
         print(f"error: --num_images must be >= 1, got {args.num_images}", file=sys.stderr)
         return 2
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
-    cli = DeepLabCLI(args=[*rest, "--trainer.logger", "false"], run=False)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    cli_args = [*rest, "--trainer.logger", "false"]
+    if (args.ckpt_path or args.probabilities) and not any(a.startswith("--model.pretrained") for a in rest):
+        # the checkpoint brings every weight (or none is needed): skip loading the backbone's first
+        cli_args += ["--model.pretrained", "null"]
+    cli = DeepLabCLI(args=cli_args, run=False)
     module, datamodule = cli.model, cli.datamodule
     datamodule.prepare_data()
     split = args.split or datamodule.splits["val"]
@@ -246,7 +253,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     outcome = crf_grid_search(samples, num_classes, grid, base, device, datamodule.ignore_index, on_result=show)
     best = outcome["best"]
     print(f"without CRF: mIoU {100 * outcome['baseline']:.2f}")
-    print(f"best: {_format(best)}  mIoU {100 * best['mIoU']:.2f} ({100 * (best['mIoU'] - outcome['baseline']):+.2f})")
+    gain = best["mIoU"] - outcome["baseline"]
+    print(f"best: {_format(best)}  mIoU {100 * best['mIoU']:.2f} ({100 * gain:+.2f} over no CRF)")
     output = args.output
     if output is None:
         output = os.path.splitext(args.ckpt_path)[0] + ".crf-search.json" if args.ckpt_path else "crf-search.json"

@@ -94,7 +94,9 @@ class InferenceConfig:
             raise TypeError(f"inference.scales must be a non-empty sequence of numbers, got {scales!r}")
         for scale in scales:
             if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
-                raise ValueError(f"inference.scales must hold positive finite numbers, got {scale!r} in {scales!r}")
+                raise ValueError(
+                    f"inference.scales must hold positive finite numbers, got {scale!r} in {scales!r}"
+                )
         if not isinstance(self.flip, bool):
             raise TypeError(f"inference.flip must be a bool, got {self.flip!r}")
         for name, value in (("window", window), ("stride", stride), ("pad_to", pad_to),
@@ -112,7 +114,8 @@ class InferenceConfig:
         if isinstance(value, Mapping):
             unknown = set(value) - {f.name for f in fields(cls)}
             if unknown:
-                raise TypeError(f"inference: unknown setting(s) {sorted(unknown)}; valid: {[f.name for f in fields(cls)]}")
+                valid = [f.name for f in fields(cls)]
+                raise TypeError(f"inference: unknown setting(s) {sorted(unknown)}; valid: {valid}")
             return cls(**value)
         raise TypeError(f"inference must be an InferenceConfig, a mapping or None, got {type(value).__name__}")
 
@@ -189,7 +192,7 @@ def slide_logits(model: Model, image: Tensor, window: tuple[int, int], stride: t
             rows, cols = slice(top, top + window[0]), slice(left, left + window[1])
             logits = upsample_aligned(model(padded[..., rows, cols]), window).float()
             if total is None:
-                total = torch.zeros((image.shape[0], logits.shape[1], *size), dtype=torch.float32, device=image.device)
+                total = logits.new_zeros((image.shape[0], logits.shape[1], *size))
             total[..., rows, cols] += logits
             count[..., rows, cols] += 1
     assert total is not None  # window_starts yields at least one window per side

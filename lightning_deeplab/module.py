@@ -319,22 +319,27 @@ class DeepLabV2Module(pl.LightningModule):
         if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and self.trainer.is_global_zero:
             self._report_scores(stage, report)
 
+    def _evaluated_checkpoint(self) -> Optional[str]:
+        ckpt_path = self.trainer.ckpt_path
+        return ckpt_path if ckpt_path and os.path.isfile(ckpt_path) else None
+
     def scores_path(self, stage: str) -> str:
         """Where the scores of ``stage`` are saved: beside the evaluated checkpoint, or in the
         trainer's ``default_root_dir`` when there is none."""
-        ckpt_path = self.trainer.ckpt_path
-        if ckpt_path and os.path.isfile(ckpt_path):
-            stem = os.path.splitext(ckpt_path)[0]
-            return f"{stem}.{stage}-scores.json"
+        checkpoint = self._evaluated_checkpoint()
+        if checkpoint is not None:
+            return f"{os.path.splitext(checkpoint)[0]}.{stage}-scores.json"
         return os.path.join(self.trainer.default_root_dir, f"{stage}-scores.json")
 
     def _report_scores(self, stage: str, report: dict[str, Any]) -> None:
-        checkpoint = self.trainer.ckpt_path if self.trainer.ckpt_path and os.path.isfile(self.trainer.ckpt_path) else None
-        title = f"{stage} scores (%), {report['num_pixels']} pixels" + (f", checkpoint {checkpoint}" if checkpoint else "")
+        checkpoint = self._evaluated_checkpoint()
+        title = f"{stage} scores (%), {report['num_pixels']} pixels"
+        title += f", checkpoint {checkpoint}" if checkpoint else ""
         print("\n" + format_scores_table(report, title=title) + "\n", flush=True)
         path = self.scores_path(stage)
+        crf = dict(self.hparams.crf or {}) if self.crf is not None else None
         write_json(path, {"stage": stage, "checkpoint": checkpoint, "inference": self.inference.to_dict(),
-                          "crf": dict(self.hparams.crf or {}) if self.crf is not None else None, **report})  # fmt: skip
+                          "crf": crf, **report})  # fmt: skip
         print(f"scores saved to {path}", flush=True)
 
     def _log_scores_table(self, stage: str, report: dict[str, Any]) -> None:

@@ -146,7 +146,10 @@ def save_untrained_checkpoint(args: list[str], path: Path) -> DeepLabCLI:
 
 
 def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(data_root, tmp_path, capsys, monkeypatch):
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.finish()  # a run left open by an earlier test would receive this one's logs
     run = str(tmp_path / "run")
     args = tiny_args(data_root, run)
     ckpt = tmp_path / "model.ckpt"
