@@ -25,10 +25,11 @@ TORCH_LIBRARY(lightning_deeplab, m) {
   // Gaussian filtering of values [B, N, C] through a lattice: splat, blur along the axes
   // 0..d (d..0 when reverse, which is the transpose), slice. With the optional per-pixel
   // scales [B, N] and addend [B, N, C] (same dtype as values) it returns
-  //   addend + scale_out * K(scale_in * values),
-  // which folds the CRF's kernel normalisation, weight and message sum into the filter.
+  //   addend + scale_out * K(scale_in * values)
+  // and, with softmax, its softmax over C: that folds the CRF's kernel normalisation,
+  // weight, message sum and the mean-field softmax into the filter.
   m.def(
       "lattice_filter(Tensor values, Tensor offsets, Tensor weights, Tensor neighbors, "
       "Tensor splat_ptr, Tensor splat_pixel, Tensor splat_weight, Tensor? scale_in, "
-      "Tensor? scale_out, Tensor? addend, bool reverse) -> Tensor");
+      "Tensor? scale_out, Tensor? addend, bool reverse, bool softmax=False) -> Tensor");
 }

@@ -11,6 +11,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <optional>
 #include <utility>
@@ -46,6 +49,7 @@ struct FilterArgs {
   const int32_t* splat_pixel;   // [E]
   const float* splat_weight;    // [E]
   bool reverse;
+  bool softmax;                 // softmax over C of every output row
 };
 
 // Vertex v lives in row v+1 of a buffer with `stride` (>= C) values per row; row 0 is zero
@@ -98,6 +102,40 @@ __attribute__((noinline)) void blur_axis(const FilterArgs<T>& a, int axis, const
   });
 }
 
+// exp(x) for x <= 0 (Cephes' single-precision polynomial, ~1 ulp), written without branches
+// so the compiler vectorises a row of it (the clamp is a bit-mask select: a plain ?: on
+// floats is not if-converted without -ffinite-math-only).
+inline float exp_nonpositive(float x) {
+  constexpr float kLowest = -87.0f;  // exp(-87) ~ 1.6e-38 is still a normal float
+  const int32_t below = -static_cast<int32_t>(x < kLowest);
+  x = std::bit_cast<float>((std::bit_cast<int32_t>(kLowest) & below) |
+                           (std::bit_cast<int32_t>(x) & ~below));
+  const float n = lattice::round_half_even(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^n for n in [-126, 0], built from its exponent bits.
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// In-place softmax of one row: max-subtracted exp, divided by the sum (as the reference).
+template <typename T>
+inline void softmax_row(T* __restrict__ y, int64_t C) {
+  T top = y[0];
+  for (int64_t c = 1; c < C; ++c) top = y[c] > top ? y[c] : top;
+  for (int64_t c = 0; c < C; ++c) y[c] = exp_nonpositive(y[c] - top);
+  T sum = T(0);
+  for (int64_t c = 0; c < C; ++c) sum += y[c];
+  for (int64_t c = 0; c < C; ++c) y[c] = y[c] / sum;
+}
+
 // Slices one pixel's channels [c0, c0 + width) into `y`: a sum over its d+1 vertices,
 // accumulated in a small local array the compiler keeps in registers.
 template <typename T, int kWidth>
@@ -139,6 +177,7 @@ __attribute__((noinline)) void slice(const FilterArgs<T>& a, const T* buf, int64
       int64_t c0 = 0;
       for (; c0 + kWidth <= a.C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, kWidth, scale, addend, y);
       for (; c0 < a.C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, 1, scale, addend, y);
+      if (a.softmax) softmax_row(y, a.C);
     }
   });
 }
@@ -162,7 +201,8 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
                               const at::Tensor& splat_weight_arg,
                               const std::optional<at::Tensor>& scale_in_arg,
                               const std::optional<at::Tensor>& scale_out_arg,
-                              const std::optional<at::Tensor>& addend_arg, bool reverse) {
+                              const std::optional<at::Tensor>& addend_arg, bool reverse,
+                              bool softmax) {
   check_filter_args(values_arg, {offsets_arg, weights_arg, neighbors_arg, splat_ptr_arg,
                                  splat_pixel_arg, splat_weight_arg});
   check_filter_extras(values_arg, scale_in_arg, scale_out_arg, addend_arg);
@@ -208,7 +248,8 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
                        splat_ptr.data_ptr<int32_t>(),
                        splat_pixel.data_ptr<int32_t>(),
                        splat_weight.data_ptr<float>(),
-                       reverse};
+                       reverse,
+                       softmax};
     filter_cpu_kernel<T>(args, buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
   });
   return out;

@@ -123,7 +123,8 @@ at::Tensor lattice_filter_cuda(const at::Tensor& values_arg, const at::Tensor& o
                                const at::Tensor& splat_weight_arg,
                                const std::optional<at::Tensor>& scale_in_arg,
                                const std::optional<at::Tensor>& scale_out_arg,
-                               const std::optional<at::Tensor>& addend_arg, bool reverse) {
+                               const std::optional<at::Tensor>& addend_arg, bool reverse,
+                               bool softmax) {
   check_filter_args(values_arg, {offsets_arg, weights_arg, neighbors_arg, splat_ptr_arg,
                                  splat_pixel_arg, splat_weight_arg});
   check_filter_extras(values_arg, scale_in_arg, scale_out_arg, addend_arg);
@@ -169,7 +170,7 @@ at::Tensor lattice_filter_cuda(const at::Tensor& values_arg, const at::Tensor& o
                                  buf_b.data_ptr<T>()};
     C10_CUDA_CHECK(cuda::lattice_filter<T>(ptrs, P, M, C, d, reverse, stream));
   });
-  return out;
+  return softmax ? at::softmax(out, -1) : out;
 }
 
 }  // namespace

@@ -61,7 +61,10 @@ def sources(csrc_dir: str = CSRC_DIR, with_cuda: bool = False) -> list[str]:
 
 def extra_compile_args(with_cuda: bool = False) -> dict[str, list[str]]:
     # No contraction into FMAs: the lattice arithmetic must round the same on CPU and GPU.
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off"]
+    # -fopenmp: at::parallel_for is inline code over OpenMP pragmas (torch's backend); without
+    # it the kernels would run on one thread. The GOMP symbols resolve to the libgomp that
+    # torch itself loads, so nothing extra is linked.
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fopenmp"]
     if with_cuda:
         cxx.append("-DWITH_CUDA")
     args = {"cxx": cxx}

@@ -90,27 +90,30 @@ def _build_lattice_fake(features: torch.Tensor):
 @torch.library.register_fake("lightning_deeplab::lattice_filter")
 def _lattice_filter_fake(
     values, offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight,
-    scale_in, scale_out, addend, reverse,
+    scale_in, scale_out, addend, reverse, softmax=False,
 ):
     torch._check(values.dim() == 3, lambda: "lattice_filter: values must be [B, N, C]")
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
 
 def _lattice_filter_setup_context(ctx, inputs, output) -> None:
-    _values, *lattice, scale_in, scale_out, addend, reverse = inputs
-    ctx.save_for_backward(*lattice, scale_in, scale_out)
+    _values, *lattice, scale_in, scale_out, addend, reverse = inputs[:11]
+    softmax = inputs[11] if len(inputs) > 11 else False
+    ctx.save_for_backward(*lattice, scale_in, scale_out, output if softmax else None)
     ctx.reverse = reverse
     ctx.has_addend = addend is not None
 
 
 def _lattice_filter_backward(ctx, grad: torch.Tensor):
-    # out = addend + s_out * K(s_in * x) is linear in x and addend. K's adjoint is the same
-    # filter with the blur axes reversed, so x's gradient swaps the scales and the order.
-    # The scales (kernel normalisations) are constants: they get no gradient.
-    *lattice, scale_in, scale_out = ctx.saved_tensors
+    # out = [softmax](addend + s_out * K(s_in * x)) is linear in x and addend before the
+    # softmax. K's adjoint is the same filter with the blur axes reversed, so x's gradient
+    # swaps the scales and the axis order. The scales (kernel normalisations) are constants.
+    *lattice, scale_in, scale_out, softmax_out = ctx.saved_tensors
+    if softmax_out is not None:
+        grad = softmax_out * (grad - (grad * softmax_out).sum(dim=-1, keepdim=True))
     grad_values = _ops.lattice_filter(grad, *lattice, scale_out, scale_in, None, not ctx.reverse)
     grad_addend = grad if ctx.has_addend else None
-    return (grad_values,) + (None,) * 8 + (grad_addend, None)
+    return (grad_values,) + (None,) * 8 + (grad_addend, None, None)
 
 
 torch.library.register_autograd(

@@ -41,9 +41,10 @@ class Lattice(NamedTuple):
         scale_in: Optional[torch.Tensor] = None,
         scale_out: Optional[torch.Tensor] = None,
         addend: Optional[torch.Tensor] = None,
+        softmax: bool = False,
     ) -> torch.Tensor:
         """Approximate Gaussian filter of `values` [B, N, C]; see `lattice_filter`."""
-        return lattice_filter(values, self, reverse, scale_in, scale_out, addend)
+        return lattice_filter(values, self, reverse, scale_in, scale_out, addend, softmax)
 
 
 def build_lattice(features: torch.Tensor) -> Lattice:
@@ -60,11 +61,13 @@ def lattice_filter(
     scale_in: Optional[torch.Tensor] = None,
     scale_out: Optional[torch.Tensor] = None,
     addend: Optional[torch.Tensor] = None,
+    softmax: bool = False,
 ) -> torch.Tensor:
     """Filters values [B, N, C] (float32 or float64) through `lattice`: splat, blur along
     the axes 0..d (d..0 if `reverse`: the transposed filter), slice; the result includes
     each pixel's own contribution. Returns `addend + scale_out * K(scale_in * values)`,
-    with per-pixel scales [B, N] and addend [B, N, C] optional (same dtype as values).
+    with per-pixel scales [B, N] and addend [B, N, C] optional (same dtype as values), and
+    its softmax over C if `softmax` (one mean-field update without an extra pass).
 
     Differentiable in `values` and `addend`; the scales are treated as constants."""
     return _ops.lattice_filter(
@@ -79,4 +82,5 @@ def lattice_filter(
         None if scale_out is None else scale_out.detach(),
         addend,
         reverse,
+        softmax,
     )

@@ -61,23 +61,67 @@ def mean_field(
 ) -> torch.Tensor:
     """Runs the mean-field loop on -U [B, N, C]; returns Q [B, N, C]."""
     q = torch.softmax(neg_unary, dim=-1)
+    # Potts with constant weights: the filters add their messages straight onto -U (in the
+    # reference's order) and the last one applies the softmax itself.
+    fused = compatibility is None and all(kernel.weight is None for kernel in kernels)
     for _ in range(iterations):
-        # Potts: the filters add their messages straight onto -U, in the reference's order.
         messages = neg_unary if compatibility is None else None
-        for kernel in kernels:
+        for index, kernel in enumerate(kernels):
             if kernel.weight is None:
                 messages = kernel.lattice.filter(
-                    q, scale_in=kernel.scale_in, scale_out=kernel.scale_out, addend=messages
+                    q, scale_in=kernel.scale_in, scale_out=kernel.scale_out, addend=messages,
+                    softmax=fused and index == len(kernels) - 1,
                 )
             else:
                 term = kernel.weight * kernel.lattice.filter(
                     q, scale_in=kernel.scale_in, scale_out=kernel.scale_out
                 )
                 messages = term if messages is None else messages + term
+        if fused:
+            q = messages
+            continue
         if compatibility is not None:
             messages = neg_unary + messages @ compatibility
         q = torch.softmax(messages, dim=-1)
     return q
+
+
+def pixels_last(scores: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H*W, C], the layout the lattice kernels read (a pixel's C values
+    contiguous). channels_last conversion has a fast transposing copy; the rest is a view."""
+    batch, classes, height, width = scores.shape
+    scores = scores.contiguous(memory_format=torch.channels_last)
+    return scores.permute(0, 2, 3, 1).reshape(batch, height * width, classes)
+
+
+def channels_first(q: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, H*W, C] -> contiguous [B, C, H, W]; per-image 2-D transposes take torch's fast path."""
+    batch, _, classes = q.shape
+    planes = [q[b].t().contiguous() for b in range(batch)]
+    q = planes[0].unsqueeze(0) if batch == 1 else torch.stack(planes)
+    return q.reshape(batch, classes, height, width)
+
+
+def build_kernels(
+    image: torch.Tensor,
+    pos_w: Weight,
+    pos_xy_std: float,
+    bi_w: Weight,
+    bi_xy_std: float,
+    bi_rgb_std: float,
+    normalization: str,
+    dtype: torch.dtype,
+) -> list[Kernel]:
+    """The smoothness and appearance kernels of image [B, 3, H, W]: lattices built once,
+    normalised, weights folded in. Arguments as in `dense_crf` (not validated here)."""
+    batch, _, height, width = image.shape
+    return [
+        make_kernel(build_lattice(features), weight, normalization, dtype)
+        for features, weight in (
+            (position_features(batch, height, width, pos_xy_std, image.device), pos_w),
+            (bilateral_features(image, bi_xy_std, bi_rgb_std), bi_w),
+        )
+    ]
 
 
 def dense_crf(
@@ -127,23 +171,8 @@ def dense_crf(
     check.check_values(unary, image)
 
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
-    pixels = height * width
-    # Channels-last [B, N, C]: the lattice kernels read each pixel's C values contiguously.
-    # (channels_last conversion has a fast transposing copy; permute + reshape is then a view)
-    neg_unary = -unary.to(dtype).contiguous(memory_format=torch.channels_last)
-    neg_unary = neg_unary.permute(0, 2, 3, 1).reshape(batch, pixels, classes)
-
-    kernels = [
-        make_kernel(build_lattice(features), weight, normalization, dtype)
-        for features, weight in (
-            (position_features(batch, height, width, pos_xy_std, unary.device), pos_w),
-            (bilateral_features(image, bi_xy_std, bi_rgb_std), bi_w),
-        )
-    ]
-
+    neg_unary = -pixels_last(unary.to(dtype))
+    kernels = build_kernels(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization, dtype)
     matrix = compatibility.to(dtype) if compatibility is not None else None
     q = mean_field(neg_unary, kernels, iterations, matrix)
-    # Back to [B, C, H, W]; per-image 2-D transposes take torch's fast path.
-    planes = [q[b].t().contiguous() for b in range(batch)]
-    q = planes[0].unsqueeze(0) if batch == 1 else torch.stack(planes)
-    return q.reshape(batch, classes, height, width)
+    return channels_first(q, height, width)

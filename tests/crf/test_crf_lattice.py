@@ -161,6 +161,43 @@ def test_opcheck_lattice_filter(dtype, reverse, extras):
         scale_in = scale_out = addend = None
     args = (values, *lattice[:6], scale_in, scale_out, addend, reverse)
     torch.library.opcheck(torch.ops.lightning_deeplab.lattice_filter.default, args)
+    if extras:
+        torch.library.opcheck(torch.ops.lightning_deeplab.lattice_filter.default, args + (True,))
+
+
+def test_softmax_flag_is_the_softmax_of_the_filter():
+    lattice = build_lattice(torch.randn(2, 500, 5) * 2)
+    values = torch.rand(2, 500, 21)
+    scale = torch.rand(2, 500) + 0.5
+    addend = torch.randn(2, 500, 21) * 30  # wide logits exercise the exp's range
+    addend[0, :5] -= 200.0
+    plain = lattice.filter(values, scale_in=scale, scale_out=scale, addend=addend)
+    fused = lattice.filter(values, scale_in=scale, scale_out=scale, addend=addend, softmax=True)
+    torch.testing.assert_close(fused, torch.softmax(plain, dim=-1), rtol=2e-6, atol=1e-7)
+    small = build_lattice(torch.randn(2, 40, 2))
+    values64 = torch.rand(2, 40, 3, dtype=torch.float64, requires_grad=True)
+    addend64 = torch.randn(2, 40, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda v, a: lattice_filter(v, small, addend=a, softmax=True), (values64, addend64)
+    )
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    features = torch.randn(2, 3000, 5) * 3
+    values = torch.rand(2, 3000, 6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        lattice_one = build_lattice(features)
+        one = lattice_one.filter(values, softmax=True)
+        torch.set_num_threads(max(2, threads))
+        lattice_many = build_lattice(features)
+        many = lattice_many.filter(values, softmax=True)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(lattice_one, lattice_many):
+        assert torch.equal(a, b)
+    assert torch.equal(one, many)
 
 
 def test_scales_and_addend():

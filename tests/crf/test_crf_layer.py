@@ -121,6 +121,15 @@ def test_trainable_parameters_get_gradients():
         assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0
 
 
+def test_fused_and_differentiable_paths_agree():
+    # Constant weights run the fused filter+softmax path; trainable ones the separate
+    # differentiable terms and torch.softmax.
+    unary, image = _inputs(batch=2, classes=5, height=30, width=40)
+    fast = DenseCRF()(unary, image)
+    slow = DenseCRF(trainable=True)(unary, image)
+    torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=2e-6)
+
+
 def test_not_trainable_keeps_weights_as_buffers():
     crf = DenseCRF(compatibility=torch.eye(3))
     assert list(crf.parameters()) == []
