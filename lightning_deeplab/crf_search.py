@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .constants import IGNORE_INDEX
-from .evaluation import write_json
+from .fileio import write_json
 from .metrics import scores_from_confusion
 
 #: The grid of the paper (DeepLab v2, section 4.1: w1 in [3:6], sigma_alpha in [30:10:100],

@@ -16,45 +16,30 @@ import torch
 from PIL import Image
 
 from .cli import DeepLabCLI
+from .evaluation import format_scores_table
+from .fileio import atomic_output, write_json
 from .viz import colorize, save_atomically, save_label_png
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.yaml")
 
 
-def _scores(results: dict[str, float], prefix: str, class_names: list[str]) -> dict[str, Any]:
-    return {
-        "mIoU": results[f"{prefix}/mIoU"],
-        "pixel_acc": results[f"{prefix}/pixel_acc"],
-        "mean_acc": results[f"{prefix}/mean_acc"],
-        "fw_iou": results[f"{prefix}/fw_iou"],
-        "iou": {name: results[f"{prefix}/iou_{name}"] for name in class_names},
-    }
-
-
-def results_table(scores: dict[str, dict[str, Any]]) -> str:
-    names = list(next(iter(scores.values()))["iou"])
-    lines = [
-        "| | mIoU | pixel acc | mean acc | fw IoU | " + " | ".join(names) + " |",
-        "|---" * (5 + len(names)) + "|",
-    ]
-    for label, s in scores.items():
-        cells = [s["mIoU"], s["pixel_acc"], s["mean_acc"], s["fw_iou"], *s["iou"].values()]
-        lines.append(f"| {label} | " + " | ".join(f"{100 * v:.2f}" for v in cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_per_class(scores: dict[str, dict[str, Any]], path: str) -> None:
+def plot_per_class(report: dict[str, Any], path: str) -> None:
+    """Bars of the per-class IoU of a scores report, without and with the CRF."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(next(iter(scores.values()))["iou"])
+    scores = {"DeepLab v2": report["without_crf"]}
+    if report.get("with_crf") is not None:
+        scores["DeepLab v2 + CRF"] = report["with_crf"]
+    names = report["classes"]
     x = np.arange(len(names))
     width = 0.8 / len(scores)
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     for k, (label, s) in enumerate(scores.items()):
-        ax.bar(x + k * width, [100 * v for v in s["iou"].values()], width, label=f"{label} (mIoU {100 * s['mIoU']:.1f})")
+        iou = [100 * (s["iou"][name] or 0.0) for name in names]
+        ax.bar(x + k * width, iou, width, label=f"{label} (mIoU {100 * s['mIoU']:.1f})")
     ax.set_xticks(x + width * (len(scores) - 1) / 2, names)
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
@@ -97,27 +82,22 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
     args = ["fit", "--config", config, "--trainer.default_root_dir", output, *(extra_args or [])]
     cli = DeepLabCLI(args=args)
     train_seconds = time.perf_counter() - start
-    results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best")[0]
-    class_names = cli.datamodule.class_names
-    scores = {"DeepLab v2": _scores(results, "val", class_names)}
-    if cli.model.crf is not None:
-        scores["DeepLab v2 + CRF"] = _scores(results, "val_crf", class_names)
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best")
+    with open(cli.model.scores_path("val")) as f:
+        report = json.load(f)  # written by the module after validation: the protocol's scores
     write_predictions(cli.model.cpu(), cli.datamodule, output, num_examples)
-    table = results_table(scores)
+    table = format_scores_table(report, title="validation scores (%)")
     summary = {
         "config": os.path.relpath(config),
         "train_seconds": round(train_seconds, 1),
         "steps": cli.trainer.global_step,
-        "best_checkpoint": cli.trainer.checkpoint_callback.best_model_path,
-        "scores": scores,
+        "scores": report,
     }
-    with open(os.path.join(output, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(output, "results.md"), "w") as f:
-        f.write(f"Synthetic VOC-layout validation set, {summary['steps']} training steps in {train_seconds:.0f} s.\n\n")
-        f.write(table + "\n")
-    plot_per_class(scores, os.path.join(output, "per_class_iou.png"))
-    print("\n" + table)
+    write_json(os.path.join(output, "results.json"), summary)
+    with atomic_output(os.path.join(output, "results.md"), "w") as f:
+        f.write(f"Synthetic VOC-layout validation set, {summary['steps']} training steps in {train_seconds:.0f} s, "
+                f"checkpoint {report['checkpoint']}.\n\n```\n{table}\n```\n")
+    plot_per_class(report, os.path.join(output, "per_class_iou.png"))
     print(f"\nwrote {output}/results.md, results.json, per_class_iou.png, predictions/, predictions_crf/, comparisons/")
     return summary
 

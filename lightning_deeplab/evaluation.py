@@ -12,15 +12,12 @@ back on the pixel it was computed at, before the padding is cropped away.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from numbers import Integral, Real
-from typing import IO, Any, Callable, Literal, Mapping, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -302,28 +299,3 @@ def format_scores_table(report: Mapping[str, Any], title: str = "") -> str:
     out += [line("class", [head for head, _ in columns]), rule, *(line(n, c) for n, c in rows), rule]
     out += [line(n, c) for n, c in summary]
     return "\n".join(out)
-
-
-@contextmanager
-def atomic_output(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path`` and rename it onto ``path`` when the block ends
-    without error, so readers see the whole file or none of it."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Union[str, os.PathLike], data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    text = json.dumps(data, indent=2, allow_nan=False)
-    with atomic_output(path, "w") as handle:
-        handle.write(text + "\n")

@@ -13,7 +13,8 @@ from pytorch_lightning.utilities import measure_flops
 from torch import Tensor
 
 from .constants import IGNORE_INDEX
-from .evaluation import InferenceConfig, format_scores_table, infer_probabilities, scores_report, write_json
+from .evaluation import InferenceConfig, format_scores_table, infer_probabilities, scores_report
+from .fileio import write_json
 from .metrics import confusion_matrix_metric, scores_from_confusion
 from .models import DeepLabV2
 

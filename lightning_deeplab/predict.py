@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from .data.palette import VOC_PALETTE
-from .evaluation import atomic_output
+from .fileio import atomic_output
 from .viz import blend, colorize, save_atomically, save_label_png
 
 OVERLAY_KINDS = ("blend", "side_by_side", "none")

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
+
+from .fileio import atomic_output
 
 
 def _palette_array(palette) -> np.ndarray:
@@ -40,13 +41,7 @@ def save_label_png(mask: np.ndarray, palette, path: str) -> None:
 
 
 def save_atomically(img: Image.Image, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        img.save(tmp, format=Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG"))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Save a PIL image in the format its extension names, appearing complete or not at all."""
+    fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG")
+    with atomic_output(path, "wb") as handle:
+        img.save(handle, format=fmt)

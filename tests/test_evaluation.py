@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from lightning_deeplab.constants import PAD_MEAN_RGB
 from lightning_deeplab.evaluation import (
     InferenceConfig,
-    atomic_output,
     format_scores_table,
     infer_probabilities,
     padded_side,
@@ -17,8 +16,8 @@ from lightning_deeplab.evaluation import (
     slide_logits,
     whole_logits,
     window_starts,
-    write_json,
 )
+from lightning_deeplab.fileio import atomic_output, write_json
 from lightning_deeplab.models import DeepLabV2
 
 NUM_CLASSES = 3

@@ -17,7 +17,6 @@ beta). Command line: ``python -m lightning_deeplab.caffe.convert IN.caffemodel O
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..fileio import atomic_output
 from ..models import HEADS, DeepLabV2
 from .caffemodel import CaffeBlob, CaffeLayer, read_caffemodel
 from .names import CAFFE_BACKBONES, CLASSIFIER_PATTERN, MSC_COPY_PATTERN, ConvUnit, resnet_units
@@ -140,21 +140,8 @@ def convert_layers(
 
 def save_state_dict(state: Mapping[str, Tensor], path: "str | os.PathLike[str]") -> None:
     """``torch.save`` ``state`` to ``path`` atomically: a temporary file beside it, then a rename."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(dict(state), stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would make the checkpoint private
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "wb", fsync=True) as stream:
+        torch.save(dict(state), stream)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -26,7 +26,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..fileio import atomic_path
 from .files import check_label, read_index_label
 from .listing import raise_if_missing, read_list_lines, require_dir
 from .remap import as_integer_labels
@@ -119,18 +119,8 @@ def read_sbd_label(path: Path) -> np.ndarray:
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` a temporary file beside ``path``, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        # mkstemp creates owner-only files; give the result the usual permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        write(temporary)
 
 
 def _write_gray_png(path: Path, label: np.ndarray) -> None:
