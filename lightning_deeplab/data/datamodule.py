@@ -52,7 +52,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     Args:
         root: the dataset root. VOC: the folder holding ``VOCdevkit/`` or ``VOCdevkit/VOC2012``
             itself. synthetic: the folder it is generated into on first use.
-        dataset: registry name: ``"voc"`` or ``"synthetic"``.
+        dataset: registry name (see `DATASETS`): "voc", "cityscapes", "cocostuff164k",
+            "cocostuff10k", "folder" or "synthetic".
         train_split, val_split: split names (VOC: ``ImageSets/Segmentation/<split>.txt``;
             ``train_aug`` reads ``SegmentationClassAug``, others ``SegmentationClass``).
         test_split: split of ``test``/``predict``; None: the ``val_split``.
