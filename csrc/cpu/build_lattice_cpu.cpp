@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/buffer_pool.h"
 #include "lattice.h"
 #include "lattice_checks.h"
 
@@ -104,10 +105,10 @@ build_lattice_cpu(const at::Tensor& features_arg) {
   const int64_t E = P * d1;
 
   const auto int_opts = features.options().dtype(at::kInt);
-  at::Tensor offsets = at::empty({B, N, d1}, int_opts);
-  at::Tensor weights = at::empty({B, N, d1}, features.options());
-  at::Tensor rem0 = at::empty({P, d1}, int_opts);
-  at::Tensor rank = at::empty({P, d1}, int_opts);
+  at::Tensor offsets = empty_pooled({B, N, d1}, int_opts);
+  at::Tensor weights = empty_pooled({B, N, d1}, features.options());
+  at::Tensor rem0 = empty_pooled({P, d1}, int_opts);
+  at::Tensor rank = empty_pooled({P, d1}, int_opts);
 
   const float* feat = features.data_ptr<float>();
   int32_t* rem0_p = rem0.data_ptr<int32_t>();
@@ -186,8 +187,8 @@ build_lattice_cpu(const at::Tensor& features_arg) {
   // 3. Splat lists: a counting sort of the (pixel, vertex) entries by vertex, in parallel
   // over vertex ranges; entries are visited in pixel order, so lists come out sorted.
   at::Tensor splat_ptr = at::empty({M + 1}, int_opts);
-  at::Tensor splat_pixel = at::empty({E}, int_opts);
-  at::Tensor splat_weight = at::empty({E}, features.options());
+  at::Tensor splat_pixel = empty_pooled({E}, int_opts);
+  at::Tensor splat_weight = empty_pooled({E}, features.options());
   int32_t* ptr_p = splat_ptr.data_ptr<int32_t>();
   int32_t* spix_p = splat_pixel.data_ptr<int32_t>();
   float* sw_p = splat_weight.data_ptr<float>();
@@ -215,7 +216,7 @@ build_lattice_cpu(const at::Tensor& features_arg) {
 
   // 4. Blur neighbours. Only n1 is looked up: n2 of vertex u along axis j is the vertex
   // whose n1 is u (the two shifts are inverses), so it is written from that side.
-  at::Tensor neighbors = at::full({d1, M, 2}, -1, int_opts);
+  at::Tensor neighbors = empty_pooled({d1, M, 2}, int_opts).fill_(-1);
   int32_t* nb_p = neighbors.data_ptr<int32_t>();
   for (int64_t b = 0; b < B; ++b) {
     const VertexTable& table = tables[b];

@@ -18,6 +18,7 @@
 #include <optional>
 #include <utility>
 
+#include "cpu/buffer_pool.h"
 #include "lattice.h"
 #include "lattice_checks.h"
 
@@ -223,7 +224,7 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
   const int64_t P = values.size(0) * values.size(1);
   const int64_t C = values.size(2);
   const int64_t M = neighbors.size(1);
-  at::Tensor out = at::empty_like(values, at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_pooled(values.sizes(), values.options());
   if (P == 0 || C == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "lattice_filter_cpu", [&] {
@@ -231,8 +232,8 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
     // Rows padded to 32 bytes so the blur runs on whole vectors.
     const int64_t per_vector = 1;
     const int64_t stride = (C + per_vector - 1) / per_vector * per_vector;
-    at::Tensor buf_a = at::empty({M + 1, stride}, values.options());
-    at::Tensor buf_b = at::empty({M + 1, stride}, values.options());
+    at::Tensor buf_a = empty_pooled({M + 1, stride}, values.options());
+    at::Tensor buf_b = empty_pooled({M + 1, stride}, values.options());
     FilterArgs<T> args{values.data_ptr<T>(),
                        out.data_ptr<T>(),
                        scale_in ? scale_in->data_ptr<T>() : nullptr,

@@ -74,6 +74,18 @@ def test_non_contiguous_inputs():
     assert torch.equal(sliced, DenseCRF()(unary[:, :, ::2].contiguous(), image[:, :, ::2].contiguous()))
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "float16"])
+def test_inputs_are_not_modified(layout):
+    unary, image = _inputs(classes=4)
+    if layout == "channels_last":
+        unary = unary.contiguous(memory_format=torch.channels_last)
+    elif layout == "float16":
+        unary = unary.half()
+    unary_before, image_before = unary.clone(), image.clone()
+    DenseCRF(iterations=2)(unary, image)
+    assert torch.equal(unary, unary_before) and torch.equal(image, image_before)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_unary_is_computed_in_float32(dtype):
     unary, image = _inputs(classes=3)
