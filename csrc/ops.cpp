@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/buffer_pool.h"
+
 // `import lightning_deeplab._C` loads this library, which registers the operators with
 // torch.ops as a side effect; the module itself is empty.
 extern "C" PyObject* PyInit__C(void) {
@@ -32,4 +34,7 @@ TORCH_LIBRARY(lightning_deeplab, m) {
       "lattice_filter(Tensor values, Tensor offsets, Tensor weights, Tensor neighbors, "
       "Tensor splat_ptr, Tensor splat_pixel, Tensor splat_weight, Tensor? scale_in, "
       "Tensor? scale_out, Tensor? addend, bool reverse, bool softmax=False) -> Tensor");
+  // Frees the large CPU buffers kept for reuse (cpu/buffer_pool.h); returns the bytes freed.
+  m.def("release_cached_buffers() -> int",
+        [] { return lightning_deeplab::BufferPool::instance().release_all(); });
 }

@@ -1,12 +1,12 @@
-// Large CPU buffers (filter outputs and scratch) from a small pool.
+// Large CPU buffers (lattice tensors, filter outputs and scratch) from a small pool.
 //
-// The mean-field loop allocates and frees the same few multi-megabyte buffers every
-// iteration. Fresh allocations that size are mapped from the kernel page by page (glibc
-// mmaps anything over 32 MiB) and the page faults cost as much as the filtering at
-// Cityscapes sizes. Freed buffers are therefore kept (at most kMaxCachedBlocks of them)
-// and reused for requests that fit; blocks are 2 MiB-aligned and advised to use
-// transparent huge pages. The pool never holds more than the few buffers one CRF call
-// cycles through.
+// A CRF call allocates and frees the same multi-megabyte buffers again and again (every
+// mean-field iteration, and every call of an evaluation loop). Fresh allocations that size
+// come from the kernel page by page (glibc maps anything over 32 MiB anew each time), and
+// zeroing those pages costs about as much as the filtering at Cityscapes sizes. Freed
+// buffers are therefore kept, up to kMaxCachedBytes in total, and reused for requests that
+// fit; blocks are 2 MiB-aligned and advised to use transparent huge pages.
+// `release_cached_buffers()` (torch.ops.lightning_deeplab) returns them to the system.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -48,6 +48,7 @@ class BufferPool {
       if (best != blocks_.end()) {
         void* data = best->data;
         *capacity = best->bytes;
+        cached_bytes_ -= best->bytes;
         blocks_.erase(best);
         return data;
       }
@@ -66,22 +67,40 @@ class BufferPool {
   void release(void* data, size_t capacity) {
     {
       const std::lock_guard<std::mutex> lock(mutex_);
-      if (blocks_.size() < kMaxCachedBlocks) {
+      if (cached_bytes_ + capacity <= kMaxCachedBytes) {
         blocks_.push_back({data, capacity});
+        cached_bytes_ += capacity;
         return;
       }
     }
     std::free(data);
   }
 
+  // Frees every cached block; returns how many bytes went back to the system.
+  int64_t release_all() {
+    std::vector<Block> blocks;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(blocks_);
+      cached_bytes_ = 0;
+    }
+    int64_t bytes = 0;
+    for (const Block& block : blocks) {
+      bytes += static_cast<int64_t>(block.bytes);
+      std::free(block.data);
+    }
+    return bytes;
+  }
+
  private:
-  static constexpr size_t kMaxCachedBlocks = 4;
+  static constexpr size_t kMaxCachedBytes = size_t{1} << 30;
   struct Block {
     void* data;
     size_t bytes;
   };
   std::mutex mutex_;
   std::vector<Block> blocks_;
+  size_t cached_bytes_ = 0;
 };
 
 // An uninitialised contiguous CPU tensor; large ones come from (and return to) the pool.

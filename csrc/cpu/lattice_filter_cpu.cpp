@@ -63,7 +63,7 @@ struct FilterArgs {
 // of threads. Vertex `begin` is first used by pixel splat_pixel[splat_ptr[begin]]; no
 // earlier pixel touches the range.
 template <typename T>
-__attribute__((noinline)) void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
+void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
   const int d1 = a.d + 1;
   std::fill(buf, buf + stride, T(0));
   at::parallel_for(0, a.M, 4096, [&](int64_t begin, int64_t end) {
@@ -86,7 +86,7 @@ __attribute__((noinline)) void splat(const FilterArgs<T>& a, T* buf, int64_t str
 }
 
 template <typename T>
-__attribute__((noinline)) void blur_axis(const FilterArgs<T>& a, int axis, const T* src, T* dst, int64_t stride) {
+void blur_axis(const FilterArgs<T>& a, int axis, const T* src, T* dst, int64_t stride) {
   const int32_t* nb = a.neighbors + static_cast<int64_t>(axis) * a.M * 2;
   at::parallel_for(0, a.M, 512, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
@@ -137,26 +137,24 @@ inline void softmax_row(T* __restrict__ y, int64_t C) {
   for (int64_t c = 0; c < C; ++c) y[c] = y[c] / sum;
 }
 
-// Slices one pixel's channels [c0, c0 + width) into `y`: a sum over its d+1 vertices,
+// Slices one pixel's channels [c0, c0 + kWidth) into `y`: a sum over its d+1 vertices,
 // accumulated in a small local array the compiler keeps in registers.
 template <typename T, int kWidth>
-inline void slice_channels(const T* const* rows, const T* w, int d1, int64_t c0, int width,
-                           T scale, const T* addend, T* y) {
+inline void slice_channels(const T* const* rows, const T* w, int d1, int64_t c0, T scale,
+                           const T* addend, T* y) {
   T acc[kWidth] = {};
   for (int r = 0; r < d1; ++r) {
     const T* __restrict__ row = rows[r] + c0;
-    for (int c = 0; c < kWidth; ++c) {
-      if (kWidth == 1 || c < width) acc[c] += w[r] * row[c];
-    }
+    for (int c = 0; c < kWidth; ++c) acc[c] += w[r] * row[c];
   }
-  for (int c = 0; c < width && c < kWidth; ++c) {
+  for (int c = 0; c < kWidth; ++c) {
     const T value = acc[c] * scale;
     y[c0 + c] = addend != nullptr ? addend[c0 + c] + value : value;
   }
 }
 
 template <typename T>
-__attribute__((noinline)) void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
+void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
   constexpr int kWidth = 32 / sizeof(T);
   const int d1 = a.d + 1;
   const T alpha = static_cast<T>(lattice::slice_alpha(a.d));
@@ -176,8 +174,10 @@ __attribute__((noinline)) void slice(const FilterArgs<T>& a, const T* buf, int64
       const T* addend = a.addend != nullptr ? a.addend + p * a.C : nullptr;
       T* y = a.out + p * a.C;
       int64_t c0 = 0;
-      for (; c0 + kWidth <= a.C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, kWidth, scale, addend, y);
-      for (; c0 < a.C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, 1, scale, addend, y);
+      // Whole vectors, then a half vector, then single channels (C = 21: 8 + 8 + 4 + 1).
+      for (; c0 + kWidth <= a.C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, scale, addend, y);
+      for (; c0 + kWidth / 2 <= a.C; c0 += kWidth / 2) slice_channels<T, kWidth / 2>(rows, w, d1, c0, scale, addend, y);
+      for (; c0 < a.C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, scale, addend, y);
       if (a.softmax) softmax_row(y, a.C);
     }
   });

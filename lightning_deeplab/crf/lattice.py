@@ -84,3 +84,10 @@ def lattice_filter(
         reverse,
         softmax,
     )
+
+
+def release_cached_buffers() -> int:
+    """Returns the large CPU buffers that the CRF keeps for reuse between filters and calls
+    (at most 1 GiB; about what one call at the largest size used) to the system. Returns the
+    number of bytes freed."""
+    return int(_ops.release_cached_buffers())
