@@ -34,34 +34,46 @@ class VertexTable {
     slots_.assign(capacity, 0);
     mask_ = capacity - 1;
     keys_.reserve(static_cast<size_t>(expected_vertices) * d);
+    first_pixel_.reserve(static_cast<size_t>(expected_vertices));
+    uses_.reserve(static_cast<size_t>(expected_vertices));
   }
 
   int32_t size() const { return size_; }
   const int32_t* key(int32_t v) const { return keys_.data() + static_cast<int64_t>(v) * d_; }
 
-  // Index of the vertex with this key (and hash), created if new.
-  int32_t insert(const int32_t* key, uint32_t h) {
+  // Index of the vertex with this key (and hash), created if new; records a use by `pixel`.
+  int32_t insert(const int32_t* key, uint32_t h, int32_t pixel) {
     if (2 * (static_cast<uint64_t>(size_) + 1) > slots_.size()) grow();
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
       const uint64_t slot = slots_[i];
       if (slot == 0) {
         const int32_t v = size_++;
         keys_.insert(keys_.end(), key, key + d_);
+        first_pixel_.push_back(pixel);
+        uses_.push_back(1);
         slots_[i] = (static_cast<uint64_t>(h) << 32) | static_cast<uint32_t>(v + 1);
         return v;
       }
       if (static_cast<uint32_t>(slot >> 32) == h) {
         const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(slot)) - 1;
-        if (lattice::keys_equal(this->key(v), key, d_)) return v;
+        if (lattice::keys_equal(this->key(v), key, d_)) {
+          uses_[v] += 1;
+          return v;
+        }
       }
     }
   }
 
+  // First pixel that used each vertex, and how many (pixel, vertex) entries use it.
+  const std::vector<int32_t>& first_pixel() const { return first_pixel_; }
+  const std::vector<int32_t>& uses() const { return uses_; }
+
   void prefetch(uint32_t h) const { __builtin_prefetch(slots_.data() + (h & mask_)); }
 
   // Index of the vertex with this key, or -1.
-  int32_t find(const int32_t* key) const {
-    const uint32_t h = lattice::hash_key(key, d_, 0);
+  int32_t find(const int32_t* key) const { return find(key, lattice::hash_key(key, d_, 0)); }
+
+  int32_t find(const int32_t* key, uint32_t h) const {
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
       const uint64_t slot = slots_[i];
       if (slot == 0) return -1;
@@ -91,6 +103,8 @@ class VertexTable {
   uint64_t mask_ = 0;
   std::vector<uint64_t> slots_;
   std::vector<int32_t> keys_;
+  std::vector<int32_t> first_pixel_;
+  std::vector<int32_t> uses_;
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -153,7 +167,8 @@ build_lattice_cpu(const at::Tensor& features_arg) {
           }
         }
         for (int64_t e = 0; e < (p1 - p0) * d1; ++e) {
-          offset_p[p0 * d1 + e] = table.insert(keys.data() + e * d, hashes[e]);
+          offset_p[p0 * d1 + e] =
+              table.insert(keys.data() + e * d, hashes[e], static_cast<int32_t>(p0 + e / d1));
         }
       }
     }
@@ -176,16 +191,17 @@ build_lattice_cpu(const at::Tensor& features_arg) {
   // [lo, hi): from first_pixel[lo] (vertices are numbered by first use) to the end of the
   // image that owns hi-1.
   std::vector<int32_t> first_pixel(M);
-  for (int64_t e = 0, next = 0; e < E && next < M; ++e) {
-    if (offset_p[e] == next) first_pixel[next++] = static_cast<int32_t>(e / d1);
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy(tables[b].first_pixel().begin(), tables[b].first_pixel().end(), first_pixel.begin() + base[b]);
   }
   const auto pixel_range = [&](int64_t lo, int64_t hi) {
-    const int64_t image = P == 0 ? 0 : first_pixel[hi - 1] / N;
+    const int64_t image = first_pixel[hi - 1] / N;
     return std::make_pair(static_cast<int64_t>(first_pixel[lo]), (image + 1) * N);
   };
 
-  // 3. Splat lists: a counting sort of the (pixel, vertex) entries by vertex, in parallel
-  // over vertex ranges; entries are visited in pixel order, so lists come out sorted.
+  // 3. Splat lists: a counting sort of the (pixel, vertex) entries by vertex (the counts
+  // come from the insertion), filled in parallel over vertex ranges; entries are visited in
+  // pixel order, so every list comes out sorted by pixel.
   at::Tensor splat_ptr = at::empty({M + 1}, int_opts);
   at::Tensor splat_pixel = empty_pooled({E}, int_opts);
   at::Tensor splat_weight = empty_pooled({E}, features.options());
@@ -193,15 +209,12 @@ build_lattice_cpu(const at::Tensor& features_arg) {
   int32_t* spix_p = splat_pixel.data_ptr<int32_t>();
   float* sw_p = splat_weight.data_ptr<float>();
   ptr_p[0] = 0;
-  at::parallel_for(0, M, 4096, [&](int64_t lo, int64_t hi) {
-    std::fill(ptr_p + lo + 1, ptr_p + hi + 1, 0);
-    const auto [p_begin, p_end] = pixel_range(lo, hi);
-    for (int64_t e = p_begin * d1; e < p_end * d1; ++e) {
-      const int64_t v = offset_p[e];
-      if (v >= lo && v < hi) ptr_p[v + 1] += 1;
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<int32_t>& uses = tables[b].uses();
+    for (int64_t v = 0; v < static_cast<int64_t>(uses.size()); ++v) {
+      ptr_p[base[b] + v + 1] = ptr_p[base[b] + v] + uses[v];
     }
-  });
-  for (int64_t v = 0; v < M; ++v) ptr_p[v + 1] += ptr_p[v];
+  }
   at::parallel_for(0, M, 4096, [&](int64_t lo, int64_t hi) {
     std::vector<int32_t> cursor(ptr_p + lo, ptr_p + hi);
     const auto [p_begin, p_end] = pixel_range(lo, hi);
@@ -221,16 +234,31 @@ build_lattice_cpu(const at::Tensor& features_arg) {
   for (int64_t b = 0; b < B; ++b) {
     const VertexTable& table = tables[b];
     at::parallel_for(0, table.size(), 1024, [&](int64_t begin, int64_t end) {
-      int32_t n1[kMaxDim], n2[kMaxDim];
-      for (int64_t v = begin; v < end; ++v) {
-        const int32_t* key = table.key(static_cast<int32_t>(v));
-        for (int j = 0; j < d1; ++j) {
-          lattice::neighbour_keys(key, d, j, n1, n2);
-          const int32_t u = table.find(n1);
-          if (u < 0) continue;
-          int32_t* axis = nb_p + static_cast<int64_t>(j) * M * 2;
-          axis[(base[b] + v) * 2] = static_cast<int32_t>(base[b] + u);
-          axis[(base[b] + u) * 2 + 1] = static_cast<int32_t>(base[b] + v);
+      // Blocks of vertices: all their neighbour keys are hashed and the table slots
+      // prefetched before the lookups, so the cache misses overlap.
+      constexpr int64_t kBlock = 8;
+      std::vector<int32_t> keys(kBlock * d1 * d);
+      std::vector<uint32_t> hashes(kBlock * d1);
+      int32_t n2[kMaxDim];
+      for (int64_t v0 = begin; v0 < end; v0 += kBlock) {
+        const int64_t v1 = std::min(v0 + kBlock, end);
+        for (int64_t v = v0; v < v1; ++v) {
+          for (int j = 0; j < d1; ++j) {
+            int32_t* n1 = keys.data() + ((v - v0) * d1 + j) * d;
+            lattice::neighbour_keys(table.key(static_cast<int32_t>(v)), d, j, n1, n2);
+            hashes[(v - v0) * d1 + j] = lattice::hash_key(n1, d, 0);
+            table.prefetch(hashes[(v - v0) * d1 + j]);
+          }
+        }
+        for (int64_t v = v0; v < v1; ++v) {
+          for (int j = 0; j < d1; ++j) {
+            const int64_t q = (v - v0) * d1 + j;
+            const int32_t u = table.find(keys.data() + q * d, hashes[q]);
+            if (u < 0) continue;
+            int32_t* axis = nb_p + static_cast<int64_t>(j) * M * 2;
+            axis[(base[b] + v) * 2] = static_cast<int32_t>(base[b] + u);
+            axis[(base[b] + u) * 2 + 1] = static_cast<int32_t>(base[b] + v);
+          }
         }
       }
     });

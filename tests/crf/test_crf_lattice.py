@@ -3,7 +3,7 @@ adjointness, determinism, batching and the operator registrations."""
 import pytest
 import torch
 
-from lightning_deeplab.crf import build_lattice, lattice_filter
+from lightning_deeplab.crf import build_lattice, lattice_filter, release_cached_buffers
 from lightning_deeplab.crf.features import bilateral_features, position_features
 
 
@@ -220,3 +220,13 @@ def test_filter_gradcheck():
         lambda v, a: lattice_filter(v, lattice, False, scale_in, scale_out, a), (values, addend)
     )
     assert torch.autograd.gradgradcheck(lambda v: lattice_filter(v, lattice, reverse=True), (values,))
+
+
+def test_release_cached_buffers():
+    # A filter this size draws its output and scratch from the buffer pool...
+    lattice = build_lattice(torch.randn(1, 120_000, 2) * 3)
+    filtered = lattice.filter(torch.rand(1, 120_000, 12))
+    del filtered, lattice
+    # ...which keeps them after use, until released.
+    assert release_cached_buffers() > 0
+    assert release_cached_buffers() == 0
