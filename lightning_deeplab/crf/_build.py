@@ -39,6 +39,12 @@ def prepare_cuda_environment() -> None:
     home = _default_cuda_home()
     if home and not os.environ.get("CUDA_HOME"):
         os.environ["CUDA_HOME"] = home
+    if home:
+        # cpp_extension reads CUDA_HOME once, at import, and may have guessed /usr/local
+        # from the nvcc on PATH (no headers, no libcudart there): point it at the toolkit.
+        import torch.utils.cpp_extension as cpp_extension
+
+        cpp_extension.CUDA_HOME = home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         import torch
 
