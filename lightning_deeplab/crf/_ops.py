@@ -37,8 +37,9 @@ def _compile_just_in_time() -> None:
     if with_cuda:
         build.prepare_cuda_environment()
     _log.warning(
-        "lightning_deeplab._C is not built; compiling the CRF operators from %s (%s). "
-        "This happens once: the build is cached by torch.utils.cpp_extension.",
+        "lightning_deeplab._C is not built; building the CRF operators from %s (%s) with "
+        "torch.utils.cpp_extension. Only the first import compiles (about a minute); the "
+        "build is cached under TORCH_EXTENSIONS_DIR.",
         build.CSRC_DIR,
         "CPU and CUDA" if with_cuda else "CPU only",
     )
