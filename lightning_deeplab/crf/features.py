@@ -6,6 +6,7 @@ the lattices (and the CRF output) match it.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Sequence
 
 import torch
@@ -47,7 +48,7 @@ def bilateral_features(image: torch.Tensor, xy_std: float, rgb_std: float) -> to
 
 def elevation_scale(dim: int) -> list[float]:
     """Diagonal of the lattice's elevation matrix (csrc/lattice.h elevation_scale)."""
-    inv_std = float(torch.tensor(math.sqrt(2.0 / 3.0) * (dim + 1), dtype=torch.float32))
+    inv_std = struct.unpack("f", struct.pack("f", math.sqrt(2.0 / 3.0) * (dim + 1)))[0]  # as float32
     return [1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std for i in range(dim)]
 
 

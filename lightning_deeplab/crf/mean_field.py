@@ -171,10 +171,11 @@ def dense_crf(
     check.check_values(unary, image)
 
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
-    neg_unary = pixels_last(unary.to(dtype))
-    # Negate in place when pixels_last made a copy (saves a full-size allocation); never
-    # touch the caller's tensor.
-    neg_unary = neg_unary.neg_() if neg_unary.data_ptr() != unary.data_ptr() else -neg_unary
+    scores = unary.to(dtype)
+    if scores.is_contiguous(memory_format=torch.channels_last):
+        neg_unary = -pixels_last(scores)  # a view of the caller's tensor: negate into a new one
+    else:
+        neg_unary = pixels_last(scores).neg_()  # negate the layout copy in place
     kernels = build_kernels(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization, dtype)
     matrix = compatibility.to(dtype) if compatibility is not None else None
     q = mean_field(neg_unary, kernels, iterations, matrix)
