@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -63,6 +64,17 @@ def run_pydensecrf(probs: np.ndarray, image: np.ndarray) -> np.ndarray:
     crf.addPairwiseGaussian(sxy=PARAMS["pos_xy_std"], compat=PARAMS["pos_w"])
     crf.addPairwiseBilateral(sxy=PARAMS["bi_xy_std"], srgb=PARAMS["bi_rgb_std"], rgbim=image, compat=PARAMS["bi_w"])
     return np.array(crf.inference(ITERATIONS), dtype=np.float32).reshape(classes, height, width)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
@@ -129,7 +141,7 @@ def main() -> None:
 
     use_cuda = torch.cuda.is_available() and not args.no_cuda
     print(f"# Dense CRF benchmark, {datetime.date.today()}")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if use_cuda else ""))
     print(f"{ITERATIONS} iterations, DeepLab v2 parameters {PARAMS}; median of {args.repeats} "
           f"(pydensecrf2: {args.ref_repeats}) wall-clock runs\n")
