@@ -3,6 +3,7 @@ names the argument, before any kernel runs."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -24,7 +25,7 @@ def _compiling() -> bool:
 
 def check_positive(name: str, value: float) -> float:
     """A finite, strictly positive number (standard deviations)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -39,14 +40,14 @@ def check_weight(name: str, value) -> None:
         if not _compiling() and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} must be finite, got {value.item()}")
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
 
 
 def check_iterations(iterations: int) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int):
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")

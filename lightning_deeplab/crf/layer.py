@@ -46,7 +46,7 @@ class DenseCRF(nn.Module):
         check.check_normalization(normalization)
         check.check_weight("pos_w", pos_w)
         check.check_weight("bi_w", bi_w)
-        self.iterations = iterations
+        self.iterations = int(iterations)
         self.pos_xy_std = check.check_positive("pos_xy_std", pos_xy_std)
         self.bi_xy_std = check.check_positive("bi_xy_std", bi_xy_std)
         self.bi_rgb_std = check.check_positive("bi_rgb_std", bi_rgb_std)
