@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 EXTENSION_NAME = "lightning_deeplab._C"
 CSRC_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "csrc"))
@@ -67,10 +68,12 @@ def sources(csrc_dir: str = CSRC_DIR, with_cuda: bool = False) -> list[str]:
 
 def extra_compile_args(with_cuda: bool = False) -> dict[str, list[str]]:
     # No contraction into FMAs: the lattice arithmetic must round the same on CPU and GPU.
-    # -fopenmp: at::parallel_for is inline code over OpenMP pragmas (torch's backend); without
-    # it the kernels would run on one thread. The GOMP symbols resolve to the libgomp that
-    # torch itself loads, so nothing extra is linked.
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fopenmp"]
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off"]
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is inline code over OpenMP pragmas (torch's Linux backend): without
+        # -fopenmp the kernels would run on one thread. The GOMP symbols resolve to the
+        # libgomp that torch itself loads, so nothing extra is linked.
+        cxx.append("-fopenmp")
     if with_cuda:
         cxx.append("-DWITH_CUDA")
     args = {"cxx": cxx}
