@@ -109,4 +109,40 @@ inline void check_filter_extras(const at::Tensor& values, const std::optional<at
   }
 }
 
+// The filter's tensors, checked and made contiguous: what the CPU and the CUDA op start from.
+struct FilterInputs {
+  at::Tensor values, offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight;
+  std::optional<at::Tensor> scale_in, scale_out, addend;
+  int64_t P;  // pixels over the batch
+  int64_t C;  // channels
+  int64_t M;  // lattice vertices over the batch
+  int d;      // feature dimension
+};
+
+inline FilterInputs prepare_filter_inputs(
+    const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& weights,
+    const at::Tensor& neighbors, const at::Tensor& splat_ptr, const at::Tensor& splat_pixel,
+    const at::Tensor& splat_weight, const std::optional<at::Tensor>& scale_in,
+    const std::optional<at::Tensor>& scale_out, const std::optional<at::Tensor>& addend) {
+  check_filter_args(values, {offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight});
+  check_filter_extras(values, scale_in, scale_out, addend);
+  const auto contiguous = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+  };
+  return FilterInputs{values.contiguous(),
+                      offsets.contiguous(),
+                      weights.contiguous(),
+                      neighbors.contiguous(),
+                      splat_ptr.contiguous(),
+                      splat_pixel.contiguous(),
+                      splat_weight.contiguous(),
+                      contiguous(scale_in),
+                      contiguous(scale_out),
+                      contiguous(addend),
+                      values.size(0) * values.size(1),
+                      values.size(2),
+                      neighbors.size(1),
+                      static_cast<int>(offsets.size(2)) - 1};
+}
+
 }  // namespace lightning_deeplab

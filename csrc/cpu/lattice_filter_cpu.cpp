@@ -205,49 +205,34 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
                               const std::optional<at::Tensor>& scale_out_arg,
                               const std::optional<at::Tensor>& addend_arg, bool reverse,
                               bool softmax) {
-  check_filter_args(values_arg, {offsets_arg, weights_arg, neighbors_arg, splat_ptr_arg,
-                                 splat_pixel_arg, splat_weight_arg});
-  check_filter_extras(values_arg, scale_in_arg, scale_out_arg, addend_arg);
-  const at::Tensor values = values_arg.contiguous();
-  const at::Tensor offsets = offsets_arg.contiguous();
-  const at::Tensor weights = weights_arg.contiguous();
-  const at::Tensor neighbors = neighbors_arg.contiguous();
-  const at::Tensor splat_ptr = splat_ptr_arg.contiguous();
-  const at::Tensor splat_pixel = splat_pixel_arg.contiguous();
-  const at::Tensor splat_weight = splat_weight_arg.contiguous();
-  const auto optional_contiguous = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
-  };
-  const std::optional<at::Tensor> scale_in = optional_contiguous(scale_in_arg);
-  const std::optional<at::Tensor> scale_out = optional_contiguous(scale_out_arg);
-  const std::optional<at::Tensor> addend = optional_contiguous(addend_arg);
+  const FilterInputs in = prepare_filter_inputs(values_arg, offsets_arg, weights_arg, neighbors_arg,
+                                               splat_ptr_arg, splat_pixel_arg, splat_weight_arg,
+                                               scale_in_arg, scale_out_arg, addend_arg);
 
-  const int64_t P = values.size(0) * values.size(1);
-  const int64_t C = values.size(2);
-  const int64_t M = neighbors.size(1);
-  at::Tensor out = empty_pooled(values.sizes(), values.options());
+  const int64_t P = in.P, C = in.C, M = in.M;
+  at::Tensor out = empty_pooled(in.values.sizes(), in.values.options());
   if (P == 0 || C == 0) return out;
 
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "lattice_filter_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.values.scalar_type(), "lattice_filter_cpu", [&] {
     using T = scalar_t;
     const int64_t stride = C;  // values per lattice row
-    at::Tensor buf_a = empty_pooled({M + 1, stride}, values.options());
-    at::Tensor buf_b = empty_pooled({M + 1, stride}, values.options());
-    FilterArgs<T> args{values.data_ptr<T>(),
+    at::Tensor buf_a = empty_pooled({M + 1, stride}, in.values.options());
+    at::Tensor buf_b = empty_pooled({M + 1, stride}, in.values.options());
+    FilterArgs<T> args{in.values.data_ptr<T>(),
                        out.data_ptr<T>(),
-                       scale_in ? scale_in->data_ptr<T>() : nullptr,
-                       scale_out ? scale_out->data_ptr<T>() : nullptr,
-                       addend ? addend->data_ptr<T>() : nullptr,
+                       in.scale_in ? in.scale_in->data_ptr<T>() : nullptr,
+                       in.scale_out ? in.scale_out->data_ptr<T>() : nullptr,
+                       in.addend ? in.addend->data_ptr<T>() : nullptr,
                        P,
                        M,
                        C,
-                       static_cast<int>(offsets.size(2)) - 1,
-                       offsets.data_ptr<int32_t>(),
-                       weights.data_ptr<float>(),
-                       neighbors.data_ptr<int32_t>(),
-                       splat_ptr.data_ptr<int32_t>(),
-                       splat_pixel.data_ptr<int32_t>(),
-                       splat_weight.data_ptr<float>(),
+                       in.d,
+                       in.offsets.data_ptr<int32_t>(),
+                       in.weights.data_ptr<float>(),
+                       in.neighbors.data_ptr<int32_t>(),
+                       in.splat_ptr.data_ptr<int32_t>(),
+                       in.splat_pixel.data_ptr<int32_t>(),
+                       in.splat_weight.data_ptr<float>(),
                        reverse,
                        softmax};
     filter_cpu_kernel<T>(args, buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
