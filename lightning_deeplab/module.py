@@ -295,9 +295,18 @@ class DeepLabV2Module(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
         self._log_examples()
+        self._release_crf_buffers()
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
+        self._release_crf_buffers()
+
+    def _release_crf_buffers(self) -> None:
+        # The CPU CRF keeps its large scratch buffers for the next image; training needs the memory.
+        if self.crf is not None:
+            from .crf import release_cached_buffers
+
+            release_cached_buffers()
 
     def _log_scores(self, stage: str) -> None:
         confusions = {}
