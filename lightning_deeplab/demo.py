@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from pytorch_lightning.loggers import WandbLogger
 
 from .cli import DeepLabCLI
 from .evaluation import format_scores_table
@@ -57,13 +58,13 @@ def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
     palette = datamodule.palette
     written = []
     for batch in datamodule.val_dataloader():
-        logits = module.predict_scores(batch["image"])
-        refined = module.refine_with_crf(logits, batch["image"]) if module.crf is not None else None
+        probs = module.predict_probabilities(batch["image"])
+        refined = module.refine_probabilities(probs, batch["image"]) if module.crf is not None else None
         for i, name in enumerate(batch["name"]):
             if len(written) >= limit:
                 return written
             image = batch["image"][i].round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-            pred = logits[i].argmax(0).numpy()
+            pred = probs[i].argmax(0).numpy()
             panels = [image, colorize(batch["mask"][i].numpy(), palette), colorize(pred, palette)]
             save_label_png(pred, palette, os.path.join(output, "predictions", f"{name}.png"))
             if refined is not None:
@@ -98,6 +99,8 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
         f.write(f"Synthetic VOC-layout validation set, {summary['steps']} training steps in {train_seconds:.0f} s, "
                 f"checkpoint {report['checkpoint']}.\n\n```\n{table}\n```\n")
     plot_per_class(report, os.path.join(output, "per_class_iou.png"))
+    if isinstance(cli.trainer.logger, WandbLogger):
+        cli.trainer.logger.experiment.finish()  # the run is complete: close its files
     print(f"\nwrote {output}/results.md, results.json, per_class_iou.png, predictions/, predictions_crf/, comparisons/")
     return summary
 

@@ -213,22 +213,12 @@ class DeepLabV2Module(pl.LightningModule):
         (whole image or sliding window, averaged over the test-time scales and flips)."""
         return infer_probabilities(self.model, image, self.inference)
 
-    def predict_scores(self, image: Tensor) -> Tensor:
-        """Log-probabilities [B, C, H, W] at the image size: scores whose argmax is the
-        prediction and whose softmax is :meth:`predict_probabilities`."""
-        probs = self.predict_probabilities(image)
-        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-
     def refine_probabilities(self, probs: Tensor, image: Tensor) -> Tensor:
         """Dense-CRF marginals from class probabilities at the image size and the batch's RGB
         image. Uses the evaluation CRF, or one built from ``crf`` when ``eval_crf`` is off."""
         from .crf import unary_from_softmax
 
         return self.dense_crf(probs.device)(unary_from_softmax(probs.float()), image_to_uint8(image))
-
-    def refine_with_crf(self, logits: Tensor, image: Tensor) -> Tensor:
-        """Dense-CRF marginals from scores (logits or log-probabilities) at the image size."""
-        return self.refine_probabilities(logits.float().softmax(dim=1), image)
 
     def dense_crf(self, device: Optional[torch.device] = None) -> torch.nn.Module:
         """The CRF layer of this model's ``crf`` settings (the evaluation one when there is one)."""

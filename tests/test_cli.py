@@ -10,38 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import wandb
 import pytorch_lightning as pl
 from pytorch_lightning import Callback
 
 from lightning_deeplab.cli import DeepLabCLI, main
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "synthetic.yaml")
-
+from tiny_run import tiny_args
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("synthetic"))
-
-
-def tiny_args(data_root: str, run_dir: str, *extra: str) -> list[str]:
-    """The demo config shrunk to seconds: 8 train / 5 val images of 48x64."""
-    return [
-        "--config", CONFIG,
-        "--data.root", data_root,
-        "--data.synthetic_num_train", "8",
-        "--data.synthetic_num_val", "5",
-        "--data.synthetic_image_size", "[48, 64]",
-        "--data.crop_size", "48",
-        "--data.batch_size", "4",
-        "--data.val_batch_size", "2",
-        "--data.num_workers", "0",
-        "--trainer.default_root_dir", run_dir,
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.log_every_n_steps", "1",
-        "--model.num_logged_images", "2",
-        *extra,
-    ]  # fmt: skip
 
 
 class StepRecorder(Callback):
@@ -57,6 +35,7 @@ def test_fit_writes_checkpoints_and_an_offline_wandb_run_then_resumes(data_root,
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = str(tmp_path / "run")
     args = tiny_args(data_root, run, "--trainer.val_check_interval", "3", "--model.eval_crf", "false")
+    wandb.finish()  # a run left open by an earlier test in this process would be reused
     cli = DeepLabCLI(args=["fit", *args, "--trainer.max_steps", "3"])
     assert cli.trainer.global_step == 3
     assert os.path.isfile(os.path.join(run, "checkpoints", "last.ckpt"))

@@ -130,7 +130,7 @@ def test_evaluation_scores_the_prediction_and_the_crf_refinement_separately():
     mask[0, :4] = IGNORE_INDEX
     with torch.no_grad():
         module._evaluate("val", {"image": image, "mask": mask, "name": ["a", "b"]}, 0)
-        pred = module.predict_scores(image).argmax(1)
+        pred = module.predict_probabilities(image).argmax(1)
     assert pred.shape == mask.shape
     plain = module.confusion["val"].compute()
     refined = module.confusion["val_crf"].compute()
@@ -192,10 +192,12 @@ def test_real_dense_crf_refines_the_upsampled_prediction():
     module.eval()
     image = torch.rand(1, 3, 24, 32) * 255
     with torch.no_grad():
-        logits = module.predict_scores(image)
-        q = module.refine_with_crf(logits, image)
-    assert q.shape == logits.shape
+        probs = module.predict_probabilities(image)
+        q = module.refine_probabilities(probs, image)
+    assert q.shape == probs.shape
     torch.testing.assert_close(q.sum(1), torch.ones(1, 24, 32))
+    # the CRF changed the marginals: it is not an identity on the network's output
+    assert not torch.allclose(q, probs, atol=1e-3)
 
 
 def test_inference_settings_are_saved_as_plain_values_and_restored(tmp_path):
@@ -227,11 +229,8 @@ def test_evaluation_uses_the_inference_settings():
         probs = module.predict_probabilities(image)
         plain = infer_probabilities(module.model, image, InferenceConfig())
         mirrored = infer_probabilities(module.model, image.flip(-1), InferenceConfig()).flip(-1)
-        scores = module.predict_scores(image)
     torch.testing.assert_close(probs, (plain + mirrored) / 2)
     assert not torch.allclose(probs, plain, atol=1e-4)
-    # scores are log-probabilities: their softmax gives the probabilities back
-    torch.testing.assert_close(scores.softmax(1), probs)
 
 
 def test_prediction_can_refine_with_the_crf_when_evaluation_does_not():

@@ -1,0 +1,27 @@
+"""Command-line arguments that shrink the demo config to a run of seconds (tests only)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "synthetic.yaml")
+
+
+def tiny_args(data_root: str, run_dir: str, *extra: str) -> list[str]:
+    """The demo config shrunk to seconds: 8 train / 5 val images of 48x64."""
+    return [
+        "--config", CONFIG,
+        "--data.root", data_root,
+        "--data.synthetic_num_train", "8",
+        "--data.synthetic_num_val", "5",
+        "--data.synthetic_image_size", "[48, 64]",
+        "--data.crop_size", "48",
+        "--data.batch_size", "4",
+        "--data.val_batch_size", "2",
+        "--data.num_workers", "0",
+        "--trainer.default_root_dir", run_dir,
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.log_every_n_steps", "1",
+        "--model.num_logged_images", "2",
+        *extra,
+    ]  # fmt: skip
