@@ -9,21 +9,12 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 
+#include "cuda/launch.cuh"
 #include "cuda/lattice_cuda.h"
 
 namespace lightning_deeplab {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline unsigned int blocks_for(int64_t n) {
-  return static_cast<unsigned int>((n + kThreads - 1) / kThreads);
-}
-
-__device__ __forceinline__ int64_t thread_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
 
 // Key of entry e = (pixel e / (d+1), enclosing vertex e % (d+1)).
 __device__ __forceinline__ void entry_key(const int32_t* rem0, const int32_t* rank, int d,

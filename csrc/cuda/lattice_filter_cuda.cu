@@ -1,21 +1,12 @@
 // CUDA Gaussian filtering through a permutohedral lattice: one thread per (vertex, channel)
 // for the splat (a gather over the vertex's CSR list, so no atomics) and the blur, one per
 // (pixel, channel) for the slice. Channels are the fastest index, so a warp reads whole rows.
+#include "cuda/launch.cuh"
 #include "cuda/lattice_cuda.h"
 
 namespace lightning_deeplab {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline unsigned int blocks_for(int64_t n) {
-  return static_cast<unsigned int>((n + kThreads - 1) / kThreads);
-}
-
-__device__ __forceinline__ int64_t thread_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
 
 // Vertex v lives in row v+1 of the buffers; row 0 is zero (a missing neighbour, index -1).
 template <typename T>

@@ -25,7 +25,20 @@ def _classifier_conv(in_channels: int, num_classes: int, kernel_size: int, rate:
     return conv
 
 
-class ASPP(nn.Module):
+class SummedBranches(nn.Module):
+    """Parallel branches (``self.branches``) on the same features, their class scores summed."""
+
+    branches: nn.ModuleList
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Class scores: the sum of the branches' outputs."""
+        scores = self.branches[0](features)
+        for branch in self.branches[1:]:
+            scores = scores + branch(features)
+        return scores
+
+
+class ASPP(SummedBranches):
     """ResNet ASPP: one 3x3 conv per rate (dilation = padding = rate) straight to the class scores.
 
     Module names: ``branches.{i}`` for the i-th rate (Caffe ``fc1_voc12_c{i}``).
@@ -35,13 +48,6 @@ class ASPP(nn.Module):
         super().__init__()
         self.rates = tuple(rates)
         self.branches = nn.ModuleList(_classifier_conv(in_channels, num_classes, 3, rate) for rate in self.rates)
-
-    def forward(self, features: Tensor) -> Tensor:
-        """Class scores: the sum of the branches' outputs."""
-        scores = self.branches[0](features)
-        for branch in self.branches[1:]:
-            scores = scores + branch(features)
-        return scores
 
     def classifier_convs(self) -> list[nn.Conv2d]:
         """The convs that produce class scores (all of them here)."""
@@ -72,7 +78,7 @@ class VGGBranch(nn.Module):
         return self.fc8(x)
 
 
-class VGGASPP(nn.Module):
+class VGGASPP(SummedBranches):
     """VGG-16 head: one :class:`VGGBranch` per rate, scores summed (LargeFOV: the single rate 12).
 
     Only fc8 is the classifier for the learning-rate groups; fc6 and fc7 (initialised from
@@ -84,13 +90,6 @@ class VGGASPP(nn.Module):
         super().__init__()
         self.rates = tuple(rates)
         self.branches = nn.ModuleList(VGGBranch(in_channels, num_classes, rate) for rate in self.rates)
-
-    def forward(self, features: Tensor) -> Tensor:
-        """Class scores: the sum of the branches' outputs."""
-        scores = self.branches[0](features)
-        for branch in self.branches[1:]:
-            scores = scores + branch(features)
-        return scores
 
     def classifier_convs(self) -> list[nn.Conv2d]:
         """The fc8 of every branch."""
