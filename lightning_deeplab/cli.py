@@ -68,6 +68,12 @@ def default_callbacks(root_dir: str, with_logger: bool = True) -> list:
     return callbacks
 
 
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 class DeepLabCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -89,19 +95,14 @@ class DeepLabCLI(LightningCLI):
         root_dir = config.get("default_root_dir") or os.getcwd()
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_logger(root_dir)
-        if self.subcommand in (None, "fit", "validate", "test") and config.get("callbacks") is not False:
-            user_callbacks = config.get("callbacks") or []
-            if not isinstance(user_callbacks, list):
-                user_callbacks = [user_callbacks]
-            kwargs["callbacks"] = user_callbacks + default_callbacks(root_dir, config.get("logger") is not False)
-        if self.subcommand == "predict":
+        callbacks = _as_list(config.get("callbacks"))
+        if self.subcommand in (None, "fit", "validate", "test"):
+            kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False)
+        elif self.subcommand == "predict":
             # Without a writer of its own, predict saves label maps and overlays under the run's root.
-            user_callbacks = config.get("callbacks") or []
-            user_callbacks = user_callbacks if isinstance(user_callbacks, list) else [user_callbacks]
-            defaults = self.trainer_defaults.get("callbacks") or []
-            defaults = defaults if isinstance(defaults, list) else [defaults]
-            if not any(isinstance(cb, BasePredictionWriter) for cb in user_callbacks + defaults):
-                kwargs["callbacks"] = user_callbacks + [SegmentationWriter(os.path.join(root_dir, "predictions"))]
+            defaults = _as_list(self.trainer_defaults.get("callbacks"))
+            if not any(isinstance(cb, BasePredictionWriter) for cb in callbacks + defaults):
+                kwargs["callbacks"] = callbacks + [SegmentationWriter(os.path.join(root_dir, "predictions"))]
         return super().instantiate_trainer(**kwargs)
 
     def predict(self, **kwargs: Any) -> Any:
