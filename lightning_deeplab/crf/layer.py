@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import _validation as check
+from . import mean_field as defaults
 from .mean_field import dense_crf
 
 
@@ -31,13 +32,13 @@ class DenseCRF(nn.Module):
 
     def __init__(
         self,
-        iterations: int = 10,
-        pos_w: float = 3.0,
-        pos_xy_std: float = 1.0,
-        bi_w: float = 4.0,
-        bi_xy_std: float = 67.0,
-        bi_rgb_std: float = 3.0,
-        normalization: str = "symmetric",
+        iterations: int = defaults.ITERATIONS,
+        pos_w: float = defaults.POS_W,
+        pos_xy_std: float = defaults.POS_XY_STD,
+        bi_w: float = defaults.BI_W,
+        bi_xy_std: float = defaults.BI_XY_STD,
+        bi_rgb_std: float = defaults.BI_RGB_STD,
+        normalization: str = defaults.NORMALIZATION,
         compatibility: Optional[torch.Tensor] = None,
         trainable: bool = False,
     ) -> None:

@@ -22,6 +22,15 @@ from .lattice import Lattice, build_lattice
 
 Weight = Union[float, torch.Tensor]
 
+# DeepLab v2 ResNet-101's CRF setting: the defaults of `dense_crf` and `DenseCRF`.
+ITERATIONS = 10
+POS_W = 3.0
+POS_XY_STD = 1.0
+BI_W = 4.0
+BI_XY_STD = 67.0
+BI_RGB_STD = 3.0
+NORMALIZATION = "symmetric"
+
 
 class Kernel(NamedTuple):
     """One Gaussian kernel of the mean-field update: weight * s_out * K(s_in * Q).
@@ -127,13 +136,13 @@ def build_kernels(
 def dense_crf(
     unary: torch.Tensor,
     image: torch.Tensor,
-    iterations: int = 10,
-    pos_w: Weight = 3.0,
-    pos_xy_std: float = 1.0,
-    bi_w: Weight = 4.0,
-    bi_xy_std: float = 67.0,
-    bi_rgb_std: float = 3.0,
-    normalization: str = "symmetric",
+    iterations: int = ITERATIONS,
+    pos_w: Weight = POS_W,
+    pos_xy_std: float = POS_XY_STD,
+    bi_w: Weight = BI_W,
+    bi_xy_std: float = BI_XY_STD,
+    bi_rgb_std: float = BI_RGB_STD,
+    normalization: str = NORMALIZATION,
     compatibility: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Fully connected CRF refinement of unary energies; the functional form of `DenseCRF`.
