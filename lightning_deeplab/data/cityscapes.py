@@ -140,16 +140,8 @@ class CityscapesSegmentation(LabelledImageDataset):
 class CityscapesSource(SegmentationSource):
     """Cityscapes (19 classes) under ``root``."""
 
-    def __init__(self, root: Union[str, Path]) -> None:
-        self.root = Path(root)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return CITYSCAPES_CLASSES
-
-    @property
-    def palette(self) -> np.ndarray:
-        return CITYSCAPES_PALETTE
+    class_names = CITYSCAPES_CLASSES
+    palette = CITYSCAPES_PALETTE
 
     def prepare(self) -> None:
         resolve_cityscapes_root(self.root)

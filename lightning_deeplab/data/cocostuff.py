@@ -195,16 +195,8 @@ class CocoStuff10k(LabelledImageDataset):
 class _CocoStuffSource(SegmentationSource):
     reader: type
 
-    def __init__(self, root: Union[str, Path]) -> None:
-        self.root = Path(root)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return COCO_STUFF_CLASSES
-
-    @property
-    def palette(self) -> np.ndarray:
-        return COCO_STUFF_PALETTE
+    class_names = COCO_STUFF_CLASSES
+    palette = COCO_STUFF_PALETTE
 
     def prepare(self) -> None:
         _require_root(self.root, "COCO-Stuff")

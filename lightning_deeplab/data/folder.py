@@ -129,7 +129,7 @@ class FolderSource(SegmentationSource):
     use, so constructing the source touches no file)."""
 
     def __init__(self, root: Union[str, Path]) -> None:
-        self.root = Path(root).expanduser()
+        super().__init__(root)
         self._classes: Optional[tuple[tuple[str, ...], np.ndarray]] = None
 
     def _class_list(self) -> tuple[tuple[str, ...], np.ndarray]:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Mapping, Optional
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -17,10 +18,13 @@ JointTransform = Callable[..., Mapping[str, np.ndarray]]
 class SegmentationSource(ABC):
     """One dataset on disk. Constructing it must be cheap (no generation, no scan of the files):
     the DataModule builds one in every process, and reads the class names before any data is
-    touched.
+    touched. A dataset with fixed classes sets ``class_names`` and ``palette`` as class attributes.
     """
 
     ignore_index: int = IGNORE_INDEX
+
+    def __init__(self, root: Union[str, Path]) -> None:
+        self.root = Path(root).expanduser()
 
     @property
     @abstractmethod

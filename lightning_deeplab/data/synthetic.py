@@ -273,6 +273,9 @@ def generate_synthetic_voc(
 class SyntheticSource(SegmentationSource):
     """The synthetic set under ``root``, generated on first use and read as a VOC tree."""
 
+    class_names = SYNTHETIC_CLASSES
+    palette = VOC_PALETTE
+
     def __init__(
         self,
         root: Union[str, Path],
@@ -281,16 +284,8 @@ class SyntheticSource(SegmentationSource):
         image_size: ImageSize = (120, 160),
         seed: int = 0,
     ) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.options = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return SYNTHETIC_CLASSES
-
-    @property
-    def palette(self) -> np.ndarray:
-        return VOC_PALETTE
 
     def prepare(self) -> None:
         generate_synthetic_voc(self.root, **self.options)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 
 from .files import LabelledImage, LabelledImageDataset
 from .palette import VOC_PALETTE
@@ -114,16 +113,8 @@ class VOCSegmentation(LabelledImageDataset):
 class VOCSource(SegmentationSource):
     """PASCAL VOC 2012 (21 classes) under ``root``."""
 
-    def __init__(self, root: Union[str, Path]) -> None:
-        self.root = Path(root)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return VOC_CLASSES
-
-    @property
-    def palette(self) -> np.ndarray:
-        return VOC_PALETTE
+    class_names = VOC_CLASSES
+    palette = VOC_PALETTE
 
     def prepare(self) -> None:
         resolve_voc_root(self.root)  # fail early, before any worker starts, on a wrong root
