@@ -13,7 +13,6 @@ back on the pixel it was computed at, before the padding is cropped away.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from numbers import Integral, Real

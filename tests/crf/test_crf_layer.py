@@ -5,7 +5,7 @@ import torch
 
 from lightning_deeplab.crf import DenseCRF, dense_crf, unary_from_logits, unary_from_softmax
 
-from crf_inputs import image_tensor, noisy_probs, photo
+from crf_inputs import noisy_probs
 
 
 def _inputs(batch=1, classes=4, height=12, width=16, seed=0, dtype=torch.float32):
