@@ -10,7 +10,8 @@ import os
 import sys
 
 EXTENSION_NAME = "lightning_deeplab._C"
-CSRC_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "csrc"))
+# The kernel sources live inside the package, so wheels and sdists carry them for the JIT build.
+CSRC_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "csrc"))
 
 
 def _default_cuda_home() -> str | None:
