@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .constants import PAD_MEAN_RGB
-from .metrics import scores_from_confusion
+from .metrics import DEFAULT_MIOU_OVER, scores_from_confusion
 from .models.msc import scaled_size
 
 #: Output stride of every DeepLab v2 network.
@@ -237,8 +237,8 @@ def _finite_or_none(value: float) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def _scores_dict(confusion: Tensor, class_names: Sequence[str]) -> dict[str, Any]:
-    scores = scores_from_confusion(confusion)
+def _scores_dict(confusion: Tensor, class_names: Sequence[str], miou_over: str) -> dict[str, Any]:
+    scores = scores_from_confusion(confusion, miou_over)
     if len(class_names) != confusion.shape[0]:
         raise ValueError(f"{len(class_names)} class names for a {tuple(confusion.shape)} confusion matrix")
     return {
@@ -246,28 +246,34 @@ def _scores_dict(confusion: Tensor, class_names: Sequence[str]) -> dict[str, Any
         "pixel_acc": _finite_or_none(float(scores["pixel_acc"])),
         "mean_acc": _finite_or_none(float(scores["mean_acc"])),
         "fw_iou": _finite_or_none(float(scores["fw_iou"])),
+        "miou_over": miou_over,
         "iou": {name: _finite_or_none(float(v)) for name, v in zip(class_names, scores["iou"])},
         "confusion": confusion.long().tolist(),
     }
 
 
 def scores_report(
-    class_names: Sequence[str], confusion: Tensor, confusion_crf: Optional[Tensor] = None
+    class_names: Sequence[str],
+    confusion: Tensor,
+    confusion_crf: Optional[Tensor] = None,
+    miou_over: str = DEFAULT_MIOU_OVER,
 ) -> dict[str, Any]:
     """The protocol's scores of one split, without and (when given) with the CRF.
 
     ``confusion``: the [C, C] matrix summed over the whole split (rows: ground truth, columns:
     prediction). Returns ``{"classes", "num_pixels", "without_crf": {mIoU, pixel_acc, mean_acc,
-    fw_iou, iou: {class: IoU}, confusion}, "with_crf": ... or None}``; a class present neither
-    in the ground truth nor in the predictions has IoU None and is left out of the means.
+    fw_iou, miou_over, iou: {class: IoU}, confusion}, "with_crf": ... or None}``; a class present
+    neither in the ground truth nor in the predictions has IoU None; ``miou_over`` says which
+    classes the means run over (see :mod:`lightning_deeplab.metrics`; default: all, as DeepLab's
+    official evaluation).
     """
     if confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"confusion must be a square [C, C] matrix, got shape {tuple(confusion.shape)}")
     return {
         "classes": list(class_names),
         "num_pixels": int(confusion.sum()),
-        "without_crf": _scores_dict(confusion, class_names),
-        "with_crf": None if confusion_crf is None else _scores_dict(confusion_crf, class_names),
+        "without_crf": _scores_dict(confusion, class_names, miou_over),
+        "with_crf": None if confusion_crf is None else _scores_dict(confusion_crf, class_names, miou_over),
     }
 
 

@@ -199,20 +199,21 @@ def test_scores_report_from_a_known_confusion_matrix():
     assert plain["iou"]["a"] == pytest.approx(50 / (60 + 55 - 50))
     assert plain["iou"]["b"] == pytest.approx(30 / (40 + 40 - 30))
     assert plain["iou"]["c"] == 0.0
-    assert plain["iou"]["d"] is None  # absent everywhere: no IoU, left out of the mean
-    assert plain["mIoU"] == pytest.approx((50 / 65 + 30 / 50 + 0) / 3)
+    assert plain["iou"]["d"] is None  # absent everywhere: no IoU; it counts 0 in the official means
+    assert plain["miou_over"] == "all"
+    assert plain["mIoU"] == pytest.approx((50 / 65 + 30 / 50 + 0 + 0) / 4)
     assert plain["pixel_acc"] == pytest.approx(80 / 100)
-    assert plain["mean_acc"] == pytest.approx((50 / 60 + 30 / 40) / 2)
+    assert plain["mean_acc"] == pytest.approx((50 / 60 + 30 / 40 + 0 + 0) / 4)
     assert plain["fw_iou"] == pytest.approx(0.6 * 50 / 65 + 0.4 * 30 / 50)
     assert plain["confusion"] == CONFUSION.tolist()
     assert report["num_pixels"] == 100
     crf = report["with_crf"]
-    assert crf["mIoU"] == 1.0 and crf["iou"]["c"] is None and crf["pixel_acc"] == 1.0
+    assert crf["mIoU"] == 0.5 and crf["iou"]["c"] is None and crf["pixel_acc"] == 1.0
     assert scores_report(CLASSES, CONFUSION)["with_crf"] is None
 
 
 def test_scores_table_has_a_row_per_class_and_columns_without_and_with_crf():
-    table = format_scores_table(scores_report(CLASSES, CONFUSION, CONFUSION_CRF), title="val")
+    table = format_scores_table(scores_report(CLASSES, CONFUSION, CONFUSION_CRF, miou_over="present"), title="val")
     lines = table.splitlines()
     assert lines[0] == "val"
     assert lines[1].split() == ["class", "IoU", "IoU", "with", "CRF"]

@@ -59,8 +59,26 @@ def test_miou_agrees_with_torchmetrics_jaccard_index():
     assert scores_from_confusion(ours.compute())["mIoU"].item() == pytest.approx(theirs.compute().item(), abs=1e-6)
 
 
-def test_absent_classes_are_left_out_of_the_mean():
-    cm = torch.tensor([[5, 1, 0], [2, 8, 0], [0, 0, 0]])
-    scores = scores_from_confusion(cm)
-    assert torch.isnan(scores["iou"][2])
-    assert scores["mIoU"].item() == pytest.approx((5 / 8 + 8 / 11) / 2)
+def test_miou_over_all_gt_and_present_on_a_matrix_where_they_differ():
+    # rows: ground truth, columns: prediction. Class 2 is predicted but absent from the ground
+    # truth; class 3 appears nowhere.
+    cm = torch.tensor([[5, 1, 1, 0], [2, 8, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    iou0, iou1 = 5 / (7 + 7 - 5), 8 / (10 + 9 - 8)
+    acc0, acc1 = 5 / 7, 8 / 10
+    expected = {
+        "all": ((iou0 + iou1 + 0 + 0) / 4, (acc0 + acc1 + 0 + 0) / 4),  # MyVOCevalseg.m: absent classes score 0
+        "gt": ((iou0 + iou1) / 2, (acc0 + acc1) / 2),
+        "present": ((iou0 + iou1 + 0) / 3, (acc0 + acc1) / 2),
+    }
+    for miou_over, (miou, mean_acc) in expected.items():
+        scores = scores_from_confusion(cm, miou_over)
+        assert scores["mIoU"].item() == pytest.approx(miou, rel=1e-12), miou_over
+        assert scores["mean_acc"].item() == pytest.approx(mean_acc, rel=1e-12), miou_over
+        assert scores["iou"][2].item() == 0.0 and torch.isnan(scores["iou"][3])
+    assert len({round(v[0], 9) for v in expected.values()}) == 3  # the three really differ here
+    assert scores_from_confusion(cm)["mIoU"].item() == pytest.approx(expected["all"][0])  # the official default
+
+
+def test_miou_over_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match="miou_over"):
+        scores_from_confusion(torch.eye(2), "everything")

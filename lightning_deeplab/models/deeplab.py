@@ -1,6 +1,7 @@
 """DeepLabV2: backbone at output stride 8, ASPP head, multi-scale inputs fused by max."""
 
 import os
+import warnings
 from collections.abc import Sequence
 from numbers import Integral
 from typing import Optional
@@ -11,7 +12,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from .aspp import ASPP, VGGASPP
-from .msc import fuse_max, resize_input, validate_scales
+from .msc import MSC_RESIZES, fuse_max, resize_input, validate_caffe_scales, validate_scales
 from .norm import NORMS
 from .resnet import RESNET_SPECS, ResNetBackbone
 from .vgg import VGG16Backbone
@@ -44,9 +45,8 @@ class DeepLabV2(nn.Module):
             each branch is fc6 (3x3, the rate) -> fc7 -> fc8.
         num_classes: number of output classes.
         msc_scales: input scales, or None (or ``(1.0,)``) for a single scale. Each scale's input
-            has sides ``ceil(side * scale)`` (bilinear, align_corners=False); the score maps are
-            bilinearly resized to the first scale's map and fused by element-wise max. 1.0, when
-            present, must come first.
+            is resized as ``msc_resize`` says; the score maps are bilinearly resized to the first
+            scale's map and fused by element-wise max. 1.0, when present, must come first.
         atrous_rates: rates that replace the head's own (one branch per rate).
         style: one of :data:`STYLES`. ``"caffe"``: ResNet stride on a bottleneck's first 1x1
             conv and ceil-mode max-pool, BGR input minus the Caffe mean. ``"pytorch"``:
@@ -56,6 +56,16 @@ class DeepLabV2(nn.Module):
         pretrained: None; ``"imagenet"`` (torchvision's weights, style ``"pytorch"`` only; VGG's
             fc6/fc7 are decimated from its classifier); or the path of a checkpoint: a state dict
             of the backbone (torchvision's keys) or of the whole model, or a Lightning .ckpt.
+        msc_resize: one of :data:`~lightning_deeplab.models.msc.MSC_RESIZES`, or None: the
+            ``style``'s. ``"caffe"``: Caffe's Interp layer as in the official MSC nets (sides
+            ``((side - 1) // shrink) * zoom + 1``, 500 -> 373 at 0.75; corner-aligned bilinear
+            weights, also for resizing the score maps back). ``"pytorch"``: sides
+            ``ceil(side * scale)``, ``align_corners=False``. Loss-time label resizing does not
+            depend on it.
+
+    The first forward call checks the input's range once (one host sync in the model's
+    lifetime, none after): a float input whose values all lie in [0, 1] warns, because the
+    model expects 0-255 (a 0-1 image is nearly flat after the mean subtraction).
     """
 
     def __init__(
@@ -68,12 +78,15 @@ class DeepLabV2(nn.Module):
         style: str = "caffe",
         norm: str = "frozen",
         pretrained: Optional[str] = None,
+        msc_resize: Optional[str] = None,
     ) -> None:
         super().__init__()
         _check_choice("backbone", backbone, BACKBONES)
         _check_choice("head", head, tuple(HEADS))
         _check_choice("style", style, STYLES)
         _check_choice("norm", norm, NORMS)
+        msc_resize = style if msc_resize is None else msc_resize
+        _check_choice("msc_resize", msc_resize, MSC_RESIZES)
         if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         rates = HEADS[head] if atrous_rates is None else _check_rates(atrous_rates)
@@ -81,13 +94,17 @@ class DeepLabV2(nn.Module):
         self.backbone_name, self.head_name, self.style, self.norm = backbone, head, style, norm
         self.num_classes = int(num_classes)
         self.msc_scales = validate_scales(msc_scales)
+        if msc_resize == "caffe":
+            validate_caffe_scales(self.msc_scales)
+        self.msc_resize = msc_resize
+        self._input_range_checked = False
         self.atrous_rates = rates
 
         if backbone in RESNET_SPECS:
             self.backbone: nn.Module = ResNetBackbone(backbone, style=style, norm=norm)
             self.head: nn.Module = ASPP(self.backbone.out_channels, self.num_classes, rates)
         else:
-            self.backbone = VGG16Backbone()
+            self.backbone = VGG16Backbone(pool5a=head == "largefov")  # the official LargeFOV net has pool5a
             self.head = VGGASPP(self.backbone.out_channels, self.num_classes, rates)
 
         if style == "caffe":
@@ -117,11 +134,27 @@ class DeepLabV2(nn.Module):
         """
         if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
             raise ValueError(f"input must be a float tensor [B, 3, H, W] (RGB, 0-255), got {x.dtype} {tuple(x.shape)}")
+        if not self._input_range_checked:
+            self._warn_if_unit_range(x)
         x = self.normalize_input(x)
-        scores = [self.head(self.backbone(resize_input(x, scale))) for scale in self.msc_scales]
+        scores = [self.head(self.backbone(resize_input(x, s, self.msc_resize))) for s in self.msc_scales]
         if len(scores) > 1:
-            scores.append(fuse_max(scores))
+            scores.append(fuse_max(scores, self.msc_resize))
         return scores
+
+    def _warn_if_unit_range(self, x: Tensor) -> None:
+        """Warn when ``x`` holds values only in [0, 1]; done on the first call only (it syncs on CUDA)."""
+        if x.device.type == "meta" or x.numel() == 0:
+            return  # nothing to look at; check a later, real input
+        self._input_range_checked = True
+        low, high = torch.aminmax(x.detach())
+        if float(low) >= 0.0 and float(high) <= 1.0:
+            warnings.warn(
+                f"DeepLabV2 got an input with values only in [{float(low):.3g}, {float(high):.3g}]; it expects RGB "
+                "images in 0-255 (multiply a 0-1 image by 255). Checked on the first call only.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         """Fused class scores [B, num_classes, h, w] at output stride 8 for RGB 0-255 images ``x``."""

@@ -1,4 +1,4 @@
-"""The VGG-16 backbone of DeepLab-LargeFOV (conv1_1 .. pool5), output stride 8.
+"""The VGG-16 backbone of DeepLab-LargeFOV (conv1_1 .. pool5, and LargeFOV's pool5a), output stride 8.
 
 The layers keep torchvision's ``vgg16().features`` indices, so torchvision state dicts load as
 they are. Caffe names map onto them in order: conv1_1 -> features.0, conv1_2 -> features.2,
@@ -23,6 +23,17 @@ FC_CHANNELS = 1024
 FC6_KERNEL = 3
 
 
+def caffe_average_pool_3x3() -> nn.AvgPool2d:
+    """DeepLab-LargeFOV's ``pool5a``: AVE pooling, kernel 3, stride 1, pad 1.
+
+    Caffe's AVE pooling divides each window's sum by the window's area clipped to the padded
+    input, ``(min(start + k, size + pad) - start)`` per axis (padding counted). With kernel 3,
+    stride 1, pad 1 every window lies inside the padded input, so the divisor is 9 everywhere,
+    which is torch's ``count_include_pad=True``.
+    """
+    return nn.AvgPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True, count_include_pad=True)
+
+
 class VGG16Backbone(nn.Module):
     """VGG-16 conv layers with DeepLab's pooling: features of 512 channels at output stride 8.
 
@@ -30,11 +41,15 @@ class VGG16Backbone(nn.Module):
     3x3 stride 1 pad 1, and conv5_1..3 have dilation 2. No normalisation layers: ``norm``
     does not apply to this backbone. fc6/fc7 live in the head (:class:`~.aspp.VGGASPP`), because
     the ASPP variant has one fc6/fc7 per branch.
+
+    Args:
+        pool5a: append DeepLab-LargeFOV's ``pool5a`` (:func:`caffe_average_pool_3x3`) after pool5,
+            as ``features.31``. The official LargeFOV prototxt has it; the VGG-16 ASPP ones do not.
     """
 
     out_channels = 512
 
-    def __init__(self) -> None:
+    def __init__(self, pool5a: bool = False) -> None:
         super().__init__()
         self.features = make_layers(cfgs["D"], batch_norm=False)
         for index in POOL_INDICES:
@@ -44,6 +59,9 @@ class VGG16Backbone(nn.Module):
             conv = self.features[index]
             conv.dilation = (CONV5_DILATION, CONV5_DILATION)
             conv.padding = (CONV5_DILATION, CONV5_DILATION)
+        self.pool5a = bool(pool5a)
+        if self.pool5a:
+            self.features.append(caffe_average_pool_3x3())
 
     def forward(self, x: Tensor) -> Tensor:
         """Features of ``x`` (normalised image, [B, 3, H, W]) at output stride 8."""
