@@ -9,8 +9,9 @@ The result loads with ``DeepLabV2(backbone=..., head="aspp-l", style="caffe", pr
   and the head of the model that loads it keeps its random initialisation.
 
 BatchNorm blobs are (mean, variance, moving-average scale factor): the statistics are the first
-two divided by the factor (a factor of 0 counts as 1). The Scale layer after it holds (gamma,
-beta). Command line: ``python -m lightning_deeplab.caffe.convert IN.caffemodel OUT.pth
+two divided by the factor; a factor of 0 gives mean 0 and variance 0, as Caffe's
+batch_norm_layer.cpp computes them (it multiplies by 0 instead of dividing). The Scale layer
+after it holds (gamma, beta). Command line: ``python -m lightning_deeplab.caffe.convert IN.caffemodel OUT.pth
 [--num-classes N] [--backbone resnet101|resnet50]``.
 """
 
@@ -53,7 +54,7 @@ class ConversionReport:
     unmapped: list[str] = field(default_factory=list)
     #: Why the head is not in the state dict (it then stays randomly initialised).
     head_note: Optional[str] = None
-    #: BatchNorm layers whose scale-factor blob was 0 (taken as 1).
+    #: BatchNorm layers whose scale-factor blob was 0 (statistics taken as 0, as Caffe does).
     zero_scale_factors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -71,7 +72,10 @@ class ConversionReport:
         if self.msc_copies:
             lines.append(f"skipped: {len(self.msc_copies)} layers of the MSC branches (copies of shared weights)")
         if self.zero_scale_factors:
-            lines.append(f"BatchNorm scale factor 0 taken as 1 in: {_listing(self.zero_scale_factors)}")
+            lines.append(
+                "BatchNorm scale factor 0 (Caffe then uses mean 0, variance 0; so does the checkpoint) in: "
+                + _listing(self.zero_scale_factors)
+            )
         if self.unmapped:
             lines.append(f"unmapped: {len(self.unmapped)} layers with weights: {_listing(self.unmapped)}")
         else:
@@ -238,7 +242,7 @@ def _convert_unit(
     _check_blob_count(batch_norm, (2, 3), "mean, variance[, scale factor]", source)
     _check_blob_count(scale, (2,), "gamma, beta", source)
 
-    factor = 1.0
+    multiplier = 1.0  # Caffe: statistics * (factor == 0 ? 0 : 1 / factor)
     if len(batch_norm.blobs) == 3:
         factor_blob = batch_norm.blobs[2]
         if factor_blob.data.size != 1:
@@ -248,19 +252,19 @@ def _convert_unit(
         factor = float(factor_blob.data.reshape(-1)[0])
         if factor == 0.0:
             report.zero_scale_factors.append(batch_norm.name)
-            factor = 1.0
+        multiplier = 0.0 if factor == 0.0 else 1.0 / factor
 
     values = {
         f"{unit.conv_module}.weight": (conv, 0, 1.0),
-        f"{unit.norm_module}.running_mean": (batch_norm, 0, factor),
-        f"{unit.norm_module}.running_var": (batch_norm, 1, factor),
+        f"{unit.norm_module}.running_mean": (batch_norm, 0, multiplier),
+        f"{unit.norm_module}.running_var": (batch_norm, 1, multiplier),
         f"{unit.norm_module}.weight": (scale, 0, 1.0),
         f"{unit.norm_module}.bias": (scale, 1, 1.0),
     }
     converted = {}
-    for key, (layer, index, divisor) in values.items():
+    for key, (layer, index, multiplier) in values.items():
         tensor = _fit(layer, index, expected[key], key, source)
-        converted[key] = tensor / divisor if divisor != 1.0 else tensor
+        converted[key] = tensor * multiplier if multiplier != 1.0 else tensor
         report.mapped.append(f"{layer.name}[{index}] -> {key}")
     return converted
 

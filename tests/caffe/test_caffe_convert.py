@@ -33,7 +33,10 @@ CLASSES = 3
 BN_EPS = 1e-5  # Caffe's BatchNorm default
 # The moving-average scale factor Caffe stores with the BN statistics (~1/(1-0.999) after training).
 SCALE_FACTOR = 999.982
-ZERO_FACTOR_LAYER = "bn3b_branch2a"  # written with a factor of 0: its statistics are taken as they are
+# Written with a factor of 0 and nonzero statistics: Caffe then uses mean 0 and variance 0
+# (batch_norm_layer.cpp: scale_factor = blobs[2] == 0 ? 0 : 1 / blobs[2]).
+ZERO_FACTOR_LAYER = "bn3b_branch2a"
+ZERO_FACTOR_MODULE = "layer2.1.bn1"
 RESNET50_BLOCKS = {2: "abc", 3: "abcd", 4: "abcdef", 5: "abc"}
 
 
@@ -70,6 +73,10 @@ def reference() -> DeepLabV2:
     model = _resnet50(CLASSES).eval()
     with torch.no_grad():
         _randomise_norms(model.backbone, torch.Generator().manual_seed(2))
+        zero_factor_norm = model.backbone.get_submodule(ZERO_FACTOR_MODULE)
+        zero_factor_norm.running_mean.zero_()
+        zero_factor_norm.running_var.zero_()
+        zero_factor_norm.weight.mul_(BN_EPS**0.5)  # keeps the activations' scale despite 1 / sqrt(0 + eps)
         for branch in model.head.branches:
             branch.bias.normal_(0, 0.5)
     return model
@@ -82,14 +89,12 @@ def caffe_blobs(reference: DeepLabV2) -> dict[str, list[np.ndarray]]:
     blobs: dict[str, list[np.ndarray]] = {}
     for conv, bn, scale, conv_module, norm_module in _caffe_units_resnet50():
         factor = 0.0 if bn == ZERO_FACTOR_LAYER else SCALE_FACTOR
-        stored = factor or 1.0
         norm = f"backbone.{norm_module}"
         blobs[conv] = [state[f"backbone.{conv_module}.weight"]]
-        blobs[bn] = [
-            state[f"{norm}.running_mean"] * stored,
-            state[f"{norm}.running_var"] * stored,
-            np.array([factor], np.float32),
-        ]
+        mean, var = state[f"{norm}.running_mean"] * factor, state[f"{norm}.running_var"] * factor
+        if factor == 0.0:  # statistics Caffe ignores
+            mean, var = np.full_like(mean, 0.7), np.full_like(var, 3.0)
+        blobs[bn] = [mean, var, np.array([factor], np.float32)]
         blobs[scale] = [state[f"{norm}.weight"], state[f"{norm}.bias"]]
     for index in range(4):
         prefix = f"head.branches.{index}"
@@ -164,11 +169,11 @@ def test_converted_checkpoint_reproduces_the_network_it_was_written_from(
 
 
 def _caffe_bn_scale(x: torch.Tensor, blobs: dict[str, list[np.ndarray]], bn: str, scale: str) -> torch.Tensor:
-    """Caffe's BatchNorm (global stats divided by the stored factor, 0 meaning 1) then Scale."""
+    """Caffe's BatchNorm (global stats times 1 / the stored factor, or times 0 when it is 0) then Scale."""
     mean, var, factor = (torch.from_numpy(a) for a in blobs[bn])
-    factor = 1.0 if factor.item() == 0 else factor.item()
+    multiplier = 0.0 if factor.item() == 0 else 1.0 / factor.item()
     gamma, beta = (torch.from_numpy(a) for a in blobs[scale])
-    x = (x - (mean / factor).view(1, -1, 1, 1)) / torch.sqrt((var / factor).view(1, -1, 1, 1) + BN_EPS)
+    x = (x - (mean * multiplier).view(1, -1, 1, 1)) / torch.sqrt((var * multiplier).view(1, -1, 1, 1) + BN_EPS)
     return x * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
 
 
@@ -238,6 +243,9 @@ def test_report_lists_skipped_unmapped_and_zero_factor_layers(caffe_layers: list
         f"{n}_{s}" for n in ("conv1", "bn_conv1", "fc1_voc12_c2") for s in ("res075", "res05")
     )
     assert report.zero_scale_factors == [ZERO_FACTOR_LAYER]
+    norm = f"backbone.{ZERO_FACTOR_MODULE}"
+    assert torch.equal(state[f"{norm}.running_mean"], torch.zeros_like(state[f"{norm}.running_mean"]))
+    assert torch.equal(state[f"{norm}.running_var"], torch.zeros_like(state[f"{norm}.running_var"]))
     assert len(report.mapped) == len(state)
     summary = report.summary()
     assert "fc_extra" in summary and "6 layers of the MSC branches" in summary and ZERO_FACTOR_LAYER in summary
