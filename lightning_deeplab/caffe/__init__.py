@@ -1,5 +1,6 @@
-"""The released DeepLab v2 Caffe models: a ``.caffemodel`` reader that needs neither Caffe nor
-protobuf, and the converter to a DeepLabV2 checkpoint (style ``"caffe"``, head ``"aspp-l"``).
+"""The released DeepLab Caffe models: a ``.caffemodel`` reader that needs neither Caffe nor
+protobuf, and the converter to a DeepLabV2 checkpoint (style ``"caffe"``; ResNet ASPP-L, VGG-16
+LargeFOV and ASPP-L).
 
 Command line: ``python -m lightning_deeplab.caffe.convert IN.caffemodel OUT.pth [--num-classes N]``.
 """

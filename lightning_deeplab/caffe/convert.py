@@ -1,6 +1,8 @@
-"""Convert a released DeepLab v2 ResNet ``.caffemodel`` into a DeepLabV2 state dict.
+"""Convert a released DeepLab ``.caffemodel`` (v2 ResNet, v1/v2 VGG-16) into a DeepLabV2 state dict.
 
-The result loads with ``DeepLabV2(backbone=..., head="aspp-l", style="caffe", pretrained=PATH)``:
+The architecture is found from the layer names: ``conv1_1`` marks VGG-16 (converted by
+:mod:`.vgg`: LargeFOV or ASPP-L), ``res2a_branch2a`` & co. a ResNet. For the ResNets the result
+loads with ``DeepLabV2(backbone=..., head="aspp-l", style="caffe", pretrained=PATH)``:
 
 - with the classifier (the VOC model, ``fc1_voc12_c0..c3``): a whole-model state dict
   (``backbone.*``, ``head.branches.*``) for ``num_classes`` = the classifier's classes;
@@ -30,10 +32,12 @@ from torch import Tensor
 from ..fileio import atomic_output
 from ..models import HEADS, DeepLabV2
 from .caffemodel import CaffeBlob, CaffeLayer, read_caffemodel
-from .names import CAFFE_BACKBONES, CLASSIFIER_PATTERN, MSC_COPY_PATTERN, ConvUnit, resnet_units
+from .names import CAFFE_BACKBONES, CLASSIFIER_PATTERN, MSC_COPY_PATTERN, VGG_MARKER, ConvUnit, resnet_units
 
-#: The head the released models were trained with.
+#: The head the released ResNet models were trained with.
 RELEASED_HEAD = "aspp-l"
+#: Backbone names ``--backbone`` takes: the Caffe ResNets and VGG-16.
+CONVERTIBLE_BACKBONES = (*CAFFE_BACKBONES, "vgg16")
 _BACKBONE_PREFIX = "backbone."
 _MAX_LISTED = 10
 
@@ -44,6 +48,8 @@ class ConversionReport:
 
     source: str
     backbone: str
+    #: The head the state dict is for (``aspp-l`` or, for VGG-16, ``largefov``).
+    head: str = RELEASED_HEAD
     #: Classes of the head in the state dict; None when the head was left out.
     num_classes: Optional[int] = None
     #: ``"caffe_layer[blob] -> state_dict_key"`` for every tensor written.
@@ -64,7 +70,7 @@ class ConversionReport:
             f"backbone: {self.backbone} (style 'caffe'), {len(self.mapped)} tensors mapped",
         ]
         if self.num_classes is not None:
-            lines.append(f"head: {RELEASED_HEAD}, {self.num_classes} classes (whole-model state dict)")
+            lines.append(f"head: {self.head}, {self.num_classes} classes (whole-model state dict)")
         else:
             lines.append(
                 f"head: NOT converted, stays randomly initialised (backbone-only state dict): {self.head_note}"
@@ -115,6 +121,12 @@ def convert_layers(
     weighted, msc_copies = _layers_with_weights(layers, source)
     backbone = _choose_backbone(weighted, backbone, source)
     report = ConversionReport(source=source, backbone=backbone, msc_copies=msc_copies)
+    if backbone == "vgg16":
+        from .vgg import convert_vgg_layers
+
+        state, used = convert_vgg_layers(weighted, num_classes, report, source)
+        report.unmapped = [_describe(layer) for name, layer in weighted.items() if name not in used]
+        return state, report
     expected, feature_channels = _expected_shapes(backbone)
 
     state: dict[str, Tensor] = {}
@@ -152,14 +164,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: convert, print the mapping and the report, write OUTPUT. Returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m lightning_deeplab.caffe.convert",
-        description="Convert a released DeepLab v2 ResNet .caffemodel into a DeepLabV2 checkpoint "
-        "(style 'caffe', head 'aspp-l') that DeepLabV2(pretrained=OUTPUT) loads.",
+        description="Convert a released DeepLab .caffemodel (v2 ResNet-101 ASPP-L; v1/v2 VGG-16 LargeFOV, "
+        "v2 VGG-16 ASPP-L; their init models) into a DeepLabV2 checkpoint (style 'caffe') that "
+        "DeepLabV2(pretrained=OUTPUT) loads; the architecture is found from the layer names.",
     )
     parser.add_argument("input", type=Path, help="the .caffemodel (e.g. the VOC model or init.caffemodel)")
     parser.add_argument("output", type=Path, help="where to write the state dict (.pth)")
     parser.add_argument("--num-classes", type=_positive_int, default=None,
                         help="classes of the checkpoint's head; a classifier with another count is left out")
-    parser.add_argument("--backbone", choices=tuple(CAFFE_BACKBONES), default=None,
+    parser.add_argument("--backbone", choices=CONVERTIBLE_BACKBONES, default=None,
                         help="the backbone (default: found from the layer names)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not every mapped tensor")
     args = parser.parse_args(argv)
@@ -172,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.quiet:
         print("\n".join(report.mapped))
     print(report.summary())
-    usage = f"DeepLabV2(backbone={report.backbone!r}, head={RELEASED_HEAD!r}, style='caffe'"
+    usage = f"DeepLabV2(backbone={report.backbone!r}, head={report.head!r}, style='caffe'"
     usage += f", num_classes={report.num_classes}" if report.num_classes is not None else ", num_classes=<yours>"
     print(f"wrote {args.output}; load it with {usage}, pretrained={str(args.output)!r})")
     return 0
@@ -206,14 +219,17 @@ def _layers_with_weights(layers: Sequence[CaffeLayer], source: str) -> tuple[dic
 
 def _choose_backbone(weighted: Mapping[str, CaffeLayer], backbone: Optional[str], source: str) -> str:
     if backbone is not None:
-        if backbone not in CAFFE_BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(CAFFE_BACKBONES)}, got {backbone!r}")
+        if backbone not in CONVERTIBLE_BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(CONVERTIBLE_BACKBONES)}, got {backbone!r}")
         return backbone
+    if VGG_MARKER in weighted:
+        return "vgg16"
     coverage = {name: sum(unit.conv in weighted for unit in resnet_units(name)) for name in CAFFE_BACKBONES}
     best = max(coverage, key=lambda name: coverage[name] / len(resnet_units(name)))
     if coverage[best] == 0:
         raise ValueError(
-            f"{source}: no DeepLab v2 ResNet layer (conv1, res2a_branch2a, ...) with weights; layers with "
+            f"{source}: no DeepLab ResNet layer (conv1, res2a_branch2a, ...) nor VGG-16 layer ({VGG_MARKER}) with "
+            "weights; layers with "
             f"weights: {_listing(weighted) or 'none'}"
         )
     return best

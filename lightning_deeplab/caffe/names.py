@@ -82,3 +82,18 @@ def resnet_units(backbone: str) -> list[ConvUnit]:
 
 def _unit(suffix: str, conv_module: str, norm_module: str) -> ConvUnit:
     return ConvUnit(f"res{suffix}", f"bn{suffix}", f"scale{suffix}", conv_module, norm_module)
+
+
+# ------------------------------------------------------------------------------ VGG-16
+#: The first conv layer of every DeepLab VGG-16 net; its presence marks a VGG-16 caffemodel.
+VGG_MARKER = "conv1_1"
+#: The conv layers of VGG-16 in network order (conv1_1 .. conv5_3), as every DeepLab VGG prototxt names them.
+VGG_CONV_NAMES = tuple(
+    f"conv{stage}_{index}" for stage, count in enumerate((2, 2, 3, 3, 3), start=1) for index in range(1, count + 1)
+)
+#: DeepLab-LargeFOV's single branch (v1 and v2 prototxts): fc6 (rate 12), fc7, fc8_<tag> (VOC: fc8_voc12).
+LARGEFOV_FC6, LARGEFOV_FC7 = "fc6", "fc7"
+LARGEFOV_CLASSIFIER_PATTERN = re.compile(r"^fc8(?:_(?P<tag>.+))?$")
+#: The branches of the v2 VGG-16 ASPP nets: fc6_{i}, fc7_{i}, fc8_<tag>_{i} for i = 1..4.
+ASPP_FC6_PATTERN = re.compile(r"^fc6_(?P<branch>\d+)$")
+ASPP_CLASSIFIER_PATTERN = re.compile(r"^fc8_(?P<tag>.+)_(?P<branch>\d+)$")

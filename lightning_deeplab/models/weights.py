@@ -36,7 +36,7 @@ DOWNLOAD_SOCKET_TIMEOUT_S = 20.0
 
 #: Keys of torchvision's ImageNet classifiers: present in their state dicts, absent from the
 #: backbones (VGG's fc6/fc7 are taken from ``classifier.*`` separately).
-CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "fc6.", "fc7.")  # fc6/fc7: DeepLab's, from converted Caffe VGG nets
 
 _BN_COUNTER = "num_batches_tracked"  # absent from FrozenBatchNorm2d, never worth reporting
 _MAX_LISTED = 8
@@ -133,7 +133,11 @@ def load_into(model: nn.Module, backbone: nn.Module, state: Mapping[str, Tensor]
 
 
 def vgg_fc_weights(state: Mapping[str, Tensor], unused: Iterable[str]) -> "dict[str, Tensor] | None":
-    """Decimated fc6/fc7 weights when ``unused`` holds torchvision's VGG classifier, else None."""
+    """fc6/fc7 weights: DeepLab's own (``fc6.*``, ``fc7.*``, as a converted Caffe VGG init model holds
+    them), or decimated from torchvision's VGG classifier when ``unused`` holds it; else None."""
+    deeplab = {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"}
+    if deeplab <= set(unused):
+        return {k: state[k] for k in deeplab}
     needed = {"classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"}
     if not needed <= set(unused):
         return None

@@ -309,7 +309,7 @@ def test_bad_arguments_and_unrelated_nets(caffe_layers: list[CaffeLayer], tmp_pa
     with pytest.raises(ValueError, match="backbone must be one of resnet101, resnet50"):
         convert_layers(caffe_layers, backbone="resnet18")
     lenet = [CaffeLayer("ip1", "InnerProduct", (CaffeBlob((2, 2), np.ones((2, 2), np.float32), 0),), 0)]
-    with pytest.raises(ValueError, match="no DeepLab v2 ResNet layer.*ip1"):
+    with pytest.raises(ValueError, match="no DeepLab ResNet layer.*nor VGG-16 layer.*ip1"):
         convert_layers(lenet, source="lenet.caffemodel")
     # the command line reports the error and writes nothing
     broken = tmp_path / "broken.caffemodel"

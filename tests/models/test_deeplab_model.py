@@ -38,26 +38,31 @@ def test_normalisation_buffers_follow_the_model_but_stay_out_of_state_dicts() ->
     assert not any(k.startswith("input_") for k in model.state_dict())
 
 
-def test_forward_multi_is_each_scale_then_their_max(msc_model: DeepLabV2) -> None:
+@pytest.mark.parametrize("method", ["caffe", "pytorch"])
+def test_forward_multi_is_each_scale_then_their_max(msc_model: DeepLabV2, method: str) -> None:
+    model = DeepLabV2("resnet18", "aspp-s", num_classes=4, msc_scales=(1.0, 0.75, 0.5), norm="bn", msc_resize=method)
+    model.load_state_dict(msc_model.state_dict())
+    model.eval()
+    corners = method == "caffe"  # Caffe's Interp: corner-aligned weights
     x = torch.rand(1, 3, 41, 45) * 255
     with torch.no_grad():
-        outputs = msc_model.forward_multi(x)
-        fused = msc_model(x)
-        # By hand: normalise, resize to ceil(side * scale), run the network, max over the maps
-        # brought to the 1x map's size.
+        outputs = model.forward_multi(x)
+        fused = model(x)
+        # By hand: normalise, resize (ceil(side * scale); Caffe's Interp gives the same sides
+        # here), run the network, max over the maps brought to the 1x map's size.
         normalised = torch.stack([x[:, 2 - c] - CAFFE_MEAN_BGR[c] for c in range(3)], dim=1)
         sizes = {1.0: (41, 45), 0.75: (31, 34), 0.5: (21, 23)}
         expected = []
         for scale, size in sizes.items():
             scaled = normalised
             if scale != 1.0:
-                scaled = F.interpolate(normalised, size, mode="bilinear", align_corners=False)
-            expected.append(msc_model.head(msc_model.backbone(scaled)))
+                scaled = F.interpolate(normalised, size, mode="bilinear", align_corners=corners)
+            expected.append(model.head(model.backbone(scaled)))
     assert len(outputs) == 4
     assert [tuple(o.shape[-2:]) for o in outputs] == [(6, 6), (5, 5), (3, 4), (6, 6)]
     for got, want in zip(outputs[:3], expected):
         assert torch.allclose(got, want, atol=1e-4)
-    upsampled = [F.interpolate(m, (6, 6), mode="bilinear", align_corners=False) for m in expected[1:]]
+    upsampled = [F.interpolate(m, (6, 6), mode="bilinear", align_corners=corners) for m in expected[1:]]
     hand_max = torch.maximum(expected[0], torch.maximum(upsampled[0], upsampled[1]))
     assert torch.allclose(outputs[3], hand_max, atol=1e-4)
     assert torch.equal(fused, outputs[3])
