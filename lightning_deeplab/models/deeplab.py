@@ -12,7 +12,13 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from .aspp import ASPP, VGGASPP
-from .msc import MSC_RESIZES, fuse_max, resize_input, validate_caffe_scales, validate_scales
+from .msc import (
+    MSC_RESIZES,
+    fuse_max,
+    resize_input,
+    validate_caffe_scales,
+    validate_scales,
+)
 from .norm import NORMS
 from .resnet import RESNET_SPECS, ResNetBackbone
 from .vgg import VGG16Backbone

@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 from caffe_writer import blob, layer, net, v1_layer
 
-from lightning_deeplab.caffe import CaffeBlob, CaffeLayer, convert_layers, read_caffemodel
+from lightning_deeplab.caffe import (
+    CaffeBlob,
+    CaffeLayer,
+    convert_layers,
+    read_caffemodel,
+)
 from lightning_deeplab.caffe.convert import main
 from lightning_deeplab.constants import CAFFE_MEAN_BGR
 from lightning_deeplab.models import DeepLabV2
