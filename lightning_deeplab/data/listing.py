@@ -12,11 +12,23 @@ from typing import Iterable, Sequence
 SHOWN_PROBLEMS = 5
 
 
-def raise_if_missing(problems: Sequence[str]) -> None:
-    """Raise FileNotFoundError listing the first problems (one line each) and counting the rest."""
+class MissingFiles(FileNotFoundError):
+    """Files of a split are absent. Carries every problem and the split's samples (missing ones
+    included), so a caller that checks the whole split can report these with its other findings."""
+
+    def __init__(self, problems: Sequence[str], samples: Sequence = ()) -> None:
+        self.problems = list(problems)
+        self.samples = list(samples)
+        shown = len(self.problems) - SHOWN_PROBLEMS
+        more = f"\n... and {shown} more" if shown > 0 else ""
+        super().__init__("\n".join(self.problems[:SHOWN_PROBLEMS]) + more)
+
+
+def raise_if_missing(problems: Sequence[str], samples: Sequence = ()) -> None:
+    """Raise :class:`MissingFiles` listing the first problems (one line each) and counting the
+    rest; ``samples``: the split's samples, kept on the error."""
     if problems:
-        more = f"\n... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise FileNotFoundError("\n".join(problems[:SHOWN_PROBLEMS]) + more)
+        raise MissingFiles(problems, samples)
 
 
 def require_dir(path: Path, what: str) -> Path:
