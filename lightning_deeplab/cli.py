@@ -5,6 +5,7 @@ This is the only place where configuration is wired to objects.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from argparse import RawDescriptionHelpFormatter
@@ -90,6 +91,32 @@ class DeepLabCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # The writer's settings are predict's own options (`deeplab predict --crf true
+            # --output_dir DIR`); `_prediction_writer` builds the writer from them.
+            self._writer_options = parser.add_class_arguments(SegmentationWriter, instantiate=False)
+        return parser
+
+    def _prediction_writer(self, callbacks: list) -> list:
+        """The predict callbacks: ``callbacks`` plus a SegmentationWriter from predict's own
+        options, unless a prediction writer is configured in ``trainer.callbacks`` (then those
+        options must be left unset, or they would be silently ignored)."""
+        config = self.config[self.subcommand]
+        options = {key: config.get(key) for key in self._writer_options}
+        defaults = _as_list(self.trainer_defaults.get("callbacks"))
+        if not any(isinstance(cb, BasePredictionWriter) for cb in callbacks + defaults):
+            return callbacks + [SegmentationWriter(**options)]
+        signature = inspect.signature(SegmentationWriter).parameters
+        given = sorted(key for key, value in options.items() if value != signature[key].default)
+        if given:
+            raise ValueError(
+                f"--{', --'.join(given)} cannot be used with a prediction writer in trainer.callbacks: "
+                "set the writer's options on that callback, or drop the callback"
+            )
+        return callbacks
+
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={})
         root_dir = config.get("default_root_dir") or os.getcwd()
@@ -99,10 +126,7 @@ class DeepLabCLI(LightningCLI):
         if self.subcommand in (None, "fit", "validate", "test"):
             kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False)
         elif self.subcommand == "predict":
-            # Without a writer of its own, predict saves label maps and overlays under the run's root.
-            defaults = _as_list(self.trainer_defaults.get("callbacks"))
-            if not any(isinstance(cb, BasePredictionWriter) for cb in callbacks + defaults):
-                kwargs["callbacks"] = callbacks + [SegmentationWriter(os.path.join(root_dir, "predictions"))]
+            kwargs["callbacks"] = self._prediction_writer(callbacks)
         return super().instantiate_trainer(**kwargs)
 
     def predict(self, **kwargs: Any) -> Any:

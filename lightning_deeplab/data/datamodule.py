@@ -245,6 +245,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             self._predict_images = PredictImages(self.predict_path)
         return self._predict_images
 
+    @property
+    def predict_renamed(self) -> list[tuple[Path, str]]:
+        """``(path, output name)`` of the images at ``predict_path`` whose name was made distinct
+        from another image's (``x.jpg`` -> ``x``, ``x.png`` -> ``x.png``)."""
+        return list(self._predict_images.renamed) if self._predict_images is not None else []
+
     def _predicting_images(self) -> bool:
         trainer = getattr(self, "trainer", None)
         return self.predict_path is not None and trainer is not None and trainer.state.fn == "predict"
