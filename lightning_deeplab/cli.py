@@ -32,6 +32,7 @@ MONITOR = "val/mIoU"
 #: Commands handled outside LightningCLI: name -> (module, one-line description).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val"),
+    "crf": ("lightning_deeplab.refine", "refine saved probabilities or logits of any model with the dense CRF"),
     "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab v2 .caffemodel to a checkpoint"),
 }
 
@@ -146,6 +147,8 @@ def _extra_command(name: str) -> Callable[[Optional[Sequence[str]]], Any]:
 def main(args: Any = None) -> Any:
     """The `deeplab` command: `crf-search` and `convert-caffe` go to their own parsers,
     everything else to :class:`DeepLabCLI`. Returns the extra command's exit status."""
+    # albumentations checks for updates over the network on import unless told not to
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] in EXTRA_COMMANDS:
         status = _extra_command(argv[0])(list(argv[1:]))
