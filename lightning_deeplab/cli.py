@@ -91,6 +91,8 @@ class DeepLabCLI(LightningCLI):
         # The dataset decides the classes; the model follows it.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # Images are padded with the mean colour of the model's normalisation.
+        parser.link_arguments("model.style", "data.pad_style")
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

@@ -2,6 +2,8 @@
 list line, in one error; 16-bit images are scaled, not clipped; padding follows the model's style."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from lightning_deeplab.data.files import read_rgb_image
 from lightning_deeplab.models import STYLES
 
 SIZE = (24, 32)  # (height, width)
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
 
 
 def voc_dm(root, **kwargs) -> SegmentationDataModule:
@@ -117,3 +120,20 @@ def test_padding_follows_the_model_style(make_voc):
         assert torch.allclose(crop[:, 39, 39], torch.tensor(PAD_MEAN_RGB_BY_STYLE[style], dtype=torch.float32))
     with pytest.raises(ValueError, match="pad_style.*tensorflow"):
         voc_dm(root, pad_style="tensorflow")
+
+
+def test_deeplab_validate_stops_at_setup_on_bad_data_and_pads_as_the_model_normalises(bad_voc, tmp_path):
+    from lightning_deeplab.cli import DeepLabCLI
+
+    root, _ = bad_voc
+    args = ["--config", str(CONFIG), "--data.dataset", "voc", "--data.root", str(root), "--data.val_split", "val",
+            "--data.num_workers", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(BadSamples) as caught:
+        DeepLabCLI(args=["validate", *args])
+    assert len(caught.value.problems) == 2
+    assert "val.txt:2: image" in caught.value.problems[0] and "val.txt:3: label" in caught.value.problems[1]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing ran
+    for style in STYLES:  # the pad colour follows --model.style
+        cli = DeepLabCLI(args=[*args, "--model.style", style], run=False)
+        assert cli.datamodule.pad_rgb == PAD_MEAN_RGB_BY_STYLE[style]
