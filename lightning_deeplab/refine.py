@@ -17,7 +17,6 @@ array was refined, 1 when some were skipped, 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -79,20 +78,11 @@ def _positive_int(text: str) -> int:
 def find_arrays(path: Path) -> list[tuple[str, Path]]:
     """``(name, path)`` of every ``.npy`` under the folder ``path`` (name: the path below it
     without ``.npy``), or of every path listed in the list file ``path``."""
+    from .data.listing import name_under, read_path_list
+
     if path.is_dir():
-        return [(p.relative_to(path).with_suffix("").as_posix(), p) for p in sorted(path.rglob("*.npy"))]
-    entries = []
-    for line in path.read_text().splitlines():
-        entry = line.strip()
-        if entry and not entry.startswith("#"):
-            file = Path(entry).expanduser()
-            file = Path(os.path.normpath(file if file.is_absolute() else path.parent / file))
-            try:
-                name = file.relative_to(path.parent).with_suffix("").as_posix()
-            except ValueError:
-                name = file.stem
-            entries.append((name, file))
-    return entries
+        return [(name_under(p, path), p) for p in sorted(path.rglob("*.npy"))]
+    return [(name, file) for _, name, file in read_path_list(path)]
 
 
 class Refiner:

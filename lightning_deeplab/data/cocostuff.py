@@ -26,7 +26,8 @@ import numpy as np
 from ..constants import IGNORE_INDEX
 from .files import LabelledImage, LabelledImageDataset, check_label, load_mat, read_rgb_image
 from .listing import (
-    missing_files, raise_if_missing, read_list_lines, require_dir, require_samples, require_split_dir,
+    missing_files, raise_if_missing, read_list_lines, require_dir, require_list_file, require_samples,
+    require_split_dir,
 )  # fmt: skip
 from .palette import VOC_PALETTE
 from .remap import LabelRemap, as_integer_labels
@@ -159,9 +160,7 @@ class CocoStuff10k(LabelledImageDataset):
         self.root = _require_root(root, "COCO-Stuff 10k")
         self.split = split
         self.split_file = self.root / "imageLists" / f"{split}.txt"
-        if not self.split_file.is_file():
-            present = sorted(p.stem for p in self.split_file.parent.glob("*.txt"))
-            raise FileNotFoundError(f"split list {self.split_file} not found; splits present: {present or 'none'}")
+        require_list_file(self.split_file)
         samples, checks = [], []
         for lineno, fields in read_list_lines(self.split_file):
             if len(fields) != 1:

@@ -10,7 +10,6 @@ sorted order is ``x``, the next keeps its extension (``x.png``), so no output ov
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -21,17 +20,10 @@ from torch.utils.data import Dataset
 from ..constants import PAD_MEAN_RGB
 from .collate import pad_images
 from .files import IMAGE_EXTENSIONS, read_rgb_image
+from .listing import name_under, read_path_list
 
 #: File name endings read as lists of image paths (one per line; relative to the list's folder).
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
-
-
-def _name_under(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` without its extension (POSIX separators), or its stem."""
-    try:
-        return path.relative_to(root).with_suffix("").as_posix()
-    except ValueError:
-        return path.stem
 
 
 def distinct_names(items: Sequence[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], list[tuple[Path, str]]]:
@@ -55,22 +47,15 @@ def distinct_names(items: Sequence[tuple[str, Path]]) -> tuple[list[tuple[str, P
 
 
 def _read_list(list_file: Path) -> list[tuple[str, Path]]:
-    entries = []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        path = Path(entry).expanduser()
-        path = Path(os.path.normpath(path if path.is_absolute() else list_file.parent / path))
-        entries.append((_name_under(path, list_file.parent), path, lineno))
+    entries = read_path_list(list_file)
     if not entries:
         raise ValueError(f"predict list {list_file} names no images")
     seen: dict[Path, int] = {}
-    for _, path, lineno in entries:
+    for lineno, _, path in entries:
         if path in seen:
             raise ValueError(f"{list_file}:{lineno}: {path} is listed twice (first on line {seen[path]})")
         seen[path] = lineno
-    return [(name, path) for name, path, _ in entries]
+    return [(name, path) for _, name, path in entries]
 
 
 def find_predict_images(path: Union[str, Path], renamed: Optional[list] = None) -> list[tuple[str, Path]]:
@@ -98,7 +83,7 @@ def _find_images(path: Union[str, Path]) -> list[tuple[str, Path]]:
         found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
             raise ValueError(f"predict_path {path} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-        return [(_name_under(p, path), p) for p in found]
+        return [(name_under(p, path), p) for p in found]
     if path.suffix.lower() in LIST_EXTENSIONS:
         return _read_list(path)
     return [(path.stem, path)]

@@ -5,6 +5,7 @@ decoded), so a wrong root or a stale list fails before training starts.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -60,6 +61,38 @@ def read_list_lines(list_file: Path) -> list[tuple[int, list[str]]]:
         if fields:
             lines.append((lineno, fields))
     return lines
+
+
+def require_list_file(list_file: Path, what: str = "split list") -> Path:
+    """``list_file`` if it is a file; otherwise FileNotFoundError naming the lists (splits)
+    present beside it."""
+    if not list_file.is_file():
+        present = sorted(p.stem for p in list_file.parent.glob("*.txt"))
+        raise FileNotFoundError(f"{what} {list_file} not found; splits present: {present or 'none'}")
+    return list_file
+
+
+def name_under(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` without its extension (POSIX separators), or its stem: the
+    name its outputs get."""
+    try:
+        return path.relative_to(root).with_suffix("").as_posix()
+    except ValueError:
+        return path.stem
+
+
+def read_path_list(list_file: Path) -> list[tuple[int, str, Path]]:
+    """``(line number, name, path)`` of every path in a list file: one per line, relative to the
+    list's folder or absolute; blank lines and ``#`` comments skipped; name as :func:`name_under`."""
+    entries = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry).expanduser()
+        path = Path(os.path.normpath(path if path.is_absolute() else list_file.parent / path))
+        entries.append((lineno, name_under(path, list_file.parent), path))
+    return entries
 
 
 def require_samples(samples: Sequence, where: str) -> None:

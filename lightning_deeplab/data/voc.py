@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 
 from .files import LabelledImage, LabelledImageDataset
-from .listing import missing_files, raise_if_missing, read_list_lines, require_samples
+from .listing import missing_files, raise_if_missing, read_list_lines, require_list_file, require_samples
 from .palette import VOC_PALETTE
 from .source import JointTransform, SegmentationSource
 
@@ -48,11 +48,7 @@ def read_split_list(split_file: Path, voc_root: Path, label_dir: str) -> list[La
     """Parse a split list: one id per line, or "/JPEGImages/<id>.jpg /<LabelDir>/<id>.png" pairs
     (paths relative to ``voc_root``). Every listed file must exist; the first missing ones are
     reported with their line numbers."""
-    if not split_file.is_file():
-        available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
-        raise FileNotFoundError(
-            f"split list {split_file} not found; splits present: {available or 'none'}"
-        )
+    require_list_file(split_file)
     samples, checks = [], []
     for lineno, fields in read_list_lines(split_file):
         if len(fields) == 1:
