@@ -92,7 +92,8 @@ class SegmentationWriter(BasePredictionWriter):
         if self.output_dir is None:
             self.output_dir = os.path.join(trainer.default_root_dir, DEFAULT_FOLDER)
         if not self.overwrite:
-            earlier = existing_outputs(self.output_dir)
+            # one look, by the first process, shared with all: the others must not see its new files
+            earlier = trainer.strategy.broadcast(existing_outputs(self.output_dir) if trainer.is_global_zero else None)
             if earlier:
                 raise FileExistsError(
                     f"output_dir {self.output_dir} already holds {len(earlier)} prediction file(s) (e.g. "
