@@ -116,7 +116,7 @@ def test_logits_and_bad_arrays_are_reported_and_skipped(predicted, tmp_path, cap
     "extra, pattern",
     [(["--normalization", "sideways"], "normalization"), (["--bi_xy_std", "0"], "bi_xy_std"),
      (["--batch_size", "0"], "batch_size"), (["--bi_w_std", "3"], "unrecognized arguments: --bi_w_std"),
-     (["--bi", "3"], "unrecognized arguments: --bi")],
+     (["--bi", "3"], "unrecognized arguments: --bi"), (["--device", "abacus"], "--device 'abacus'")],
 )  # fmt: skip
 def test_usage_errors_exit_2_naming_the_option(predicted, tmp_path, capsys, extra, pattern):
     args = ["crf", "--probabilities", str(predicted / "predicted" / "probabilities"), "--images",
