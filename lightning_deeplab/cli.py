@@ -5,6 +5,7 @@ This is the only place where configuration is wired to objects.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from argparse import RawDescriptionHelpFormatter
@@ -31,6 +32,7 @@ MONITOR = "val/mIoU"
 #: Commands handled outside LightningCLI: name -> (module, one-line description).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val"),
+    "crf": ("lightning_deeplab.refine", "refine saved probabilities or logits of any model with the dense CRF"),
     "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab v2 .caffemodel to a checkpoint"),
 }
 
@@ -89,6 +91,34 @@ class DeepLabCLI(LightningCLI):
         # The dataset decides the classes; the model follows it.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # Images are padded with the mean colour of the model's normalisation.
+        parser.link_arguments("model.style", "data.pad_style")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # The writer's settings are predict's own options (`deeplab predict --crf true
+            # --output_dir DIR`); `_prediction_writer` builds the writer from them.
+            self._writer_options = parser.add_class_arguments(SegmentationWriter, instantiate=False)
+        return parser
+
+    def _prediction_writer(self, callbacks: list) -> list:
+        """The predict callbacks: ``callbacks`` plus a SegmentationWriter from predict's own
+        options, unless a prediction writer is configured in ``trainer.callbacks`` (then those
+        options must be left unset, or they would be silently ignored)."""
+        config = self.config[self.subcommand]
+        options = {key: config.get(key) for key in self._writer_options}
+        defaults = _as_list(self.trainer_defaults.get("callbacks"))
+        if not any(isinstance(cb, BasePredictionWriter) for cb in callbacks + defaults):
+            return callbacks + [SegmentationWriter(**options)]
+        signature = inspect.signature(SegmentationWriter).parameters
+        given = sorted(key for key, value in options.items() if value != signature[key].default)
+        if given:
+            raise ValueError(
+                f"--{', --'.join(given)} cannot be used with a prediction writer in trainer.callbacks: "
+                "set the writer's options on that callback, or drop the callback"
+            )
+        return callbacks
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={})
@@ -99,10 +129,7 @@ class DeepLabCLI(LightningCLI):
         if self.subcommand in (None, "fit", "validate", "test"):
             kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False)
         elif self.subcommand == "predict":
-            # Without a writer of its own, predict saves label maps and overlays under the run's root.
-            defaults = _as_list(self.trainer_defaults.get("callbacks"))
-            if not any(isinstance(cb, BasePredictionWriter) for cb in callbacks + defaults):
-                kwargs["callbacks"] = callbacks + [SegmentationWriter(os.path.join(root_dir, "predictions"))]
+            kwargs["callbacks"] = self._prediction_writer(callbacks)
         return super().instantiate_trainer(**kwargs)
 
     def predict(self, **kwargs: Any) -> Any:
@@ -122,6 +149,8 @@ def _extra_command(name: str) -> Callable[[Optional[Sequence[str]]], Any]:
 def main(args: Any = None) -> Any:
     """The `deeplab` command: `crf-search` and `convert-caffe` go to their own parsers,
     everything else to :class:`DeepLabCLI`. Returns the extra command's exit status."""
+    # albumentations checks for updates over the network on import unless told not to
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] in EXTRA_COMMANDS:
         status = _extra_command(argv[0])(list(argv[1:]))

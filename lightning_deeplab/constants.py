@@ -10,6 +10,13 @@ CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
-#: The value images are padded with before cropping: the Caffe mean, in RGB order, 0-255 scale
-#: (the paper pads with the mean so padded pixels normalise to ~0).
-PAD_MEAN_RGB = tuple(reversed(CAFFE_MEAN_BGR))
+#: The colour images are padded with, per input normalisation style ("caffe": the Caffe mean,
+#: "pytorch": the ImageNet mean), in RGB order, 0-255 scale: padded pixels normalise to ~0, as
+#: the paper pads with the mean.
+PAD_MEAN_RGB_BY_STYLE = {
+    "caffe": tuple(reversed(CAFFE_MEAN_BGR)),
+    "pytorch": tuple(255.0 * m for m in IMAGENET_MEAN_RGB),
+}
+
+#: The pad colour of the paper's (Caffe) normalisation, the default.
+PAD_MEAN_RGB = PAD_MEAN_RGB_BY_STYLE["caffe"]

@@ -4,9 +4,14 @@ For every image, under ``output_dir``:
 
     labels/<name>.png          palette PNG, pixel values = class indices (the VOC format)
     overlays/<name>.jpg        the label colours blended over the image, or image | labels
-    probabilities/<name>.npy   (optional) float16 [C, H, W] softmax of the network, for later CRF runs
+    labels_crf/<name>.png      (with ``crf``) the same from the dense-CRF-refined probabilities
+    overlays_crf/<name>.jpg    (with ``crf``)
+    probabilities/<name>.npy   (optional) float16 [C, H, W] softmax of the network, for later CRF
+                               runs (``deeplab crf``)
 
-Every file has its image's own size and appears complete or not at all.
+Every file has its image's own size and appears complete or not at all. Outputs of an earlier
+run are never replaced silently: an output folder that already holds predictions is refused
+unless ``overwrite`` is set.
 """
 from __future__ import annotations
 
@@ -23,53 +28,77 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from .data.palette import VOC_PALETTE
 from .fileio import atomic_output
-from .viz import blend, colorize, save_atomically, save_label_png
+from .viz import blend, colorize, image_to_uint8, save_atomically, save_label_png
 
 OVERLAY_KINDS = ("blend", "side_by_side", "none")
+#: Output folder (below ``output_dir``) -> file extension.
+OUTPUT_KINDS = {"labels": ".png", "overlays": ".jpg", "labels_crf": ".png", "overlays_crf": ".jpg",
+                "probabilities": ".npy"}  # fmt: skip
+#: Where predictions go when no ``output_dir`` is given: this folder under the run's root.
+DEFAULT_FOLDER = "predictions"
 
 
 class SegmentationWriter(BasePredictionWriter):
     """Saves label maps, overlays and (optionally) probabilities of every predicted image.
 
     Args:
-        output_dir: folder of the outputs (created); ``labels/``, ``overlays/`` and
-            ``probabilities/`` go below it.
+        output_dir: folder of the outputs (created); ``labels/``, ``overlays/``,
+            ``labels_crf/``, ``overlays_crf/`` and ``probabilities/`` go below it. None:
+            ``predictions/`` under the trainer's ``default_root_dir``.
         overlay: ``"blend"`` (label colours laid over the image), ``"side_by_side"`` (the image
             and the colour labels next to each other) or ``"none"``.
         overlay_alpha: weight of the label colours in a blend, in [0, 1].
         save_probabilities: also save the network's class probabilities (before any CRF) as
             float16 ``.npy`` arrays [C, H, W].
-        crf: label maps and overlays from the dense-CRF-refined probabilities (the model's
-            ``crf`` settings) instead of the network's.
+        crf: also write label maps and overlays of the dense-CRF-refined probabilities (the
+            model's ``crf`` settings) to ``labels_crf/`` and ``overlays_crf/``, beside the
+            network's in ``labels/`` and ``overlays/``.
+        overwrite: replace the outputs of an earlier run in ``output_dir``; off: a folder that
+            already holds predictions is refused before anything is predicted.
     """
 
     def __init__(
         self,
-        output_dir: str = "predictions",
+        output_dir: Optional[str] = None,
         overlay: Literal["blend", "side_by_side", "none"] = "blend",
         overlay_alpha: float = 0.5,
         save_probabilities: bool = False,
         crf: bool = False,
+        overwrite: bool = False,
     ) -> None:
         super().__init__(write_interval="batch")
         if overlay not in OVERLAY_KINDS:
             raise ValueError(f"overlay must be one of {OVERLAY_KINDS}, got {overlay!r}")
         if not 0.0 <= overlay_alpha <= 1.0:
             raise ValueError(f"overlay_alpha must lie in [0, 1], got {overlay_alpha}")
-        if not output_dir:
-            raise ValueError("output_dir must name a folder")
-        self.output_dir = os.fspath(output_dir)
+        if output_dir is not None and not os.fspath(output_dir):
+            raise ValueError("output_dir must name a folder (or be None: predictions/ under the run's root)")
+        self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.overlay = overlay
         self.overlay_alpha = overlay_alpha
         self.save_probabilities = save_probabilities
         self.crf = crf
+        self.overwrite = overwrite
         self.written: list[str] = []
         self.skipped: list[tuple[str, str]] = []
 
     def path_of(self, kind: str, name: str) -> str:
-        """Output file of ``kind`` ("labels", "overlays" or "probabilities") for image ``name``."""
-        extension = {"labels": ".png", "overlays": ".jpg", "probabilities": ".npy"}[kind]
-        return os.path.join(self.output_dir, kind, name + extension)
+        """Output file of ``kind`` (a key of :data:`OUTPUT_KINDS`) for image ``name``."""
+        return os.path.join(self.output_dir, kind, name + OUTPUT_KINDS[kind])
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        if self.output_dir is None:
+            self.output_dir = os.path.join(trainer.default_root_dir, DEFAULT_FOLDER)
+        if not self.overwrite:
+            # one look, by the first process, shared with all: the others must not see its new files
+            earlier = trainer.strategy.broadcast(existing_outputs(self.output_dir) if trainer.is_global_zero else None)
+            if earlier:
+                raise FileExistsError(
+                    f"output_dir {self.output_dir} already holds {len(earlier)} prediction file(s) (e.g. "
+                    f"{earlier[0]}); choose another folder or pass --overwrite true to replace them"
+                )
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.written, self.skipped = [], []
@@ -96,26 +125,45 @@ class SegmentationWriter(BasePredictionWriter):
             if self.save_probabilities:
                 with atomic_output(self.path_of("probabilities", name)) as handle:
                     np.save(handle, image_probs[0].to(torch.float16).cpu().numpy())
+            pixels = image_to_uint8(image[0]).permute(1, 2, 0).cpu().numpy() if self.overlay != "none" else None
+            self._write_labels(name, image_probs[0].argmax(dim=0).cpu().numpy(), pixels, palette, "")
             if self.crf:
                 with torch.no_grad():
-                    image_probs = pl_module.refine_probabilities(image_probs, image)
-            labels = image_probs[0].argmax(dim=0).cpu().numpy()
-            save_label_png(labels, palette, self.path_of("labels", name))
-            if self.overlay != "none":
-                pixels = image[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-                if self.overlay == "blend":
-                    picture = blend(pixels, labels, palette, self.overlay_alpha)
-                else:
-                    picture = np.concatenate([pixels, colorize(labels, palette)], axis=1)
-                save_atomically(Image.fromarray(picture), self.path_of("overlays", name))
+                    refined = pl_module.refine_probabilities(image_probs, image)
+                self._write_labels(name, refined[0].argmax(dim=0).cpu().numpy(), pixels, palette, "_crf")
             self.written.append(name)
+
+    def _write_labels(self, name: str, labels: np.ndarray, pixels: Optional[np.ndarray], palette, suffix: str) -> None:
+        save_label_png(labels, palette, self.path_of("labels" + suffix, name))
+        if pixels is None:
+            return
+        if self.overlay == "blend":
+            picture = blend(pixels, labels, palette, self.overlay_alpha)
+        else:
+            picture = np.concatenate([pixels, colorize(labels, palette)], axis=1)
+        save_atomically(Image.fromarray(picture), self.path_of("overlays" + suffix, name))
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         where = f" (process {trainer.global_rank})" if trainer.world_size > 1 else ""
         message = f"predictions of {len(self.written)} image(s) written to {self.output_dir}{where}"
         if self.skipped:
             message += f"; {len(self.skipped)} file(s) skipped: " + ", ".join(path for path, _ in self.skipped)
+        renamed = getattr(trainer.datamodule, "predict_renamed", []) if trainer.datamodule is not None else []
+        if renamed and getattr(trainer, "is_global_zero", True):
+            message += (f"; {len(renamed)} image(s) share a name with another, so their outputs are named: "
+                        + ", ".join(f"{path} -> {name}" for path, name in renamed))  # fmt: skip
         _say(message)
+
+
+def existing_outputs(output_dir: str) -> list[str]:
+    """Prediction files an earlier run left in ``output_dir`` (in the folders this writer fills)."""
+    found = []
+    for kind, extension in OUTPUT_KINDS.items():
+        folder = os.path.join(output_dir, kind)
+        if os.path.isdir(folder):
+            for parent, _, files in os.walk(folder):
+                found += [os.path.join(parent, f) for f in sorted(files) if f.endswith(extension)]
+    return found
 
 
 def _say(message: str) -> None:

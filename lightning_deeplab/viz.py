@@ -6,19 +6,21 @@ import os
 import numpy as np
 from PIL import Image
 
+import torch
+
+from .data.files import full_palette, write_index_png
 from .fileio import atomic_output
 
 
-def _palette_array(palette) -> np.ndarray:
-    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    if pal.shape[0] < 256:  # classes beyond the palette (and 255) fall back to black
-        pal = np.concatenate([pal, np.zeros((256 - pal.shape[0], 3), np.uint8)])
-    return pal[:256]
+def image_to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A float RGB 0-255 image (any shape) as uint8, rounded to the nearest value: the one
+    conversion of a batch's image for the dense CRF's colour kernel and for pictures."""
+    return image.round().clamp(0, 255).to(torch.uint8)
 
 
 def colorize(mask: np.ndarray, palette) -> np.ndarray:
-    """HxW class indices -> HxWx3 uint8 colours."""
-    return _palette_array(palette)[np.asarray(mask, dtype=np.int64).clip(0, 255)]
+    """HxW class indices -> HxWx3 uint8 colours (values beyond the palette: black)."""
+    return full_palette(palette)[np.asarray(mask, dtype=np.int64).clip(0, 255)]
 
 
 def blend(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5) -> np.ndarray:
@@ -32,12 +34,7 @@ def save_label_png(mask: np.ndarray, palette, path: str) -> None:
 
     The file appears complete or not at all: it is written beside its target and renamed.
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2 or mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
-        raise ValueError(f"a label PNG needs an HxW map of values in 0..255, got shape {mask.shape}")
-    img = Image.fromarray(mask.astype(np.uint8), mode="P")
-    img.putpalette(_palette_array(palette).reshape(-1).tolist())
-    save_atomically(img, path)
+    write_index_png(path, mask, palette)
 
 
 def save_atomically(img: Image.Image, path: str) -> None:

@@ -53,10 +53,8 @@ def test_predict_folder_through_the_cli(setup, tmp_path, capsys):
         args=[
             "predict", *setup.args, "--ckpt_path", setup.ckpt,
             "--data.predict_path", str(setup.images), "--data.val_batch_size", "3",
-            "--trainer.callbacks+=lightning_deeplab.predict.SegmentationWriter",
-            "--trainer.callbacks.output_dir", str(out),
-            "--trainer.callbacks.overlay", "side_by_side",
-            "--trainer.callbacks.save_probabilities", "true",
+            "--output_dir", str(out), "--overlay", "side_by_side", "--save_probabilities", "true",
+            "--crf", "true",
         ]
     )  # fmt: skip
     err = capsys.readouterr().err
@@ -78,6 +76,53 @@ def test_predict_folder_through_the_cli(setup, tmp_path, capsys):
         assert agree > 0.99  # float16 rounding may flip near-ties
         overlay = Image.open(out / "overlays" / f"{name}.jpg")
         assert overlay.size == (2 * w, h)  # image | colour labels
+        # --crf: the refined maps beside the network's, from the same run
+        crf_label = Image.open(out / "labels_crf" / f"{name}.png")
+        assert crf_label.mode == "P" and crf_label.size == (w, h)
+        assert Image.open(out / "overlays_crf" / f"{name}.jpg").size == (2 * w, h)
+    assert not np.array_equal(np.array(Image.open(out / "labels" / "a.png")),
+                              np.array(Image.open(out / "labels_crf" / "a.png")))  # fmt: skip
+
+
+def test_predict_options_are_listed_in_predict_help(capsys):
+    with pytest.raises(SystemExit):
+        DeepLabCLI(args=["predict", "--help"])
+    help_text = capsys.readouterr().out
+    for option in ("--crf", "--save_probabilities", "--output_dir", "--overlay {blend,side_by_side,none}",
+                   "--overwrite"):  # fmt: skip
+        assert option in help_text
+
+
+def test_same_names_are_both_kept_and_earlier_outputs_are_never_replaced(setup, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for file, (h, w) in (("x.jpg", (20, 24)), ("x.png", (22, 26))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / file)
+    out = tmp_path / "out"
+    args = ["predict", *setup.args, "--ckpt_path", setup.ckpt, "--data.predict_path", str(folder),
+            "--output_dir", str(out), "--overlay", "none"]  # fmt: skip
+    DeepLabCLI(args=args)
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["x.png", "x.png.png"]
+    assert Image.open(out / "labels" / "x.png").size == (24, 20)  # x.jpg keeps the plain name
+    assert Image.open(out / "labels" / "x.png.png").size == (26, 22)
+    err = capsys.readouterr().err
+    assert "2 image(s) written" in err and "share a name" in err and "x.png -> x.png" in err
+
+    before = (out / "labels" / "x.png").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match=r"already holds 2 prediction file\(s\).*--overwrite true"):
+        DeepLabCLI(args=args)
+    assert (out / "labels" / "x.png").stat().st_mtime_ns == before
+    DeepLabCLI(args=[*args, "--overwrite", "true"])
+    assert (out / "labels" / "x.png").stat().st_mtime_ns != before
+
+
+def test_writer_options_with_a_writer_callback_are_refused(setup, tmp_path):
+    args = ["predict", *setup.args, "--data.predict_path", str(setup.images),
+            "--trainer.callbacks+=lightning_deeplab.predict.SegmentationWriter",
+            "--trainer.callbacks.output_dir", str(tmp_path / "a")]  # fmt: skip
+    with pytest.raises(ValueError, match="--crf cannot be used with a prediction writer"):
+        DeepLabCLI(args=[*args, "--crf", "true"])
 
 
 def test_predict_without_a_writer_saves_under_the_run_and_reads_a_list(setup, tmp_path):
@@ -104,8 +149,19 @@ def test_finding_images_in_a_folder_a_list_and_one_file(tmp_path):
     assert names == ["a", "bad", "c", "sub/b"]
     assert find_predict_images(tmp_path / "c.png") == [("c", tmp_path / "c.png")]
     (tmp_path / "dup.txt").write_text("a.png\nsub/../a.png\n")
-    with pytest.raises(ValueError, match=r"dup.txt:2.*'a'.*line 1"):
+    with pytest.raises(ValueError, match=r"dup.txt:2: .*a.png is listed twice \(first on line 1\)"):
         find_predict_images(tmp_path / "dup.txt")
+    # different files of one name are both kept: the later ones keep their extension
+    (tmp_path / "same.txt").write_text("a.png\nsub/a.jpg\nother/a.png\nsub/b.jpg\n")
+    (tmp_path / "other").mkdir()
+    assert [name for name, _ in find_predict_images(tmp_path / "same.txt")] == ["a", "sub/a", "other/a", "sub/b"]
+    for file in ("x.jpg", "x.png", "x.png.jpg"):  # "x.png" is the plain name of x.png.jpg: not given to x.png
+        (tmp_path / "same" / file).parent.mkdir(exist_ok=True)
+        (tmp_path / "same" / file).write_bytes(b"")
+    renamed = []
+    items = find_predict_images(tmp_path / "same", renamed)
+    assert [(path.name, name) for name, path in items] == [("x.jpg", "x"), ("x.png", "x.png.1"), ("x.png.jpg", "x.png")]
+    assert [(path.name, name) for path, name in renamed] == [("x.png", "x.png.1")]
     (tmp_path / "empty.txt").write_text("\n# nothing\n")
     with pytest.raises(ValueError, match="empty.txt names no images"):
         find_predict_images(tmp_path / "empty.txt")
@@ -141,7 +197,7 @@ class ClassZeroRefiner:
         return out
 
 
-def test_writer_with_crf_labels_and_blended_overlays(tmp_path, capsys):
+def test_writer_with_crf_writes_both_label_maps_and_overlays(tmp_path, capsys):
     writer = SegmentationWriter(str(tmp_path), overlay="blend", overlay_alpha=1.0, crf=True)
     probs = torch.zeros(2, 3, 10, 12)
     probs[:, 2] = 1  # the network says class 2 everywhere
@@ -153,12 +209,13 @@ def test_writer_with_crf_labels_and_blended_overlays(tmp_path, capsys):
     writer.write_on_batch_end(trainer, ClassZeroRefiner(), prediction, None, None, 0, 0)
     writer.on_predict_end(trainer, None)
     for name, (h, w) in (("x", (10, 12)), ("y", (6, 7))):
-        labels = np.array(Image.open(tmp_path / "labels" / f"{name}.png"))
-        assert labels.shape == (h, w) and (labels == 0).all()  # the CRF's labels, not the network's
-        overlay = np.array(Image.open(tmp_path / "overlays" / f"{name}.jpg"))
-        assert overlay.shape == (h, w, 3)
-        # alpha 1: the colour of class 0 (black) replaces the image
-        assert np.abs(overlay.astype(int) - VOC_PALETTE[0]).max() <= 3
+        for suffix, cls in (("", 2), ("_crf", 0)):  # the network's labels, and the CRF's
+            labels = np.array(Image.open(tmp_path / f"labels{suffix}" / f"{name}.png"))
+            assert labels.shape == (h, w) and (labels == cls).all()
+            overlay = np.array(Image.open(tmp_path / f"overlays{suffix}" / f"{name}.jpg"))
+            assert overlay.shape == (h, w, 3)
+            # alpha 1: the colour of the class replaces the image
+            assert np.abs(overlay.astype(int) - VOC_PALETTE[cls]).max() <= 3
     assert not (tmp_path / "probabilities").exists()
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "2 image(s) written" in err

@@ -1,22 +1,17 @@
 """Datasets, augmentation and the LightningDataModule."""
-import os
-
-# albumentations checks for updates over the network on import unless told not to
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, CityscapesSource  # noqa: E402
-from .cocostuff import (  # noqa: E402
+from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, CityscapesSource
+from .cocostuff import (
     COCO_STUFF_CLASSES, CocoStuff10k, CocoStuff10kSource, CocoStuff164k, CocoStuff164kSource,
 )  # fmt: skip
-from .collate import pad_collate  # noqa: E402
-from .datamodule import SegmentationDataModule  # noqa: E402
-from .folder import FolderSegmentation, FolderSource, read_class_list  # noqa: E402
-from .palette import VOC_PALETTE, voc_colormap  # noqa: E402
-from .registry import DATASETS, DatasetEntry, open_source  # noqa: E402
-from .source import SegmentationSource  # noqa: E402
-from .synthetic import SYNTHETIC_CLASSES, SyntheticSource, generate_synthetic_voc  # noqa: E402
-from .transforms import build_train_transform  # noqa: E402
-from .voc import VOC_CLASSES, VOCSegmentation, VOCSource  # noqa: E402
+from .collate import pad_collate
+from .datamodule import SegmentationDataModule
+from .folder import FolderSegmentation, FolderSource, read_class_list
+from .palette import VOC_PALETTE, voc_colormap
+from .registry import DATASETS, DatasetEntry, open_source
+from .source import SegmentationSource
+from .synthetic import SYNTHETIC_CLASSES, SyntheticSource, generate_synthetic_voc
+from .transforms import build_train_transform
+from .voc import VOC_CLASSES, VOCSegmentation, VOCSource
 
 # The SBD converter (lightning_deeplab.data.sbd) is left out: it runs as `python -m`, which
 # warns when the package has imported the module already.

@@ -94,7 +94,7 @@ def find_cityscapes_samples(root: Path, split: str, labelled: bool = True) -> li
                 missing.append(f"label of image {image}: neither {label.name} nor {stem}{TRAIN_IDS_SUFFIX} "
                                f"exists in {label_dir}")  # fmt: skip
         samples.append(LabelledImage(stem, image, label))
-    raise_if_missing(missing)
+    raise_if_missing(missing, samples)
     return samples
 
 

@@ -24,9 +24,10 @@ from typing import Optional, Union
 import numpy as np
 
 from ..constants import IGNORE_INDEX
-from .files import LabelledImage, LabelledImageDataset, check_label, read_rgb_image
+from .files import LabelledImage, LabelledImageDataset, check_label, load_mat, read_rgb_image
 from .listing import (
-    missing_files, raise_if_missing, read_list_lines, require_dir, require_samples, require_split_dir,
+    missing_files, raise_if_missing, read_list_lines, require_dir, require_list_file, require_samples,
+    require_split_dir,
 )  # fmt: skip
 from .palette import VOC_PALETTE
 from .remap import LabelRemap, as_integer_labels
@@ -125,7 +126,7 @@ class CocoStuff164k(LabelledImageDataset):
             if label.name not in labels:
                 missing.append(f"annotation of image {image}: {label} does not exist")
             samples.append(LabelledImage(image.stem, image, label))
-        raise_if_missing(missing)
+        raise_if_missing(missing, samples)
         super().__init__(samples, len(COCO_STUFF_CLASSES), transform)
 
     def convert_label(self, label: np.ndarray, sample: LabelledImage) -> np.ndarray:
@@ -135,14 +136,7 @@ class CocoStuff164k(LabelledImageDataset):
 
 def read_mat_label(path: Path, field: str = "S") -> np.ndarray:
     """The integer label array stored as ``field`` in the MATLAB file ``path``."""
-    try:
-        from scipy.io import loadmat
-    except ImportError as err:  # scipy is an optional dependency
-        raise ImportError(f"reading the .mat annotation {path} needs scipy: pip install scipy") from err
-    try:
-        content = loadmat(str(path))
-    except Exception as err:  # scipy raises assorted types (ValueError, MatReadError, OSError)
-        raise ValueError(f"cannot read annotation {path}: {err}") from err
+    content = load_mat(path, "annotation")
     if field not in content:
         fields = sorted(k for k in content if not k.startswith("__"))
         raise ValueError(f"annotation {path} has no field {field!r}; fields: {fields}")
@@ -166,20 +160,18 @@ class CocoStuff10k(LabelledImageDataset):
         self.root = _require_root(root, "COCO-Stuff 10k")
         self.split = split
         self.split_file = self.root / "imageLists" / f"{split}.txt"
-        if not self.split_file.is_file():
-            present = sorted(p.stem for p in self.split_file.parent.glob("*.txt"))
-            raise FileNotFoundError(f"split list {self.split_file} not found; splits present: {present or 'none'}")
+        require_list_file(self.split_file)
         samples, checks = [], []
         for lineno, fields in read_list_lines(self.split_file):
             if len(fields) != 1:
                 raise ValueError(f"{self.split_file}:{lineno}: expected one image name, got {' '.join(fields)!r}")
             name = Path(fields[0]).stem  # tolerate names written with their .jpg extension
             sample = LabelledImage(name, self.root / "images" / f"{name}.jpg",
-                                   self.root / "annotations" / f"{name}.mat")  # fmt: skip
+                                   self.root / "annotations" / f"{name}.mat", f"{self.split_file}:{lineno}")  # fmt: skip
             checks += [(f"{self.split_file}:{lineno}: image", sample.image),
                        (f"{self.split_file}:{lineno}: annotation", sample.label)]  # fmt: skip
             samples.append(sample)
-        raise_if_missing(missing_files(checks))
+        raise_if_missing(missing_files(checks), samples)
         require_samples(samples, f"split list {self.split_file} lists no images")
         super().__init__(samples, len(COCO_STUFF_CLASSES), transform)
 

@@ -8,29 +8,37 @@ import torch
 from ..constants import IGNORE_INDEX, PAD_MEAN_RGB
 
 
-def pad_collate(samples: Sequence[dict]) -> dict:
+def pad_images(images: Sequence[torch.Tensor], pad_rgb: Sequence[float] = PAD_MEAN_RGB) -> torch.Tensor:
+    """Stack [3, h, w] images into [B, 3, H, W] (the largest size), padded at the bottom/right
+    with the mean colour ``pad_rgb`` (RGB 0-255), which the model normalises to ~0."""
+    height = max((image.shape[-2] for image in images), default=0)
+    width = max((image.shape[-1] for image in images), default=0)
+    dtype = images[0].dtype if images else torch.float32
+    batch = torch.empty((len(images), 3, height, width), dtype=dtype)
+    batch[:] = torch.tensor(tuple(pad_rgb), dtype=dtype).view(3, 1, 1)
+    for i, image in enumerate(images):
+        batch[i, :, : image.shape[-2], : image.shape[-1]] = image
+    return batch
+
+
+def pad_collate(samples: Sequence[dict], pad_rgb: Sequence[float] = PAD_MEAN_RGB) -> dict:
     """Stack samples into ``{"image": [B, 3, H, W], "mask": [B, H, W], "name": [str]}``.
 
     Images smaller than the batch's largest are padded at the bottom/right, images with the
-    mean colour (which the model normalises to ~0) and masks with the ignore index, so the
+    mean colour ``pad_rgb`` (see :func:`pad_images`) and masks with the ignore index, so the
     padding is left out of the loss and the metrics.
     """
     if not samples:
         raise ValueError("pad_collate needs at least one sample")
-    height = max(s["image"].shape[-2] for s in samples)
-    width = max(s["image"].shape[-1] for s in samples)
-    first = samples[0]["image"]
-    images = torch.empty((len(samples), 3, height, width), dtype=first.dtype)
-    images[:] = torch.tensor(PAD_MEAN_RGB, dtype=first.dtype).view(3, 1, 1)
-    masks = torch.full((len(samples), height, width), IGNORE_INDEX, dtype=torch.long)
-    for i, sample in enumerate(samples):
+    for sample in samples:
         image, mask = sample["image"], sample["mask"]
         if image.shape[-2:] != mask.shape[-2:]:
             raise ValueError(
                 f"sample {sample['name']!r}: image {tuple(image.shape)} and mask "
                 f"{tuple(mask.shape)} differ in size"
             )
-        h, w = image.shape[-2:]
-        images[i, :, :h, :w] = image
-        masks[i, :h, :w] = mask
+    images = pad_images([s["image"] for s in samples], pad_rgb)
+    masks = torch.full((len(samples), *images.shape[-2:]), IGNORE_INDEX, dtype=torch.long)
+    for i, sample in enumerate(samples):
+        masks[i, : sample["mask"].shape[-2], : sample["mask"].shape[-1]] = sample["mask"]
     return {"image": images, "mask": masks, "name": [s["name"] for s in samples]}

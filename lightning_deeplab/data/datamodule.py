@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
@@ -13,8 +13,12 @@ import torch.distributed as dist
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from ..constants import PAD_MEAN_RGB_BY_STYLE
+from .check import BadSamples, split_problems
 from .collate import pad_collate
+from .files import LabelledImage
 from .images import PredictImages, predict_collate
+from .listing import MissingFiles
 from .registry import open_source
 from .transforms import build_train_transform, seed_transform
 
@@ -47,7 +51,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     Every loader yields ``{"image": float32 [B, 3, H, W] RGB 0-255 (not normalised),
     "mask": int64 [B, H, W] (255 = ignore), "name": list[str]}``. Training samples are scaled,
     padded, cropped to ``crop_size`` and flipped; evaluation samples keep their size and are
-    padded to the largest in the batch (mean colour / 255), so the padding never counts.
+    padded to the largest in the batch (mean colour / ignore index), so the padding never counts.
 
     Args:
         root: the dataset root. VOC: the folder holding ``VOCdevkit/`` or ``VOCdevkit/VOC2012``
@@ -68,6 +72,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         predict_path: what ``predict`` reads: an image, a folder of images or a list file (see
             :func:`~lightning_deeplab.data.images.find_predict_images`), at their own sizes,
             unreadable files skipped and reported. None: the ``test_split``.
+        pad_style: the model's input normalisation ("caffe" or "pytorch", its ``style``):
+            images are padded with that style's mean colour, which normalises to ~0.
+        check_files: at ``setup``, open the header of every image and label of the splits the
+            stage uses (in parallel) and report every unreadable file, colour label or label
+            whose size differs from its image's, with its list line, in one error. Off: only
+            missing files are found before the samples are read (for huge trusted datasets).
     """
 
     def __init__(
@@ -88,6 +98,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         synthetic_image_size: Union[int, tuple[int, int]] = (120, 160),
         synthetic_seed: int = 0,
         predict_path: Optional[Union[str, Path]] = None,
+        pad_style: Literal["caffe", "pytorch"] = "caffe",
+        check_files: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -103,7 +115,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
-        self.train_transform = build_train_transform(crop_size, scale_range, hflip)
+        if pad_style not in PAD_MEAN_RGB_BY_STYLE:
+            raise ValueError(f"pad_style must be one of {tuple(PAD_MEAN_RGB_BY_STYLE)}, got {pad_style!r}")
+        self.pad_rgb = PAD_MEAN_RGB_BY_STYLE[pad_style]
+        self.check_files = check_files
+        self.train_transform = build_train_transform(crop_size, scale_range, hflip, self.pad_rgb)
         self.source = open_source(
             dataset,
             root,
@@ -153,8 +169,33 @@ class SegmentationDataModule(pl.LightningDataModule):
             return
         roles = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                  "predict": ("test",)}.get(stage, _ROLES)  # fmt: skip
+        problems: list[str] = []
+        checked: set[str] = set()
         for role in roles:
-            self.dataset(role)
+            if role in self._datasets or self.splits[role] in checked:
+                continue
+            checked.add(self.splits[role])
+            problems += self._open_checked(role)
+        if problems:
+            raise BadSamples(problems)
+
+    def _open_checked(self, role: str) -> list[str]:
+        """Open the dataset of ``role`` and, with ``check_files``, check its files' headers;
+        the problems found (the dataset is kept only when there are none)."""
+        split = self.splits[role]
+        try:
+            dataset = self.source.dataset(split, self.train_transform if role == "train" else None)
+        except MissingFiles as err:
+            if not self.check_files or not err.samples:
+                raise
+            return split_problems(err.samples, f"{role} split {split!r}")
+        samples = getattr(dataset, "samples", None)
+        if self.check_files and samples and isinstance(samples[0], LabelledImage):
+            problems = split_problems(samples, f"{role} split {split!r}", getattr(dataset, "labelled", True))
+            if problems:
+                return problems
+        self._datasets[role] = dataset
+        return []
 
     def dataset(self, role: str) -> Dataset:
         """The dataset of ``role`` ("train", "val" or "test"), opened on first use."""
@@ -180,7 +221,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=True,  # under DDP Lightning swaps in its DistributedSampler
             drop_last=True,
-            collate_fn=pad_collate,
+            collate_fn=partial(pad_collate, pad_rgb=self.pad_rgb),
             worker_init_fn=partial(_seed_worker_transform, rank=rank) if self.num_workers else None,
             **self._loader_options(),
         )
@@ -194,7 +235,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_path is None:
             return self._eval_dataloader("test")
-        return self._eval_dataloader("predict", self.predict_images(), predict_collate)
+        return self._eval_dataloader("predict", self.predict_images(), partial(predict_collate, pad_rgb=self.pad_rgb))
 
     def predict_images(self) -> PredictImages:
         """The images at ``predict_path``, listed on first use."""
@@ -203,6 +244,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self._predict_images is None:
             self._predict_images = PredictImages(self.predict_path)
         return self._predict_images
+
+    @property
+    def predict_renamed(self) -> list[tuple[Path, str]]:
+        """``(path, output name)`` of the images at ``predict_path`` whose name was made distinct
+        from another image's (``x.jpg`` -> ``x``, ``x.png`` -> ``x.png``)."""
+        return list(self._predict_images.renamed) if self._predict_images is not None else []
 
     def _predicting_images(self) -> bool:
         trainer = getattr(self, "trainer", None)
@@ -217,8 +264,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         }
 
     def _eval_dataloader(self, role: str, dataset: Optional[Dataset] = None,
-                         collate_fn=pad_collate) -> DataLoader:  # fmt: skip
+                         collate_fn=None) -> DataLoader:  # fmt: skip
         dataset = self.dataset(role) if dataset is None else dataset
+        collate_fn = collate_fn or partial(pad_collate, pad_rgb=self.pad_rgb)
         world_size, rank = _distributed()
         sampler = None
         if world_size > 1:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -11,25 +11,52 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX
+from ..fileio import atomic_output
 from .source import JointTransform
 
 #: PIL modes whose pixel values are class indices ("P": palette PNG, read as indices, never as colours).
 INDEX_LABEL_MODES = ("P", "L")
 
+#: File name endings read as images (case-insensitive), wherever a folder is searched for images.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+#: PIL modes of 16-bit (or 32-bit integer) single-channel images, scaled to 8 bits when read.
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
 
 @dataclass(frozen=True)
 class LabelledImage:
-    """One sample on disk: its id and the paths of its image and label."""
+    """One sample on disk: its id, the paths of its image and label, and where it is listed
+    (e.g. ``"train.txt:3"``; empty when found by a folder scan) so problems can name the line."""
 
     name: str
     image: Path
     label: Path
+    where: str = ""
+
+
+def _wide_gray_to_uint8(image: Image.Image, path: Path) -> np.ndarray:
+    # PIL's convert("RGB") clips 16-bit values at 255; scale the full 16-bit range instead
+    values = np.asarray(image, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"cannot read image {path}: {image.mode} values outside 0-65535; "
+                         "save it as an 8-bit or 16-bit image")  # fmt: skip
+    gray = np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def read_rgb_image(path: Path) -> np.ndarray:
-    """Decode ``path`` into a uint8 HxWx3 RGB array; unreadable or truncated files raise ValueError."""
+    """Decode ``path`` into a uint8 HxWx3 RGB array; unreadable or truncated files raise ValueError.
+
+    16-bit grayscale images are scaled to 8 bits (not clipped); float images are refused.
+    """
     try:
         with Image.open(path) as image:
+            if image.mode in WIDE_GRAY_MODES:
+                return _wide_gray_to_uint8(image, path)
+            if image.mode == "F":
+                raise ValueError(f"cannot read image {path}: float (mode 'F') images are not supported; "
+                                 "save it as an 8-bit or 16-bit image")  # fmt: skip
             return np.asarray(image.convert("RGB"))
     except OSError as err:  # PIL reports unknown formats and truncated data as OSError
         raise ValueError(f"cannot read image {path}: {err}") from err
@@ -71,14 +98,40 @@ def check_label(label: np.ndarray, image_shape: Sequence[int], num_classes: int,
         )
 
 
+def full_palette(palette: Any) -> np.ndarray:
+    """``palette`` (``[N, 3]`` RGB, N <= 256) as ``[256, 3]`` uint8; entries beyond it are black."""
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if pal.shape[0] > 256:
+        raise ValueError(f"a palette holds at most 256 colours, got {pal.shape[0]}")
+    return np.concatenate([pal, np.zeros((256 - pal.shape[0], 3), np.uint8)])
+
+
 def write_index_png(path: Path, label: np.ndarray, palette: Optional[np.ndarray] = None) -> None:
-    """Write a uint8 HxW index map as a palette PNG (``palette``: [256, 3] uint8), or as a
-    grayscale PNG when ``palette`` is None."""
+    """Write an HxW map of class indices (0-255) as a palette PNG (``palette``: [N, 3] uint8
+    RGB), or as a grayscale PNG when ``palette`` is None. The file appears complete or not at
+    all (written beside its target and renamed); parent folders are created."""
+    label = np.asarray(label)
+    if label.ndim != 2 or label.min(initial=0) < 0 or label.max(initial=0) > 255:
+        raise ValueError(f"a label PNG of {path} needs an HxW map of values in 0..255, got shape {label.shape}")
     image = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8))  # mode "L"
     if palette is not None:
         # on an "L" image putpalette switches the mode to "P" and keeps the values as indices
-        image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
-    image.save(path)
+        image.putpalette(full_palette(palette).reshape(-1).tolist())
+    with atomic_output(path) as handle:
+        image.save(handle, format="PNG")
+
+
+def load_mat(path: Path, what: str, **options: Any) -> dict:
+    """The variables of the MATLAB file ``path`` (``what`` names it in errors, e.g.
+    "annotation"); ``options`` go to ``scipy.io.loadmat``."""
+    try:
+        from scipy.io import loadmat
+    except ImportError as err:  # scipy is an optional dependency
+        raise ImportError(f"reading the .mat {what} {path} needs scipy: pip install scipy") from err
+    try:
+        return loadmat(str(path), **options)
+    except Exception as err:  # scipy raises assorted types (ValueError, MatReadError, OSError)
+        raise ValueError(f"cannot read {what} {path}: {err}") from err
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@
                                          background
                                          road 128 64 128        optional colour: R G B at the end
                                      blank lines and lines starting with "#" are skipped
-        images/<split>/<name>.jpg    (or .jpeg .png .bmp .tif .tiff .webp)
+        images/<split>/<name>.jpg    (or any of files.IMAGE_EXTENSIONS: .png .bmp .tif ...)
         masks/<split>/<name>.png     index PNGs, palette ("P") or grayscale ("L"): pixel value =
                                      class index (0 .. number of classes - 1), 255 = ignore
 
@@ -24,13 +24,12 @@ import numpy as np
 
 from ..constants import IGNORE_INDEX
 from .colours import build_palette
-from .files import LabelledImage, LabelledImageDataset
+from .files import IMAGE_EXTENSIONS, LabelledImage, LabelledImageDataset
 from .listing import missing_files, raise_if_missing, read_list_lines, require_dir, require_samples, require_split_dir
 from .source import JointTransform, SegmentationSource
 
 CLASS_LIST = "classes.txt"
 IMAGE_DIR, MASK_DIR = "images", "masks"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_class_list(path: Union[str, Path]) -> tuple[tuple[str, ...], np.ndarray]:
@@ -71,8 +70,8 @@ def _is_list_file(root: Path, split: str) -> bool:
 def _samples_from_folders(root: Path, split: str) -> list[LabelledImage]:
     image_dir = require_split_dir(root / IMAGE_DIR, split, "image")
     mask_dir = require_split_dir(root / MASK_DIR, split, "mask")
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    require_samples(images, f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    require_samples(images, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
     seen: dict[str, Path] = {}
     samples = []
     for image in images:
@@ -81,7 +80,7 @@ def _samples_from_folders(root: Path, split: str) -> list[LabelledImage]:
                              "which one the mask belongs to is ambiguous")  # fmt: skip
         seen[image.stem] = image
         samples.append(LabelledImage(image.stem, image, mask_dir / f"{image.stem}.png"))
-    raise_if_missing(missing_files((f"mask of image {s.image}:", s.label) for s in samples))
+    raise_if_missing(missing_files((f"mask of image {s.image}:", s.label) for s in samples), samples)
     return samples
 
 
@@ -91,9 +90,10 @@ def _samples_from_list(root: Path, list_file: Path) -> list[LabelledImage]:
         if len(fields) != 2:
             raise ValueError(f"{list_file}:{lineno}: expected '<image path> <mask path>', got {' '.join(fields)!r}")
         image, mask = (root / f for f in fields)  # an absolute path replaces root
-        checks += [(f"{list_file}:{lineno}: image", image), (f"{list_file}:{lineno}: mask", mask)]
-        samples.append(LabelledImage(image.stem, image, mask))
-    raise_if_missing(missing_files(checks))
+        where = f"{list_file}:{lineno}"
+        checks += [(f"{where}: image", image), (f"{where}: mask", mask)]
+        samples.append(LabelledImage(image.stem, image, mask, where))
+    raise_if_missing(missing_files(checks), samples)
     require_samples(samples, f"list file {list_file} lists no samples")
     return samples
 

@@ -3,58 +3,65 @@
 Sizes are kept (no resizing); a batch is padded to its largest image and records every image's
 own size. A file that cannot be decoded does not stop the run: it is left out of its batch and
 reported, by path, in the batch's ``skipped`` list.
+
+Names (the output file names) are the paths below the folder without their extension. Two
+images that would get the same name (``x.jpg`` and ``x.png``) are both kept: the first in
+sorted order is ``x``, the next keeps its extension (``x.png``), so no output overwrites another.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..constants import PAD_MEAN_RGB
-from .files import read_rgb_image
+from .collate import pad_images
+from .files import IMAGE_EXTENSIONS, read_rgb_image
+from .listing import name_under, read_path_list
 
-#: File name endings read as images in a folder (case-insensitive).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 #: File name endings read as lists of image paths (one per line; relative to the list's folder).
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
-def _name_under(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` without its extension (POSIX separators), or its stem."""
-    try:
-        return path.relative_to(root).with_suffix("").as_posix()
-    except ValueError:
-        return path.stem
+def distinct_names(items: Sequence[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], list[tuple[Path, str]]]:
+    """``(name, path)`` pairs with every name made distinct, and ``(path, new name)`` of each
+    one renamed. A repeated name keeps its file's extension (``x`` -> ``x.png``), then gets a
+    counter (``x.png.1``), never a name some other file has."""
+    taken = {name for name, _ in items}
+    used: set[str] = set()
+    out, renamed = [], []
+    for name, path in items:
+        if name in used:
+            candidate, count = name + path.suffix, 0
+            while candidate in used or candidate in taken:
+                count += 1
+                candidate = f"{name}{path.suffix}.{count}"
+            renamed.append((path, candidate))
+            name = candidate
+        used.add(name)
+        out.append((name, path))
+    return out, renamed
 
 
 def _read_list(list_file: Path) -> list[tuple[str, Path]]:
-    entries = []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        path = Path(entry).expanduser()
-        path = Path(os.path.normpath(path if path.is_absolute() else list_file.parent / path))
-        entries.append((_name_under(path, list_file.parent), path, lineno))
+    entries = read_path_list(list_file)
     if not entries:
         raise ValueError(f"predict list {list_file} names no images")
-    seen: dict[str, int] = {}
-    for name, path, lineno in entries:
-        if name in seen:
-            raise ValueError(
-                f"{list_file}:{lineno}: {path} would be written as {name!r}, like line {seen[name]}: "
-                "give the images distinct names or paths"
-            )
-        seen[name] = lineno
-    return [(name, path) for name, path, _ in entries]
+    seen: dict[Path, int] = {}
+    for lineno, _, path in entries:
+        if path in seen:
+            raise ValueError(f"{list_file}:{lineno}: {path} is listed twice (first on line {seen[path]})")
+        seen[path] = lineno
+    return [(name, path) for _, name, path in entries]
 
 
-def find_predict_images(path: Union[str, Path]) -> list[tuple[str, Path]]:
-    """``(name, path)`` of every image to predict under ``path``.
+def find_predict_images(path: Union[str, Path], renamed: Optional[list] = None) -> list[tuple[str, Path]]:
+    """``(name, path)`` of every image to predict under ``path``, names distinct (see the
+    module notes; ``renamed``, when given, receives ``(path, name)`` of each image whose name
+    was made distinct).
 
     ``path`` is an image file (name: its stem), a folder (every file with an image extension
     under it, recursively, sorted; name: the path below the folder without extension), or a
@@ -62,6 +69,13 @@ def find_predict_images(path: Union[str, Path]) -> list[tuple[str, Path]]:
     lines and ``#`` comments skipped; a listed file that is missing is reported and skipped
     when read, like an unreadable one). Names become the output file names.
     """
+    items, changed = distinct_names(_find_images(path))
+    if renamed is not None:
+        renamed.extend(changed)
+    return items
+
+
+def _find_images(path: Union[str, Path]) -> list[tuple[str, Path]]:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"predict_path {path} does not exist (expected an image, a folder or a list file)")
@@ -69,7 +83,7 @@ def find_predict_images(path: Union[str, Path]) -> list[tuple[str, Path]]:
         found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
             raise ValueError(f"predict_path {path} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-        return [(_name_under(p, path), p) for p in found]
+        return [(name_under(p, path), p) for p in found]
     if path.suffix.lower() in LIST_EXTENSIONS:
         return _read_list(path)
     return [(path.stem, path)]
@@ -84,7 +98,9 @@ class PredictImages(Dataset):
 
     def __init__(self, path: Union[str, Path]) -> None:
         self.path = Path(path)
-        self.items = find_predict_images(path)
+        #: ``(path, name)`` of every image whose name was made distinct from another's
+        self.renamed: list[tuple[Path, str]] = []
+        self.items = find_predict_images(path, self.renamed)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -99,22 +115,15 @@ class PredictImages(Dataset):
         return {"image": tensor, "name": name, "path": str(path)}
 
 
-def predict_collate(samples: Sequence[dict]) -> dict:
+def predict_collate(samples: Sequence[dict], pad_rgb: Sequence[float] = PAD_MEAN_RGB) -> dict:
     """Batch prediction samples: ``{"image": [B, 3, H, W] (padded bottom/right with the mean
-    colour), "name", "path", "size": [(h, w)], "skipped": [(path, reason)]}``; unreadable
-    samples are only listed in ``skipped`` (the batch may then hold no image at all)."""
+    colour ``pad_rgb``), "name", "path", "size": [(h, w)], "skipped": [(path, reason)]}``;
+    unreadable samples are only listed in ``skipped`` (the batch may then hold no image)."""
     good = [s for s in samples if "error" not in s]
     skipped = [(s["path"], s["error"]) for s in samples if "error" in s]
     sizes = [tuple(s["image"].shape[-2:]) for s in good]
-    height = max((h for h, _ in sizes), default=0)
-    width = max((w for _, w in sizes), default=0)
-    images = torch.empty((len(good), 3, height, width), dtype=torch.float32)
-    images[:] = torch.tensor(PAD_MEAN_RGB, dtype=torch.float32).view(3, 1, 1)
-    for i, sample in enumerate(good):
-        h, w = sizes[i]
-        images[i, :, :h, :w] = sample["image"]
     return {
-        "image": images,
+        "image": pad_images([s["image"] for s in good], pad_rgb),
         "name": [s["name"] for s in good],
         "path": [s["path"] for s in good],
         "size": sizes,

@@ -5,6 +5,7 @@ decoded), so a wrong root or a stale list fails before training starts.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -12,11 +13,23 @@ from typing import Iterable, Sequence
 SHOWN_PROBLEMS = 5
 
 
-def raise_if_missing(problems: Sequence[str]) -> None:
-    """Raise FileNotFoundError listing the first problems (one line each) and counting the rest."""
+class MissingFiles(FileNotFoundError):
+    """Files of a split are absent. Carries every problem and the split's samples (missing ones
+    included), so a caller that checks the whole split can report these with its other findings."""
+
+    def __init__(self, problems: Sequence[str], samples: Sequence = ()) -> None:
+        self.problems = list(problems)
+        self.samples = list(samples)
+        shown = len(self.problems) - SHOWN_PROBLEMS
+        more = f"\n... and {shown} more" if shown > 0 else ""
+        super().__init__("\n".join(self.problems[:SHOWN_PROBLEMS]) + more)
+
+
+def raise_if_missing(problems: Sequence[str], samples: Sequence = ()) -> None:
+    """Raise :class:`MissingFiles` listing the first problems (one line each) and counting the
+    rest; ``samples``: the split's samples, kept on the error."""
     if problems:
-        more = f"\n... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise FileNotFoundError("\n".join(problems[:SHOWN_PROBLEMS]) + more)
+        raise MissingFiles(problems, samples)
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -48,6 +61,38 @@ def read_list_lines(list_file: Path) -> list[tuple[int, list[str]]]:
         if fields:
             lines.append((lineno, fields))
     return lines
+
+
+def require_list_file(list_file: Path, what: str = "split list") -> Path:
+    """``list_file`` if it is a file; otherwise FileNotFoundError naming the lists (splits)
+    present beside it."""
+    if not list_file.is_file():
+        present = sorted(p.stem for p in list_file.parent.glob("*.txt"))
+        raise FileNotFoundError(f"{what} {list_file} not found; splits present: {present or 'none'}")
+    return list_file
+
+
+def name_under(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` without its extension (POSIX separators), or its stem: the
+    name its outputs get."""
+    try:
+        return path.relative_to(root).with_suffix("").as_posix()
+    except ValueError:
+        return path.stem
+
+
+def read_path_list(list_file: Path) -> list[tuple[int, str, Path]]:
+    """``(line number, name, path)`` of every path in a list file: one per line, relative to the
+    list's folder or absolute; blank lines and ``#`` comments skipped; name as :func:`name_under`."""
+    entries = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry).expanduser()
+        path = Path(os.path.normpath(path if path.is_absolute() else list_file.parent / path))
+        entries.append((lineno, name_under(path, list_file.parent), path))
+    return entries
 
 
 def require_samples(samples: Sequence, where: str) -> None:

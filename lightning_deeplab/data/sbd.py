@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ..fileio import atomic_path
-from .files import check_label, read_index_label
+from .files import check_label, load_mat, read_index_label, write_index_png
 from .listing import raise_if_missing, read_list_lines, require_dir
 from .remap import as_integer_labels
 from .voc import AUG_LABEL_DIR, AUG_SPLIT, IMAGE_DIR, LABEL_DIR, SPLIT_DIR, VOC_CLASSES, resolve_voc_root
@@ -96,14 +96,7 @@ def read_id_list(list_file: Path) -> dict[str, int]:
 
 def read_sbd_label(path: Path) -> np.ndarray:
     """The ``GTcls.Segmentation`` map of an SBD ``cls`` file as uint8 class indices (0-20)."""
-    try:
-        from scipy.io import loadmat
-    except ImportError as err:  # scipy is an optional dependency
-        raise ImportError(f"reading the SBD annotation {path} needs scipy: pip install scipy") from err
-    try:
-        content = loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    except Exception as err:  # scipy raises assorted types (ValueError, MatReadError, OSError)
-        raise ValueError(f"cannot read SBD annotation {path}: {err}") from err
+    content = load_mat(path, "SBD annotation", squeeze_me=True, struct_as_record=False)
     gt = content.get("GTcls")
     if gt is None or not hasattr(gt, "Segmentation"):
         raise ValueError(f"SBD annotation {path} has no GTcls.Segmentation (is it a cls/ file?)")
@@ -123,10 +116,6 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(temporary)
 
 
-def _write_gray_png(path: Path, label: np.ndarray) -> None:
-    _write_atomic(path, lambda t: Image.fromarray(label).save(t, format="PNG"))
-
-
 def _image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the header, without decoding the pixels."""
     try:
@@ -141,7 +130,7 @@ def _convert_one(job: tuple[str, Path, Path, Path]) -> None:
     kind, source, image, target = job
     label = read_sbd_label(source) if kind == "sbd" else read_index_label(source)
     check_label(label, _image_size(image), len(VOC_CLASSES), source)
-    _write_gray_png(target, label)
+    write_index_png(target, label)
 
 
 def _missing_inputs(sbd: Path, voc: Path, sbd_ids: dict[str, dict[str, int]], voc_ids: dict[str, dict[str, int]],

@@ -6,19 +6,14 @@ No normalisation here: the model normalises its own input, so images stay RGB 0-
 """
 from __future__ import annotations
 
-import os
+import random
+from typing import Sequence
 
-# albumentations checks for updates over the network on import unless told not to
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A
+import cv2
+import numpy as np
 
-import random  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..constants import IGNORE_INDEX, PAD_MEAN_RGB  # noqa: E402
+from ..constants import IGNORE_INDEX, PAD_MEAN_RGB
 
 
 def check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
@@ -32,12 +27,15 @@ def check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
 
 
 def build_train_transform(
-    crop_size: int, scale_range: Sequence[float] = (0.5, 1.5), hflip: bool = True
+    crop_size: int,
+    scale_range: Sequence[float] = (0.5, 1.5),
+    hflip: bool = True,
+    pad_rgb: Sequence[float] = PAD_MEAN_RGB,
 ) -> A.Compose:
     """The paper's training augmentation, producing ``crop_size`` x ``crop_size`` samples.
 
     Call it as ``transform(image=float32 HxWx3, mask=uint8 HxW)``; float images keep the pad
-    value exact (the Caffe mean is not an integer).
+    value exact (the mean colour ``pad_rgb``, RGB 0-255, is not an integer).
     """
     if not isinstance(crop_size, int) or isinstance(crop_size, bool) or crop_size < 1:
         raise ValueError(f"crop_size must be a positive int, got {crop_size!r}")
@@ -54,7 +52,7 @@ def build_train_transform(
             min_width=crop_size,
             position="top_left",
             border_mode=cv2.BORDER_CONSTANT,
-            fill=PAD_MEAN_RGB,
+            fill=tuple(float(v) for v in pad_rgb),
             fill_mask=IGNORE_INDEX,
         ),
         A.RandomCrop(height=crop_size, width=crop_size),

@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 
 from .files import LabelledImage, LabelledImageDataset
+from .listing import missing_files, raise_if_missing, read_list_lines, require_list_file, require_samples
 from .palette import VOC_PALETTE
 from .source import JointTransform, SegmentationSource
 
@@ -47,16 +48,9 @@ def read_split_list(split_file: Path, voc_root: Path, label_dir: str) -> list[La
     """Parse a split list: one id per line, or "/JPEGImages/<id>.jpg /<LabelDir>/<id>.png" pairs
     (paths relative to ``voc_root``). Every listed file must exist; the first missing ones are
     reported with their line numbers."""
-    if not split_file.is_file():
-        available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
-        raise FileNotFoundError(
-            f"split list {split_file} not found; splits present: {available or 'none'}"
-        )
-    samples, missing = [], []
-    for lineno, line in enumerate(split_file.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
+    require_list_file(split_file)
+    samples, checks = [], []
+    for lineno, fields in read_list_lines(split_file):
         if len(fields) == 1:
             name = fields[0]
             image = voc_root / IMAGE_DIR / f"{name}.jpg"
@@ -67,17 +61,13 @@ def read_split_list(split_file: Path, voc_root: Path, label_dir: str) -> list[La
         else:
             raise ValueError(
                 f"{split_file}:{lineno}: expected an image id or an 'image label' path pair, "
-                f"got {line.strip()!r}"
+                f"got {' '.join(fields)!r}"
             )
-        for kind, path in (("image", image), ("label", label)):
-            if not path.is_file():
-                missing.append(f"{split_file}:{lineno}: {kind} {path} does not exist")
-        samples.append(LabelledImage(name, image, label))
-    if missing:
-        more = f"\n... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise FileNotFoundError("\n".join(missing[:5]) + more)
-    if not samples:
-        raise ValueError(f"split list {split_file} lists no samples")
+        where = f"{split_file}:{lineno}"
+        checks += [(f"{where}: image", image), (f"{where}: label", label)]
+        samples.append(LabelledImage(name, image, label, where))
+    raise_if_missing(missing_files(checks), samples)
+    require_samples(samples, f"split list {split_file} lists no samples")
     return samples
 
 

@@ -1,0 +1,149 @@
+"""`deeplab crf`: refining saved probabilities equals the CRF applied in-process; bad arrays are
+reported by file and skipped, the rest written; usage errors exit 2."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from lightning_deeplab.cli import DeepLabCLI, main
+from lightning_deeplab.crf import DenseCRF, unary_from_logits, unary_from_softmax
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "synthetic.yaml")
+SIZES = {"p": (30, 40), "q": (30, 40), "r": (26, 34), "sub/s": (30, 40)}  # (height, width)
+
+
+def smooth_image(rng, h, w) -> np.ndarray:
+    """Two flat colour regions with noise: a picture whose edges the colour kernel can follow."""
+    image = np.empty((h, w, 3), np.float32)
+    image[:, : w // 2] = (200, 60, 40)
+    image[:, w // 2 :] = (40, 90, 210)
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """Images and the probabilities `deeplab predict --save_probabilities true` saved for them."""
+    root = tmp_path_factory.mktemp("refine")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in SIZES.items():
+        path = root / "images" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth_image(rng, h, w)).save(path)
+    base = ["--config", CONFIG, "--data.root", str(root / "unused"), "--data.num_workers", "0",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    cli = DeepLabCLI(args=base, run=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(cli.model)
+    trainer.save_checkpoint(root / "model.ckpt")
+    DeepLabCLI(args=["predict", *base, "--ckpt_path", str(root / "model.ckpt"),
+                     "--data.predict_path", str(root / "images"), "--output_dir", str(root / "predicted"),
+                     "--overlay", "none", "--save_probabilities", "true"])  # fmt: skip
+    return root
+
+
+def in_process(probs: np.ndarray, image_path: Path, unary_of=unary_from_softmax, **settings) -> torch.Tensor:
+    image = torch.from_numpy(np.array(Image.open(image_path).convert("RGB"))).permute(2, 0, 1)[None]
+    unary = unary_of(torch.from_numpy(probs.astype(np.float32))[None])
+    return DenseCRF(**settings)(unary, image)[0]
+
+
+def test_refining_saved_probabilities_equals_the_crf_in_process(predicted, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["crf", "--probabilities", str(predicted / "predicted" / "probabilities"),
+                   "--images", str(predicted / "images"), "--output_dir", str(out), "--bi_w", "6",
+                   "--batch_size", "2", "--save_probabilities", "--device", "cpu"])  # fmt: skip
+    assert status == 0
+    assert "4 refined label map(s)" in capsys.readouterr().err
+    changed = 0
+    for name in SIZES:
+        probs = np.load(predicted / "predicted" / "probabilities" / f"{name}.npy")
+        expected = in_process(probs, predicted / "images" / f"{name}.png", bi_w=6.0)
+        label = Image.open(out / "labels" / f"{name}.png")
+        assert label.mode == "P" and label.size == probs.shape[:0:-1]
+        assert np.array_equal(np.array(label), expected.argmax(0).numpy())
+        refined = np.load(out / "probabilities" / f"{name}.npy")
+        assert refined.dtype == np.float16
+        np.testing.assert_allclose(refined.astype(np.float32), expected.numpy(), atol=2e-3)
+        changed += int((np.array(label) != probs.argmax(0)).sum())
+    assert changed > 0  # the CRF did change labels: the comparison is not between two copies of the input
+
+
+def test_logits_and_bad_arrays_are_reported_and_skipped(predicted, tmp_path, capsys):
+    arrays = tmp_path / "arrays"
+    rng = np.random.default_rng(1)
+    logits = {name: rng.normal(0, 3, (6, h, w)).astype(np.float32) for name, (h, w) in SIZES.items()}
+    for name, values in logits.items():
+        (arrays / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(arrays / f"{name}.npy", values)
+    np.save(arrays / "orphan.npy", logits["p"])  # no image of that name
+    np.save(arrays / "small.npy", logits["r"])
+    shutil.copy(predicted / "images" / "p.png", tmp_path / "small.png")  # 30x40 image, 26x34 array
+    np.save(arrays / "classes.npy", logits["p"][:4])  # 4 classes, the others 6
+    images = tmp_path / "images"
+    shutil.copytree(predicted / "images", images)
+    shutil.copy(tmp_path / "small.png", images / "small.png")
+    shutil.copy(images / "p.png", images / "classes.png")
+    out = tmp_path / "out"
+    status = main(["crf", "--probabilities", str(arrays), "--images", str(images), "--output_dir", str(out),
+                   "--logits", "--iterations", "3"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "3 array(s) skipped" in err
+    assert "orphan.npy: no image named 'orphan'" in err
+    assert "small.npy: is 26x34 (HxW) but its image" in err
+    assert "classes.npy: has 4 classes, but most arrays have 6" in err
+    assert sorted(p.relative_to(out / "labels").as_posix() for p in (out / "labels").rglob("*.png")) == [
+        "p.png", "q.png", "r.png", "sub/s.png"]  # fmt: skip
+    expected = in_process(logits["r"], images / "r.png", unary_from_logits, iterations=3)
+    assert np.array_equal(np.array(Image.open(out / "labels" / "r.png")), expected.argmax(0).numpy())
+
+    # logits given as probabilities: refused with the hint, not silently clamped
+    status = main(["crf", "--probabilities", str(arrays), "--images", str(images),
+                   "--output_dir", str(tmp_path / "out2")])  # fmt: skip
+    assert status == 1 and "not probabilities (pass --logits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [(["--normalization", "sideways"], "normalization"), (["--bi_xy_std", "0"], "bi_xy_std"),
+     (["--batch_size", "0"], "batch_size"), (["--bi_w_std", "3"], "unrecognized arguments: --bi_w_std"),
+     (["--bi", "3"], "unrecognized arguments: --bi"), (["--device", "abacus"], "--device 'abacus'")],
+)  # fmt: skip
+def test_usage_errors_exit_2_naming_the_option(predicted, tmp_path, capsys, extra, pattern):
+    args = ["crf", "--probabilities", str(predicted / "predicted" / "probabilities"), "--images",
+            str(predicted / "images"), "--output_dir", str(tmp_path / "out"), *extra]  # fmt: skip
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2 and pattern in capsys.readouterr().err
+
+
+def test_missing_inputs_and_an_earlier_output_are_refused(predicted, tmp_path, capsys):
+    base = ["crf", "--images", str(predicted / "images"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as caught:
+        main([*base, "--probabilities", str(tmp_path / "nowhere")])
+    assert caught.value.code == 2 and "--probabilities" in capsys.readouterr().err
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{predicted / 'predicted' / 'probabilities' / 'p.npy'}\n")
+    probs = ["--probabilities", str(listing)]
+    assert main([*base, *probs]) == 0  # a list file of arrays; its name is the file's stem
+    assert (tmp_path / "out" / "labels" / "p.png").is_file()
+    with pytest.raises(SystemExit) as caught:
+        main([*base, *probs])
+    assert caught.value.code == 2 and "already holds outputs" in capsys.readouterr().err
+    assert main([*base, *probs, "--overwrite"]) == 0
+
+
+def test_help_imports_no_torch():
+    code = "import sys; from lightning_deeplab import refine; refine.build_parser().format_help(); " \
+           "print(sorted({'torch', 'numpy', 'pytorch_lightning'} & set(sys.modules)))"  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == "[]"
