@@ -8,11 +8,13 @@ UNARY_CLIP = 1e-5
 
 
 def _as_scores(name: str, scores) -> torch.Tensor:
-    """NumPy arrays [C, H, W] (one image) or [B, C, H, W] become tensors [B, C, H, W] (a copy;
-    detected without importing numpy, which crf/ does not depend on)."""
+    """NumPy arrays become tensors (a copy; detected without importing numpy, which crf/ does
+    not depend on), [C, H, W] (one image) with a batch dimension added."""
     if type(scores).__module__ == "numpy":
-        if getattr(scores, "ndim", None) not in (3, 4):
-            raise ValueError(f"{name} must be a [C, H, W] or [B, C, H, W] array, got shape {scores.shape}")
+        if getattr(scores, "ndim", None) not in (3, 4, 5):
+            raise ValueError(
+                f"{name} must be a [C, H, W], [B, C, H, W] or [B, C, D, H, W] array, got shape {scores.shape}"
+            )
         scores = torch.tensor(scores)
         if scores.dim() == 3:
             scores = scores.unsqueeze(0)
@@ -25,13 +27,13 @@ def _check_scores(name: str, scores: torch.Tensor) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if not scores.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {scores.dtype}")
-    if scores.dim() != 4:
-        raise ValueError(f"{name} must be [B, C, H, W], got shape {tuple(scores.shape)}")
+    if scores.dim() not in (4, 5):
+        raise ValueError(f"{name} must be [B, C, H, W] or [B, C, D, H, W], got shape {tuple(scores.shape)}")
 
 
 def unary_from_softmax(probs, clip: float = UNARY_CLIP) -> torch.Tensor:
-    """Unary energies -log(clamp(p, clip, 1)) of class probabilities probs [B, C, H, W]
-    (softmax over C), as `pydensecrf.utils.unary_from_softmax` computes them. The result
+    """Unary energies -log(clamp(p, clip, 1)) of class probabilities probs [B, C, H, W] or
+    [B, C, D, H, W] (softmax over C), as `pydensecrf.utils.unary_from_softmax` computes them. The result
     has the dtype of `probs`. A NumPy array [C, H, W] or [B, C, H, W] is accepted and gives
     a tensor [B, C, H, W] (B = 1 for [C, H, W])."""
     probs = _as_scores("probs", probs)
@@ -41,7 +43,8 @@ def unary_from_softmax(probs, clip: float = UNARY_CLIP) -> torch.Tensor:
 
 
 def unary_from_logits(logits) -> torch.Tensor:
-    """Unary energies -log_softmax(logits) of raw class scores logits [B, C, H, W].
+    """Unary energies -log_softmax(logits) of raw class scores logits [B, C, H, W] (or
+    [B, C, D, H, W]).
 
     Unclipped, this is the unary of the official DeepLab Caffe CRF layer (which uses the
     negated scores; the two differ by a per-pixel constant, which the CRF ignores). NumPy
