@@ -71,7 +71,10 @@ def main() -> None:
     parser.add_argument("--volume-classes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the device='cuda' runs")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import pydensecrf.densecrf as ref_dcrf
     import pydensecrf.utils as ref_utils

@@ -170,20 +170,6 @@ def check_values(unary: torch.Tensor, image: torch.Tensor, enabled: bool) -> Non
         )
 
 
-def check_compatibility(compatibility: torch.Tensor, classes: int, device: torch.device) -> None:
-    if not isinstance(compatibility, torch.Tensor):
-        raise TypeError(f"compatibility must be a torch.Tensor, got {type(compatibility).__name__}")
-    if compatibility.shape != (classes, classes):
-        raise ValueError(
-            f"compatibility must be [C, C] = [{classes}, {classes}], got {tuple(compatibility.shape)}"
-        )
-    if not compatibility.is_floating_point():
-        raise TypeError(f"compatibility must be floating point, got {compatibility.dtype}")
-    if compatibility.device != device:
-        raise ValueError(f"compatibility is on {compatibility.device} but unary is on {device}")
-    check_finite_compatibility("compatibility", compatibility)
-
-
 def check_compatibility_matrix(compatibility: torch.Tensor) -> None:
     """A finite, floating-point, square [C, C] tensor (its size is checked against the unary per call)."""
     if not isinstance(compatibility, torch.Tensor):

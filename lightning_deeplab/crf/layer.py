@@ -64,10 +64,6 @@ class DenseCRF(nn.Module):
         self.trainable = bool(trainable)
         self.check_values = check.check_flag("check_values", check_values)
         if compatibility is not None:
-            if not isinstance(compatibility, torch.Tensor) or compatibility.dim() != 2 or (
-                compatibility.shape[0] != compatibility.shape[1]
-            ):
-                raise ValueError("compatibility must be a square [C, C] tensor")
             check.check_compatibility_matrix(compatibility)
             compatibility = compatibility.detach().clone().to(torch.float32)
         self._register("pos_w", torch.tensor(float(pos_w)))
