@@ -1,44 +1,39 @@
-"""Loads the compiled CRF operators (`torch.ops.lightning_deeplab.*`) and registers their
-fake (shape-only) implementations and autograd rules.
+"""Loads the compiled CRF operators (`torch.ops.lightning_deeplab.*`) on first use and
+registers their fake (shape-only) implementations and autograd rules.
 
-The operators come from `lightning_deeplab._C` (built by setup.py). When that module is
-missing, csrc/ is compiled just in time with `torch.utils.cpp_extension.load` (ninja); the
-result is cached by torch under TORCH_EXTENSIONS_DIR, so only the first import pays.
+Importing this module loads nothing: the first call of `operators()` (every op call of
+`lattice.py` goes through it) imports `lightning_deeplab._C` (built by setup.py). When that
+module is missing, csrc/ is compiled just in time with `torch.utils.cpp_extension.load`
+(ninja); the result is cached by torch under TORCH_EXTENSIONS_DIR, so only the first use pays.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
+import threading
+from typing import Optional
 
 import torch
 
 _log = logging.getLogger(__name__)
 
 _JIT_NAME = "lightning_deeplab_crf_ops"
-
-
-def _load_build_description():
-    """`_build.py` by path, so this module works whether or not the package is installed."""
-    spec = importlib.util.spec_from_file_location(
-        "_lightning_deeplab_crf_build", os.path.join(os.path.dirname(__file__), "_build.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_lock = threading.Lock()
+_source: Optional[str] = None  # "compiled" or "jit" once loaded
 
 
 def _compile_just_in_time() -> None:
     from torch.utils.cpp_extension import load
 
-    build = _load_build_description()
+    from . import _build as build
+
     with_cuda = build.want_cuda()
     if with_cuda:
         build.prepare_cuda_environment()
     _log.warning(
         "lightning_deeplab._C is not built; building the CRF operators from %s (%s) with "
-        "torch.utils.cpp_extension. Only the first import compiles (about a minute); the "
+        "torch.utils.cpp_extension. Only the first use compiles (about a minute); the "
         "build is cached under TORCH_EXTENSIONS_DIR.",
         build.CSRC_DIR,
         "CPU and CUDA" if with_cuda else "CPU only",
@@ -56,7 +51,7 @@ def _compile_just_in_time() -> None:
     )
 
 
-def _load_operators() -> str:
+def _load_library() -> str:
     """Makes `torch.ops.lightning_deeplab` available; returns where it came from."""
     if os.environ.get("LIGHTNING_DEEPLAB_FORCE_JIT", "0") != "1":
         try:
@@ -68,11 +63,26 @@ def _load_operators() -> str:
     return "jit"
 
 
-OPS_SOURCE = _load_operators()
-_ops = torch.ops.lightning_deeplab
+def operators():
+    """`torch.ops.lightning_deeplab`, loading (or compiling) the extension on first use."""
+    global _source
+    if _source is None:
+        with _lock:
+            if _source is None:
+                source = _load_library()
+                _register_python_rules()
+                _source = source
+    return torch.ops.lightning_deeplab
 
 
-@torch.library.register_fake("lightning_deeplab::build_lattice")
+def __getattr__(name: str):
+    # OPS_SOURCE ("compiled" or "jit") is known only once the operators are loaded.
+    if name == "OPS_SOURCE":
+        operators()
+        return _source
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _build_lattice_fake(features: torch.Tensor):
     batch, pixels, dim = features.shape
     vertices = torch.library.get_ctx().new_dynamic_size()
@@ -88,7 +98,6 @@ def _build_lattice_fake(features: torch.Tensor):
     )
 
 
-@torch.library.register_fake("lightning_deeplab::lattice_filter")
 def _lattice_filter_fake(
     values, offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight,
     scale_in, scale_out, addend, reverse, softmax=False,
@@ -112,15 +121,22 @@ def _lattice_filter_backward(ctx, grad: torch.Tensor):
     *lattice, scale_in, scale_out, softmax_out = ctx.saved_tensors
     if softmax_out is not None:
         grad = softmax_out * (grad - (grad * softmax_out).sum(dim=-1, keepdim=True))
-    grad_values = _ops.lattice_filter(grad, *lattice, scale_out, scale_in, None, not ctx.reverse)
+    grad_values = torch.ops.lightning_deeplab.lattice_filter(
+        grad, *lattice, scale_out, scale_in, None, not ctx.reverse
+    )
     grad_addend = grad if ctx.has_addend else None
     return (grad_values,) + (None,) * 8 + (grad_addend, None, None)
 
 
-torch.library.register_autograd(
-    "lightning_deeplab::lattice_filter",
-    _lattice_filter_backward,
-    setup_context=_lattice_filter_setup_context,
-)
+def _register_python_rules() -> None:
+    """Fake implementations and autograd rules, registered once the operators exist."""
+    torch.library.register_fake("lightning_deeplab::build_lattice", _build_lattice_fake)
+    torch.library.register_fake("lightning_deeplab::lattice_filter", _lattice_filter_fake)
+    torch.library.register_autograd(
+        "lightning_deeplab::lattice_filter",
+        _lattice_filter_backward,
+        setup_context=_lattice_filter_setup_context,
+    )
 
-__all__ = ["OPS_SOURCE"]
+
+__all__ = ["OPS_SOURCE", "operators"]

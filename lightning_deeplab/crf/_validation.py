@@ -1,15 +1,25 @@
 """Input checks of the dense CRF: every bad input fails here, in Python, with a message that
-names the argument, before any kernel runs."""
+names the argument, before any kernel runs. Settings are checked once (in a layer's
+`__init__` or at a functional entry); per call only the inputs are.
+
+Data-dependent checks (NaN/Inf, value ranges) read values back to the host. They run on CPU
+tensors always and on other devices only when asked (`check_values=True`), as one
+synchronisation; the kernels still refuse non-finite or out-of-range lattice features."""
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
+from typing import Optional
 
 import torch
 
-from .features import MAX_ELEVATED, elevated_bound
+from .features import MAX_ELEVATED, MAX_FEATURE_DIM, elevated_bound
 
+#: Normalisations of DeepLab's `DenseCRF` / `dense_crf`.
 NORMALIZATIONS = ("symmetric", "after")
+#: Normalisations of a kernel of `gaussian_crf` (pydensecrf's four).
+KERNEL_NORMALIZATIONS = ("symmetric", "after", "before", "none")
 
 # Every index the kernels form is an int32; the bilateral lattice has B*N*6 entries.
 _MAX_ENTRIES = 2**31 - 1
@@ -32,12 +42,31 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def wants_value_checks(device: torch.device, check_values: Optional[bool]) -> bool:
+    """Whether to run the data-dependent checks: by default on CPU only (no device sync)."""
+    if _compiling():
+        return False
+    return device.type == "cpu" if check_values is None else bool(check_values)
+
+
+def check_flag(name: str, value) -> Optional[bool]:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be None, True or False, got {value!r}")
+    return value
+
+
+def reject_numpy(name: str, value, how: str) -> None:
+    """A clear TypeError for a NumPy array where a tensor is expected (crf/ imports no numpy)."""
+    if type(value).__module__ == "numpy":
+        raise TypeError(f"{name} must be a torch.Tensor, got a NumPy array; convert it with {how}")
+
+
 def check_weight(name: str, value) -> None:
     """A finite kernel weight: a number or a 0-dim tensor."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(f"{name} must be a scalar floating-point tensor, got {value}")
-        if not _compiling() and not bool(torch.isfinite(value).all()):
+        if wants_value_checks(value.device, None) and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} must be finite, got {value.item()}")
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -58,8 +87,17 @@ def check_normalization(normalization: str) -> None:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
+def check_kernel_normalization(name: str, normalization: str) -> None:
+    if normalization not in KERNEL_NORMALIZATIONS:
+        raise ValueError(f"{name} must be one of {KERNEL_NORMALIZATIONS}, got {normalization!r}")
+
+
 def check_unary_and_image(unary: torch.Tensor, image: torch.Tensor) -> None:
     """Shapes, dtypes and devices of the CRF inputs."""
+    reject_numpy("unary", unary, "torch.from_numpy(unary)[None] ([C, H, W] -> [1, C, H, W])")
+    reject_numpy(
+        "image", image, "torch.from_numpy(image).permute(2, 0, 1)[None] ([H, W, 3] uint8 -> [1, 3, H, W])"
+    )
     for name, tensor in (("unary", unary), ("image", image)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -92,32 +130,60 @@ def check_unary_and_image(unary: torch.Tensor, image: torch.Tensor) -> None:
         )
 
 
-def check_values(unary: torch.Tensor, image: torch.Tensor) -> None:
-    """Finite unary, image values in 0-255 (data-dependent: skipped while compiling)."""
-    if _compiling():
+_warned_unit_range = False
+
+
+def check_values(unary: torch.Tensor, image: torch.Tensor, enabled: bool) -> None:
+    """Finite unary, image values in 0-255, when `enabled`; and a warning (once per process)
+    for a float image holding values only in [0, 1]. All read back in one synchronisation;
+    a float image is read even when not `enabled` until the warning has been given (so on
+    CUDA a float image costs one sync per call until then; uint8 images none)."""
+    global _warned_unit_range
+    warn = image.is_floating_point() and not _warned_unit_range and not _compiling()
+    if not (enabled or warn):
         return
-    if not bool(torch.isfinite(unary).all()):
-        raise ValueError("unary contains NaN or Inf")
+    flags = []
+    if enabled:
+        flags.append(~torch.isfinite(unary).all())
     if image.is_floating_point():
-        if not bool(torch.isfinite(image).all()):
+        low, high = torch.aminmax(image)
+        if enabled:
+            flags += [~torch.isfinite(image).all(), (low < 0) | (high > 255)]
+        flags.append((low >= 0) & (high <= 1))
+    if not flags:
+        return
+    values = torch.stack(flags).tolist()
+    if enabled:
+        if values[0]:
+            raise ValueError("unary contains NaN or Inf")
+        if image.is_floating_point() and values[1]:
             raise ValueError("image contains NaN or Inf")
-        if bool((image < 0).any()) or bool((image > 255).any()):
+        if image.is_floating_point() and values[2]:
             raise ValueError("image must hold raw RGB values in [0, 255] (got values outside)")
+    if warn and values[-1] and not _warned_unit_range:
+        _warned_unit_range = True
+        warnings.warn(
+            "image is a float tensor with values only in [0, 1]; the CRF expects raw RGB values "
+            "in 0-255 (uint8, or float 0-255): multiply by 255 (e.g. (image * 255).round().byte())",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
-def check_compatibility(compatibility: torch.Tensor, classes: int, device: torch.device) -> None:
+def check_compatibility_matrix(compatibility: torch.Tensor) -> None:
+    """A finite, floating-point, square [C, C] tensor (its size is checked against the unary per call)."""
     if not isinstance(compatibility, torch.Tensor):
         raise TypeError(f"compatibility must be a torch.Tensor, got {type(compatibility).__name__}")
-    if compatibility.shape != (classes, classes):
-        raise ValueError(
-            f"compatibility must be [C, C] = [{classes}, {classes}], got {tuple(compatibility.shape)}"
-        )
+    if compatibility.dim() != 2 or compatibility.shape[0] != compatibility.shape[1]:
+        raise ValueError(f"compatibility must be a square [C, C] tensor, got shape {tuple(compatibility.shape)}")
     if not compatibility.is_floating_point():
         raise TypeError(f"compatibility must be floating point, got {compatibility.dtype}")
-    if compatibility.device != device:
-        raise ValueError(f"compatibility is on {compatibility.device} but unary is on {device}")
-    if not _compiling() and not bool(torch.isfinite(compatibility).all()):
-        raise ValueError("compatibility contains NaN or Inf")
+    check_finite_compatibility("compatibility", compatibility)
+
+
+def check_finite_compatibility(name: str, compatibility: torch.Tensor) -> None:
+    if wants_value_checks(compatibility.device, None) and not bool(torch.isfinite(compatibility).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
 
 
 def check_lattice_range(
@@ -140,4 +206,31 @@ def check_lattice_range(
         raise ValueError(
             f"bi_xy_std={bi_xy_std} / bi_rgb_std={bi_rgb_std} are too small for a "
             f"{height}x{width} image: lattice coordinates would reach {bilateral:.0f} >= 2^18"
+        )
+
+
+def check_feature_values(name: str, features: torch.Tensor) -> None:
+    """Finite features [B, N, d] whose elevated lattice coordinates stay in range (reads the
+    per-dimension maxima back: call only when value checks are wanted)."""
+    bounds = features.abs().amax(dim=(0, 1)).tolist()
+    if not all(math.isfinite(bound) for bound in bounds):
+        raise ValueError(f"{name} contains NaN or Inf")
+    reach = elevated_bound(bounds)
+    if reach >= _ELEVATED_LIMIT:
+        raise ValueError(
+            f"{name} are too large for the lattice: coordinates would reach {reach:.0f} >= 2^18; "
+            f"divide them by larger standard deviations (by at least {reach / _ELEVATED_LIMIT:.3g}x)"
+        )
+
+
+def check_feature_dim(name: str, dim: int) -> None:
+    if not 1 <= dim <= MAX_FEATURE_DIM:
+        raise ValueError(f"{name} must have 1 to {MAX_FEATURE_DIM} feature dimensions, got d = {dim}")
+
+
+def check_index_range(name: str, batch: int, points: int, dim: int) -> None:
+    if batch * points * (dim + 1) > _MAX_ENTRIES:
+        raise ValueError(
+            f"{name} is too large: B*N*(d+1) = {batch * points * (dim + 1)} lattice entries exceed "
+            f"the int32 indices (at most {_MAX_ENTRIES})"
         )

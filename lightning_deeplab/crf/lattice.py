@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._ops import _ops
+from ._ops import operators
 
 
 class Lattice(NamedTuple):
@@ -51,7 +51,7 @@ def build_lattice(features: torch.Tensor) -> Lattice:
     """Builds one lattice per image from features [B, N, d] (float32, already divided by
     their standard deviations). Unit standard deviation in feature space is what the
     lattice blurs with."""
-    return Lattice(*_ops.build_lattice(features))
+    return Lattice(*operators().build_lattice(features))
 
 
 def lattice_filter(
@@ -70,7 +70,7 @@ def lattice_filter(
     its softmax over C if `softmax` (one mean-field update without an extra pass).
 
     Differentiable in `values` and `addend`; the scales are treated as constants."""
-    return _ops.lattice_filter(
+    return operators().lattice_filter(
         values,
         lattice.offsets,
         lattice.weights,
@@ -90,4 +90,4 @@ def release_cached_buffers() -> int:
     """Returns the large CPU buffers that the CRF keeps for reuse between filters and calls
     (at most 1 GiB; about what one call at the largest size used) to the system. Returns the
     number of bytes freed."""
-    return int(_ops.release_cached_buffers())
+    return int(operators().release_cached_buffers())

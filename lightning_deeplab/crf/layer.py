@@ -1,15 +1,22 @@
-"""`DenseCRF`: the fully connected CRF as an nn.Module (post-processing or, with
-`trainable=True`, an end-to-end trainable CRF-as-RNN style layer)."""
+"""The fully connected CRF as nn.Modules (post-processing or, with `trainable=True`, an
+end-to-end trainable CRF-as-RNN style layer): `DenseCRF`, DeepLab's two kernels on an RGB
+image, and `GaussianCRF`, any Gaussian kernels on features given per call.
+
+Settings are validated once, here; a call checks only its inputs. Constant settings are
+non-persistent buffers (they follow `.to(device)` but stay out of checkpoints, so a
+checkpoint evaluated with other CRF settings uses the new ones); trainable ones are
+parameters."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from . import _validation as check
 from . import mean_field as defaults
-from .mean_field import dense_crf
+from .gaussian import check_kernel_settings, run_kernels
+from .mean_field import refine
 
 
 class DenseCRF(nn.Module):
@@ -25,6 +32,7 @@ class DenseCRF(nn.Module):
         normalization: "symmetric" (matches pydensecrf) or "after" (the 2011 Caffe variant).
         compatibility: optional [C, C] label compatibility (identity = Potts); see `dense_crf`.
         trainable: make pos_w, bi_w (and the compatibility) nn.Parameters.
+        check_values: data-dependent input checks (see `dense_crf`): None = on CPU only.
 
     Call with unary [B, C, H, W] energies and image [B, 3, H, W] uint8 RGB; returns the
     marginals [B, C, H, W] (float32, or float64 for a float64 unary).
@@ -38,9 +46,10 @@ class DenseCRF(nn.Module):
         bi_w: float = defaults.BI_W,
         bi_xy_std: float = defaults.BI_XY_STD,
         bi_rgb_std: float = defaults.BI_RGB_STD,
-        normalization: str = defaults.NORMALIZATION,
+        normalization: Literal[check.NORMALIZATIONS] = defaults.NORMALIZATION,
         compatibility: Optional[torch.Tensor] = None,
         trainable: bool = False,
+        check_values: Optional[bool] = None,
     ) -> None:
         super().__init__()
         check.check_iterations(iterations)
@@ -52,36 +61,32 @@ class DenseCRF(nn.Module):
         self.bi_xy_std = check.check_positive("bi_xy_std", bi_xy_std)
         self.bi_rgb_std = check.check_positive("bi_rgb_std", bi_rgb_std)
         self.normalization = normalization
-        self.trainable = trainable
+        self.trainable = bool(trainable)
+        self.check_values = check.check_flag("check_values", check_values)
         if compatibility is not None:
-            if not isinstance(compatibility, torch.Tensor) or compatibility.dim() != 2 or (
-                compatibility.shape[0] != compatibility.shape[1]
-            ):
-                raise ValueError("compatibility must be a square [C, C] tensor")
+            check.check_compatibility_matrix(compatibility)
             compatibility = compatibility.detach().clone().to(torch.float32)
         self._register("pos_w", torch.tensor(float(pos_w)))
         self._register("bi_w", torch.tensor(float(bi_w)))
         self._register("compatibility", compatibility)
 
     def _register(self, name: str, value: Optional[torch.Tensor]) -> None:
-        if self.trainable and value is not None:
-            self.register_parameter(name, nn.Parameter(value))
-        else:
-            self.register_buffer(name, value)
+        _register_setting(self, name, value, self.trainable)
 
     def forward(self, unary: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Refines unary energies [B, C, H, W] with the CRF; returns marginals [B, C, H, W]."""
-        return dense_crf(
+        return refine(
             unary,
             image,
-            iterations=self.iterations,
-            pos_w=self.pos_w,
-            pos_xy_std=self.pos_xy_std,
-            bi_w=self.bi_w,
-            bi_xy_std=self.bi_xy_std,
-            bi_rgb_std=self.bi_rgb_std,
-            normalization=self.normalization,
-            compatibility=self.compatibility,
+            self.iterations,
+            self.pos_w,
+            self.pos_xy_std,
+            self.bi_w,
+            self.bi_xy_std,
+            self.bi_rgb_std,
+            self.normalization,
+            self.compatibility,
+            self.check_values,
         )
 
     def extra_repr(self) -> str:
@@ -90,4 +95,88 @@ class DenseCRF(nn.Module):
             f"pos_xy_std={self.pos_xy_std:g}, bi_w={float(self.bi_w):g}, "
             f"bi_xy_std={self.bi_xy_std:g}, bi_rgb_std={self.bi_rgb_std:g}, "
             f"normalization={self.normalization!r}, trainable={self.trainable}"
+        )
+
+
+def _register_setting(module: nn.Module, name: str, value: Optional[torch.Tensor], trainable: bool) -> None:
+    """A trainable setting as a parameter, a constant one as a non-persistent buffer."""
+    if trainable and value is not None:
+        module.register_parameter(name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value, persistent=False)
+
+
+class GaussianCRF(nn.Module):
+    """Mean-field dense CRF with any number of Gaussian kernels (the module form of
+    `gaussian_crf`): the kernels' weights, compatibilities and normalisations are settings,
+    their features come with each call (they depend on the image or volume).
+
+    Args:
+        weights: one weight per kernel.
+        compatibilities: None (all Potts) or one entry per kernel: None, a [C] per-label
+            factor or a [C, C] matrix (see `gaussian_crf` for the sign convention).
+        normalizations: one of "symmetric", "after", "before", "none" for all kernels, or one
+            per kernel.
+        iterations: mean-field iterations.
+        trainable: make the weights (and compatibilities) nn.Parameters.
+        check_values: data-dependent input checks (see `gaussian_crf`): None = on CPU only.
+
+    Call with unary [B, C, *spatial] and one features tensor per kernel ([B|1, d, *spatial]
+    or [B|1, d, N], e.g. from `position_features_nd` / `bilateral_features_nd`).
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[float],
+        compatibilities: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        normalizations: Union[str, Sequence[str]] = "symmetric",
+        iterations: int = defaults.ITERATIONS,
+        trainable: bool = False,
+        check_values: Optional[bool] = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(weights, (str, torch.Tensor)) or not isinstance(weights, Sequence) or not weights:
+            raise TypeError(f"weights must be a non-empty list of numbers, one per kernel, got {weights!r}")
+        count = len(weights)
+        compatibilities = [None] * count if compatibilities is None else list(compatibilities)
+        normalizations = [normalizations] * count if isinstance(normalizations, str) else list(normalizations)
+        for name, values in (("compatibilities", compatibilities), ("normalizations", normalizations)):
+            if len(values) != count:
+                raise ValueError(f"{name} must have one entry per kernel ({count}), got {len(values)}")
+        check.check_iterations(iterations)
+        for index in range(count):
+            check_kernel_settings(index, weights[index], compatibilities[index], normalizations[index])
+        self.iterations = int(iterations)
+        self.normalizations = tuple(normalizations)
+        self.trainable = bool(trainable)
+        self.check_values = check.check_flag("check_values", check_values)
+        self.num_kernels = count
+        for index in range(count):
+            weight = weights[index]
+            weight = weight.detach().clone().float() if isinstance(weight, torch.Tensor) else torch.tensor(float(weight))
+            _register_setting(self, f"weight_{index}", weight.reshape(()), self.trainable)
+            compatibility = compatibilities[index]
+            if compatibility is not None:
+                compatibility = compatibility.detach().clone().to(torch.float32)
+            _register_setting(self, f"compatibility_{index}", compatibility, self.trainable)
+
+    def forward(self, unary: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Refines unary [B, C, *spatial] with one features tensor per kernel; returns Q."""
+        if isinstance(features, torch.Tensor) or not isinstance(features, Sequence):
+            raise TypeError(f"features must be a list of tensors, one per kernel, got {type(features).__name__}")
+        return run_kernels(
+            unary,
+            features,
+            [getattr(self, f"weight_{index}") for index in range(self.num_kernels)],
+            [getattr(self, f"compatibility_{index}") for index in range(self.num_kernels)],
+            self.normalizations,
+            self.iterations,
+            self.check_values,
+        )
+
+    def extra_repr(self) -> str:
+        weights = ", ".join(f"{float(getattr(self, f'weight_{i}')):g}" for i in range(self.num_kernels))
+        return (
+            f"weights=[{weights}], normalizations={list(self.normalizations)}, "
+            f"iterations={self.iterations}, trainable={self.trainable}"
         )

@@ -33,33 +33,67 @@ NORMALIZATION = "symmetric"
 
 
 class Kernel(NamedTuple):
-    """One Gaussian kernel of the mean-field update: weight * s_out * K(s_in * Q).
+    """One Gaussian kernel of the mean-field update: weight * s_out * K(s_in * Q) [@ M].
 
     `weight` is None when it is a constant already folded into `scale_out`; it stays a
-    separate (trainable) tensor when it requires a gradient."""
+    separate (trainable) tensor when it requires a gradient. `compatibility` is None
+    (Potts), a [C] per-label factor or a [C, C] matrix applied on the label axis."""
 
     lattice: Lattice
     scale_in: Optional[torch.Tensor]  # [B, N] or None
-    scale_out: torch.Tensor  # [B, N]
+    scale_out: Optional[torch.Tensor]  # [B, N] or None
     weight: Optional[torch.Tensor]
+    compatibility: Optional[torch.Tensor] = None
 
 
-def make_kernel(lattice: Lattice, weight: Weight, normalization: str, dtype: torch.dtype) -> Kernel:
-    """Normalises `lattice` (from K(1), computed once) and folds a constant weight in."""
+def make_kernel(
+    lattice: Lattice,
+    weight: Weight,
+    normalization: str,
+    dtype: torch.dtype,
+    compatibility: Optional[torch.Tensor] = None,
+) -> Kernel:
+    """Normalises `lattice` (from K(1), computed once) and folds a constant weight in.
+
+    normalization (pydensecrf's names): "symmetric" norm * K(norm * Q) with norm = K(1)^-1/2,
+    "after" K(Q) / K(1), "before" K(Q / K(1)), "none" K(Q)."""
     batch, pixels, _ = lattice.offsets.shape
-    ones = torch.ones(batch, pixels, 1, dtype=dtype, device=lattice.offsets.device)
-    # In float64 with the 1e-20 guard of the reference, rounded once at the end.
-    mass = lattice.filter(ones).reshape(batch, pixels).to(torch.float64) + 1e-20
-    if normalization == "symmetric":
-        scale_in, scale_out = mass.rsqrt(), mass.rsqrt()
+    device = lattice.offsets.device
+    if normalization == "none":
+        scale_in, scale_out = None, torch.ones(batch, pixels, dtype=torch.float64, device=device)
     else:
-        scale_in, scale_out = None, mass.reciprocal()
+        ones = torch.ones(batch, pixels, 1, dtype=dtype, device=device)
+        # In float64 with the 1e-20 guard of the reference, rounded once at the end.
+        mass = lattice.filter(ones).reshape(batch, pixels).to(torch.float64) + 1e-20
+        if normalization == "symmetric":
+            scale_in, scale_out = mass.rsqrt(), mass.rsqrt()
+        elif normalization == "after":
+            scale_in, scale_out = None, mass.reciprocal()
+        else:  # "before"
+            scale_in, scale_out = mass.reciprocal(), torch.ones_like(mass)
     if scale_in is not None:
         scale_in = scale_in.to(dtype)
+    if compatibility is not None:
+        compatibility = compatibility.to(dtype)
     if isinstance(weight, torch.Tensor) and weight.requires_grad:
-        return Kernel(lattice, scale_in, scale_out.to(dtype), weight)
+        return Kernel(lattice, scale_in, scale_out.to(dtype), weight, compatibility)
     constant = weight.detach().to(torch.float64) if isinstance(weight, torch.Tensor) else float(weight)
-    return Kernel(lattice, scale_in, (scale_out * constant).to(dtype), None)
+    return Kernel(lattice, scale_in, (scale_out * constant).to(dtype), None, compatibility)
+
+
+def pairwise_terms(q: torch.Tensor, kernels: Sequence[Kernel]) -> list[torch.Tensor]:
+    """Each kernel's contribution to the mean-field energies A = -U + sum(terms) for the
+    marginals q [B, N, C]: weight * s_out * K(s_in * q), times its compatibility."""
+    terms = []
+    for kernel in kernels:
+        term = kernel.lattice.filter(q, scale_in=kernel.scale_in, scale_out=kernel.scale_out)
+        if kernel.weight is not None:
+            term = kernel.weight * term
+        if kernel.compatibility is not None:
+            matrix = kernel.compatibility
+            term = term * matrix if matrix.dim() == 1 else term @ matrix
+        terms.append(term)
+    return terms
 
 
 def mean_field(
@@ -70,9 +104,18 @@ def mean_field(
 ) -> torch.Tensor:
     """Runs the mean-field loop on -U [B, N, C]; returns Q [B, N, C]."""
     q = torch.softmax(neg_unary, dim=-1)
+    if any(kernel.compatibility is not None for kernel in kernels):
+        if compatibility is not None:
+            raise ValueError("give the compatibility per kernel or for all kernels, not both")
+        for _ in range(iterations):
+            messages = neg_unary
+            for term in pairwise_terms(q, kernels):
+                messages = messages + term
+            q = torch.softmax(messages, dim=-1)
+        return q
     # Potts with constant weights: the filters add their messages straight onto -U (in the
     # reference's order) and the last one applies the softmax itself.
-    fused = compatibility is None and all(kernel.weight is None for kernel in kernels)
+    fused = compatibility is None and bool(kernels) and all(kernel.weight is None for kernel in kernels)
     for _ in range(iterations):
         messages = neg_unary if compatibility is None else None
         for index, kernel in enumerate(kernels):
@@ -111,6 +154,68 @@ def channels_first(q: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return q.reshape(batch, classes, height, width)
 
 
+def negated_points_last(unary: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """-unary [B, C, *spatial] as [B, N, C] in `dtype`, a new tensor (the caller's is kept)."""
+    scores = unary.to(dtype)
+    if scores.dim() == 4:
+        if scores.is_contiguous(memory_format=torch.channels_last):
+            return -pixels_last(scores)  # a view of the caller's tensor: negate into a new one
+        return pixels_last(scores).neg_()  # negate the layout copy in place
+    batch, classes = scores.shape[:2]
+    return scores.reshape(batch, classes, -1).transpose(1, 2).neg().contiguous()
+
+
+def points_first(q: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """[B, N, C] -> contiguous [B, C, *spatial]."""
+    if len(spatial) == 2:
+        return channels_first(q, *spatial)
+    batch, _, classes = q.shape
+    return q.transpose(1, 2).reshape(batch, classes, *spatial).contiguous()
+
+
+def compute_dtype(unary: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; every other unary is computed in float32."""
+    return torch.float64 if unary.dtype == torch.float64 else torch.float32
+
+
+def run_mean_field(
+    unary: torch.Tensor,
+    kernels: Sequence[tuple[torch.Tensor, Weight, Optional[torch.Tensor], str]],
+    iterations: int,
+    compatibility: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The CRF on unary [B, C, *spatial] with kernels (features [B, N, d] float32, weight,
+    compatibility or None, normalization), lattices built once; returns Q [B, C, *spatial].
+    Nothing is validated here: the public entries do that once."""
+    dtype = compute_dtype(unary)
+    neg_unary = negated_points_last(unary, dtype)
+    built = [
+        make_kernel(build_lattice(features), weight, normalization, dtype, kernel_compatibility)
+        for features, weight, kernel_compatibility, normalization in kernels
+    ]
+    matrix = compatibility.to(dtype) if compatibility is not None else None
+    q = mean_field(neg_unary, built, iterations, matrix)
+    return points_first(q, unary.shape[2:])
+
+
+def deeplab_kernels(
+    image: torch.Tensor,
+    pos_w: Weight,
+    pos_xy_std: float,
+    bi_w: Weight,
+    bi_xy_std: float,
+    bi_rgb_std: float,
+    normalization: str,
+) -> list[tuple[torch.Tensor, Weight, None, str]]:
+    """DeepLab's smoothness and appearance kernels of image [B, 3, H, W], in the reference's
+    order, as `run_mean_field` takes them. Arguments as in `dense_crf` (not validated here)."""
+    batch, _, height, width = image.shape
+    return [
+        (position_features(batch, height, width, pos_xy_std, image.device), pos_w, None, normalization),
+        (bilateral_features(image, bi_xy_std, bi_rgb_std), bi_w, None, normalization),
+    ]
+
+
 def build_kernels(
     image: torch.Tensor,
     pos_w: Weight,
@@ -123,12 +228,10 @@ def build_kernels(
 ) -> list[Kernel]:
     """The smoothness and appearance kernels of image [B, 3, H, W]: lattices built once,
     normalised, weights folded in. Arguments as in `dense_crf` (not validated here)."""
-    batch, _, height, width = image.shape
     return [
-        make_kernel(build_lattice(features), weight, normalization, dtype)
-        for features, weight in (
-            (position_features(batch, height, width, pos_xy_std, image.device), pos_w),
-            (bilateral_features(image, bi_xy_std, bi_rgb_std), bi_w),
+        make_kernel(build_lattice(features), weight, norm, dtype)
+        for features, weight, _, norm in deeplab_kernels(
+            image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization
         )
     ]
 
@@ -144,6 +247,7 @@ def dense_crf(
     bi_rgb_std: float = BI_RGB_STD,
     normalization: str = NORMALIZATION,
     compatibility: Optional[torch.Tensor] = None,
+    check_values: Optional[bool] = None,
 ) -> torch.Tensor:
     """Fully connected CRF refinement of unary energies; the functional form of `DenseCRF`.
 
@@ -161,11 +265,14 @@ def dense_crf(
         compatibility: optional [C, C] label compatibility M; messages are multiplied by it
             on the label axis (identity = Potts). pydensecrf's matrix compatibility
             `compat=X` on both kernels, with weights w, is M = -(X + X.T) / (2 w) here.
+        check_values: run the data-dependent checks (NaN/Inf, image range), which read values
+            back to the host: None (default) on CPU only, True also on CUDA (one sync).
+            A float image in [0, 1] is warned about once per process (on CUDA this reads two
+            numbers back per call, for float images only, until the warning was given).
 
     Returns:
         Marginals Q [B, C, H, W] (each pixel sums to 1), float32 (float64 for a float64 unary).
     """
-    check.check_unary_and_image(unary, image)
     check.check_iterations(iterations)
     check.check_normalization(normalization)
     check.check_weight("pos_w", pos_w)
@@ -173,19 +280,40 @@ def dense_crf(
     pos_xy_std = check.check_positive("pos_xy_std", pos_xy_std)
     bi_xy_std = check.check_positive("bi_xy_std", bi_xy_std)
     bi_rgb_std = check.check_positive("bi_rgb_std", bi_rgb_std)
+    check.check_flag("check_values", check_values)
+    if compatibility is not None:
+        check.check_compatibility_matrix(compatibility)
+    return refine(
+        unary, image, iterations, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization,
+        compatibility, check_values,
+    )
+
+
+def refine(
+    unary: torch.Tensor,
+    image: torch.Tensor,
+    iterations: int,
+    pos_w: Weight,
+    pos_xy_std: float,
+    bi_w: Weight,
+    bi_xy_std: float,
+    bi_rgb_std: float,
+    normalization: str,
+    compatibility: Optional[torch.Tensor],
+    check_values: Optional[bool],
+) -> torch.Tensor:
+    """`dense_crf` with settings already validated (by `dense_crf` or `DenseCRF.__init__`):
+    checks the per-call inputs only, then runs DeepLab's two kernels through `run_mean_field`."""
+    check.check_unary_and_image(unary, image)
     batch, classes, height, width = unary.shape
     if compatibility is not None:
-        check.check_compatibility(compatibility, classes, unary.device)
+        if compatibility.shape != (classes, classes):
+            raise ValueError(
+                f"compatibility must be [C, C] = [{classes}, {classes}], got {tuple(compatibility.shape)}"
+            )
+        if compatibility.device != unary.device:
+            raise ValueError(f"compatibility is on {compatibility.device} but unary is on {unary.device}")
     check.check_lattice_range(height, width, pos_xy_std, bi_xy_std, bi_rgb_std)
-    check.check_values(unary, image)
-
-    dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
-    scores = unary.to(dtype)
-    if scores.is_contiguous(memory_format=torch.channels_last):
-        neg_unary = -pixels_last(scores)  # a view of the caller's tensor: negate into a new one
-    else:
-        neg_unary = pixels_last(scores).neg_()  # negate the layout copy in place
-    kernels = build_kernels(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization, dtype)
-    matrix = compatibility.to(dtype) if compatibility is not None else None
-    q = mean_field(neg_unary, kernels, iterations, matrix)
-    return channels_first(q, height, width)
+    check.check_values(unary, image, check.wants_value_checks(unary.device, check_values))
+    kernels = deeplab_kernels(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization)
+    return run_mean_field(unary, kernels, iterations, compatibility)
