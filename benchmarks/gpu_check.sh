@@ -10,6 +10,8 @@
 # and gpu_check.json (every figure, and each step's exit status and seconds) under $OUT
 # (default outputs/gpu_check).
 #
+#   benchmarks/fetch_device_wheels.sh       # first, where a package registry is reachable:
+#                                           # .whl/ (git-ignored) must travel with the tree
 #   benchmarks/gpu_check.sh                 # on the GPU machine
 #   benchmarks/gpu_check.sh --cpu-dry-run   # here: skips what needs a GPU, runs the rest tiny
 # (GPU_CHECK_CPU_DRY_RUN=1 does the same as --cpu-dry-run.) GPU_CHECK_STEPS="build cuda_tests"

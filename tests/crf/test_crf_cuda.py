@@ -373,7 +373,7 @@ def test_cuda_compute_sanitizer(tool):
     # Without the caching allocator every tensor is its own allocation, so memcheck sees an
     # access past a tensor's end instead of landing in a neighbour in the same cached block.
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-4000:]
     assert "sanitizer case done" in report
