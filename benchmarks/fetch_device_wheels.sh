@@ -8,7 +8,7 @@
 #   pip install --no-build-isolation --no-deps -e .
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dest=.whl
+dest=${WHEEL_DIR:-.whl}  # WHEEL_DIR: somewhere else, e.g. to check the download
 py=${PYTHON:-.venv/bin/python}
 mkdir -p "$dest"
 "$py" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \

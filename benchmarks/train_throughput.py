@@ -103,7 +103,7 @@ def time_training(module, batch, device, steps, warmup, fast: bool) -> dict:
         "images_per_s": image.shape[0] / median,
         "median_step_s": median,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "final_loss": float(loss),
+        "final_loss": float(loss.detach()),
     }
 
 

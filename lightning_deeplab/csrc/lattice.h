@@ -4,9 +4,12 @@
 // __host__ __device__ one, so the CPU tests exercise exactly the arithmetic the GPU runs.
 // The float operations follow Kraehenbuehl's dense-CRF code (and the order of its
 // operations) so the lattice matches pydensecrf; the *_rn helpers stop nvcc from fusing
-// multiply-adds, which would make the GPU lattice differ from the CPU one in the last bit.
+// multiply-adds, which would make the GPU lattice differ from the CPU one in the last bit
+// (the C++ side builds with -ffp-contract=off). The filters of both back ends use them too,
+// and share one softmax (softmax_row), so CPU and CUDA results are bitwise equal.
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 
@@ -51,6 +54,63 @@ LD_HOST_DEVICE float sub_rn(float a, float b) {
 #endif
 }
 
+LD_HOST_DEVICE float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// The same operations in double (the filter also runs in float64).
+LD_HOST_DEVICE double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+LD_HOST_DEVICE double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+LD_HOST_DEVICE double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+LD_HOST_DEVICE double div_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+LD_HOST_DEVICE int32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(v);
+#else
+  return std::bit_cast<int32_t>(v);
+#endif
+}
+
+LD_HOST_DEVICE float bits_float(int32_t v) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(v);
+#else
+  return std::bit_cast<float>(v);
+#endif
+}
+
 // Round to nearest, ties to even, for |v| < 2^22 (the lattice keeps |v| < 2^18): adding and
 // subtracting 1.5 * 2^23 leaves no fraction bits, and the add rounds in the default mode.
 // Bit-identical to rintf, without a libm call on the host.
@@ -62,6 +122,49 @@ LD_HOST_DEVICE float round_half_even(float v) {
   constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
   return (v + kShift) - kShift;
 #endif
+}
+
+// exp(x) for x <= 0 (Cephes' single-precision polynomial, ~1 ulp), written without branches
+// so the compiler vectorises a row of it on the CPU (the clamp is a bit-mask select: a plain
+// ?: on floats is not if-converted without -ffinite-math-only). Every operation is rounded
+// separately, so the CPU and the GPU return the same bits.
+LD_HOST_DEVICE float exp_nonpositive(float x) {
+  constexpr float kLowest = -87.0f;  // exp(-87) ~ 1.6e-38 is still a normal float
+  const int32_t below = -static_cast<int32_t>(x < kLowest);
+  x = bits_float((float_bits(kLowest) & below) | (float_bits(x) & ~below));
+  const float n = round_half_even(mul_rn(x, 1.44269504088896341f));
+  const float r = sub_rn(sub_rn(x, mul_rn(n, 0.693359375f)), mul_rn(n, -2.12194440e-4f));
+  float p = 1.9875691500e-4f;
+  p = add_rn(mul_rn(p, r), 1.3981999507e-3f);
+  p = add_rn(mul_rn(p, r), 8.3334519073e-3f);
+  p = add_rn(mul_rn(p, r), 4.1665795894e-2f);
+  p = add_rn(mul_rn(p, r), 1.6666665459e-1f);
+  p = add_rn(mul_rn(p, r), 5.0000001201e-1f);
+  p = add_rn(add_rn(mul_rn(mul_rn(p, r), r), r), 1.0f);
+  // 2^n for n in [-126, 0], built from its exponent bits.
+  return mul_rn(p, bits_float((static_cast<int32_t>(n) + 127) << 23));
+}
+
+// In float64 each back end calls its own libm exp (glibc's and CUDA's may differ in the
+// last bit): float64 softmax outputs agree to about 1 ulp, not bitwise.
+LD_HOST_DEVICE double exp_nonpositive(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+// In-place softmax of one row of C values: max-subtracted exp, divided by the sum (as the
+// reference), summed in channel order. The one softmax of the CPU and the CUDA filter.
+template <typename T>
+LD_HOST_DEVICE void softmax_row(T* __restrict__ y, int64_t C) {
+  T top = y[0];
+  for (int64_t c = 1; c < C; ++c) top = y[c] > top ? y[c] : top;
+  for (int64_t c = 0; c < C; ++c) y[c] = exp_nonpositive(sub_rn(y[c], top));
+  T sum = T(0);
+  for (int64_t c = 0; c < C; ++c) sum = add_rn(sum, y[c]);
+  for (int64_t c = 0; c < C; ++c) y[c] = div_rn(y[c], sum);
 }
 
 // Diagonal of the elevation matrix: scale[i] = sqrt(2/3) (d+1) / sqrt((i+1)(i+2)), float32,

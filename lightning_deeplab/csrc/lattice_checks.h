@@ -13,7 +13,9 @@
 
 namespace lightning_deeplab {
 
-// Every index the kernels form (pixel, vertex, CSR entry) is an int32.
+// Every index the kernels form (pixel, vertex, CSR entry) is an int32: at most kMaxIndex
+// (pixel, vertex) entries B * N * (d+1) per call, on both back ends. The CUDA build's hash
+// table has the first power of two >= 2 * entries slots, at most 2^32: uint32 slot indices.
 constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
 
 inline void check_features(const at::Tensor& features) {
@@ -26,9 +28,11 @@ inline void check_features(const at::Tensor& features) {
                     " is outside [1, ", lattice::kMaxDim, "]");
   TORCH_CHECK_VALUE(features.size(0) > 0 && features.size(1) > 0,
                     "build_lattice: features must not be empty, got ", features.sizes());
-  TORCH_CHECK_VALUE(features.size(0) * features.size(1) * (d + 1) <= kMaxIndex,
-                    "build_lattice: B * N * (d+1) = ", features.size(0) * features.size(1) * (d + 1),
-                    " lattice entries overflow int32 indices");
+  // Divided rather than multiplied, so that no product of the sizes can overflow int64.
+  TORCH_CHECK_VALUE(features.size(0) <= kMaxIndex / (d + 1) / features.size(1),
+                    "build_lattice: B * N * (d+1) = ", features.size(0), " * ", features.size(1),
+                    " * ", d + 1, " lattice entries overflow int32 indices (at most ", kMaxIndex,
+                    ")");
 }
 
 struct LatticeTensors {

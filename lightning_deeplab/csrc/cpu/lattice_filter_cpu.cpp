@@ -104,38 +104,10 @@ void blur_axis(const FilterArgs<T>& a, int axis, const T* src, T* dst, int64_t s
   });
 }
 
-// exp(x) for x <= 0 (Cephes' single-precision polynomial, ~1 ulp), written without branches
-// so the compiler vectorises a row of it (the clamp is a bit-mask select: a plain ?: on
-// floats is not if-converted without -ffinite-math-only).
-inline float exp_nonpositive(float x) {
-  constexpr float kLowest = -87.0f;  // exp(-87) ~ 1.6e-38 is still a normal float
-  const int32_t below = -static_cast<int32_t>(x < kLowest);
-  x = std::bit_cast<float>((std::bit_cast<int32_t>(kLowest) & below) |
-                           (std::bit_cast<int32_t>(x) & ~below));
-  const float n = lattice::round_half_even(x * 1.44269504088896341f);
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  // 2^n for n in [-126, 0], built from its exponent bits.
-  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-}
-
-inline double exp_nonpositive(double x) { return std::exp(x); }
-
-// In-place softmax of one row: max-subtracted exp, divided by the sum (as the reference).
+// In-place softmax of one row (the routine shared with the CUDA filter, lattice.h).
 template <typename T>
 inline void softmax_row(T* __restrict__ y, int64_t C) {
-  T top = y[0];
-  for (int64_t c = 1; c < C; ++c) top = y[c] > top ? y[c] : top;
-  for (int64_t c = 0; c < C; ++c) y[c] = exp_nonpositive(y[c] - top);
-  T sum = T(0);
-  for (int64_t c = 0; c < C; ++c) sum += y[c];
-  for (int64_t c = 0; c < C; ++c) y[c] = y[c] / sum;
+  lattice::softmax_row(y, C);
 }
 
 // Slices one pixel's channels [c0, c0 + kWidth) into `y`: a sum over its d+1 vertices,

@@ -6,6 +6,9 @@
 // prefix sum over "first entry of its vertex" flags: the same first-use order as the CPU
 // build, so both produce identical lattices. Splat lists come from a stable radix sort of
 // the entries by vertex: deterministic, with no float atomics anywhere.
+//
+// Sizes: E <= 2^31 - 1 entries (lattice_checks.h), so entries, vertices and CSR positions fit
+// int32 and the table holds up to 2^32 slots, whose indices are uint32 (int64 in the probes).
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 
@@ -37,7 +40,7 @@ __global__ void locate_kernel(const float* features, int64_t P, int d,
 }
 
 __global__ void insert_kernel(const int32_t* rem0, const int32_t* rank, int64_t N, int64_t E,
-                              int d, int32_t* table, int64_t mask, int32_t* slot_of_entry) {
+                              int d, int32_t* table, int64_t mask, uint32_t* slot_of_entry) {
   const int64_t e = thread_index();
   if (e >= E) return;
   int32_t key[lattice::kMaxDim];
@@ -54,25 +57,25 @@ __global__ void insert_kernel(const int32_t* rem0, const int32_t* rank, int64_t 
     }
     slot = (slot + 1) & mask;
   }
-  slot_of_entry[e] = static_cast<int32_t>(slot);
+  slot_of_entry[e] = static_cast<uint32_t>(slot);
 }
 
 // Makes every occupied slot hold the smallest entry with its key (entries are written by
 // the insertion before this kernel runs, so keys compare equal).
-__global__ void keep_first_entry_kernel(const int32_t* slot_of_entry, int64_t E, int32_t* table) {
+__global__ void keep_first_entry_kernel(const uint32_t* slot_of_entry, int64_t E, int32_t* table) {
   const int64_t e = thread_index();
   if (e >= E) return;
   atomicMin(table + slot_of_entry[e], static_cast<int32_t>(e));
 }
 
-__global__ void first_flag_kernel(const int32_t* table, const int32_t* slot_of_entry, int64_t E,
+__global__ void first_flag_kernel(const int32_t* table, const uint32_t* slot_of_entry, int64_t E,
                                   int32_t* is_first) {
   const int64_t e = thread_index();
   if (e >= E) return;
   is_first[e] = table[slot_of_entry[e]] == e ? 1 : 0;
 }
 
-__global__ void assign_kernel(const int32_t* table, const int32_t* slot_of_entry,
+__global__ void assign_kernel(const int32_t* table, const uint32_t* slot_of_entry,
                               const int32_t* is_first, const int32_t* first_index, int64_t E,
                               int32_t* offsets, int32_t* vertex_entry) {
   const int64_t e = thread_index();
@@ -156,7 +159,7 @@ cudaError_t locate_pixels(const float* features, int64_t P, int d,
 }
 
 cudaError_t insert_entries(const int32_t* rem0, const int32_t* rank, int64_t N, int64_t P,
-                           int d, int32_t* table, int64_t capacity, int32_t* slot_of_entry,
+                           int d, int32_t* table, int64_t capacity, uint32_t* slot_of_entry,
                            int32_t* is_first, cudaStream_t stream) {
   const int64_t E = P * (d + 1);
   insert_kernel<<<blocks_for(E), kThreads, 0, stream>>>(rem0, rank, N, E, d, table, capacity - 1,
@@ -178,7 +181,7 @@ cudaError_t exclusive_sum(const int32_t* in, int32_t* out, int64_t n, void* temp
   return cub::DeviceScan::ExclusiveSum(temp, temp_bytes, in, out, static_cast<int>(n), stream);
 }
 
-cudaError_t assign_vertices(const int32_t* table, const int32_t* slot_of_entry,
+cudaError_t assign_vertices(const int32_t* table, const uint32_t* slot_of_entry,
                             const int32_t* is_first, const int32_t* first_index, int64_t E,
                             int32_t* offsets, int32_t* vertex_entry, cudaStream_t stream) {
   assign_kernel<<<blocks_for(E), kThreads, 0, stream>>>(table, slot_of_entry, is_first,

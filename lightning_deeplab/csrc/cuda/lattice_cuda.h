@@ -23,11 +23,11 @@ cudaError_t locate_pixels(const float* features, int64_t P, int d,
                           float* weights, int32_t* out_of_range, cudaStream_t stream);
 
 // Inserts all E entries into an open-addressing table of `capacity` (a power of two,
-// >= 2E, filled with -1 beforehand) keyed by (image, vertex key); afterwards every occupied
+// >= 2E, at most 2^32, filled with -1 beforehand) keyed by (image, vertex key); afterwards every occupied
 // slot holds the smallest entry with its key and slot_of_entry[e] is entry e's slot.
 // is_first[e] = 1 when e is the first (smallest) entry of its vertex.
 cudaError_t insert_entries(const int32_t* rem0, const int32_t* rank, int64_t N, int64_t P,
-                           int d, int32_t* table, int64_t capacity, int32_t* slot_of_entry,
+                           int d, int32_t* table, int64_t capacity, uint32_t* slot_of_entry,
                            int32_t* is_first, cudaStream_t stream);
 
 // Exclusive prefix sum of n int32 values (cub); temp_bytes() sizes the scratch space.
@@ -37,7 +37,7 @@ cudaError_t exclusive_sum(const int32_t* in, int32_t* out, int64_t n, void* temp
 
 // Vertex of every entry (offsets [E], global vertex index = first_index of its first entry)
 // and the first entry of every vertex (vertex_entry [M]).
-cudaError_t assign_vertices(const int32_t* table, const int32_t* slot_of_entry,
+cudaError_t assign_vertices(const int32_t* table, const uint32_t* slot_of_entry,
                             const int32_t* is_first, const int32_t* first_index, int64_t E,
                             int32_t* offsets, int32_t* vertex_entry, cudaStream_t stream);
 
@@ -80,9 +80,11 @@ struct FilterPointers {
   T* buf_b;  // [M+1, C] scratch
 };
 
+// Splat, d+1 blur passes (axes in reverse order if `reverse`), slice; then the softmax over C
+// of every output row if `softmax`. The same arithmetic as the CPU filter, bit for bit.
 template <typename T>
 cudaError_t lattice_filter(const FilterPointers<T>& ptrs, int64_t P, int64_t M, int64_t C, int d,
-                           bool reverse, cudaStream_t stream);
+                           bool reverse, bool softmax, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace lightning_deeplab

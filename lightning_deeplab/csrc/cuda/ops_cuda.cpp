@@ -53,15 +53,20 @@ build_lattice_cuda(const at::Tensor& features_arg) {
                                      weights.data_ptr<float>(), out_of_range.data_ptr<int32_t>(),
                                      stream));
 
-  // At most E distinct vertices: a table of >= 2E slots never fills up.
+  // At most E distinct vertices: a table of >= 2E slots never fills up. check_features keeps
+  // E <= 2^31 - 1, so the table has at most 2^32 slots and a slot index fits uint32.
   int64_t capacity = 1024;
   while (capacity < 2 * E) capacity *= 2;
+  TORCH_INTERNAL_ASSERT(capacity <= (int64_t{1} << 32), "build_lattice: hash table of ", capacity,
+                        " slots exceeds uint32 slot indices");
   at::Tensor table = at::full({capacity}, -1, int_opts);
+  // uint32 slot indices, held in an int32 tensor of the same size.
   at::Tensor slot_of_entry = at::empty({E}, int_opts);
+  uint32_t* slot_of_entry_p = reinterpret_cast<uint32_t*>(slot_of_entry.data_ptr<int32_t>());
   at::Tensor is_first = at::empty({E}, int_opts);
   C10_CUDA_CHECK(cuda::insert_entries(rem0.data_ptr<int32_t>(), rank.data_ptr<int32_t>(), N, P, d,
                                       table.data_ptr<int32_t>(), capacity,
-                                      slot_of_entry.data_ptr<int32_t>(), is_first.data_ptr<int32_t>(),
+                                      slot_of_entry_p, is_first.data_ptr<int32_t>(),
                                       stream));
   at::Tensor first_index = at::empty({E}, int_opts);
   {
@@ -82,7 +87,7 @@ build_lattice_cuda(const at::Tensor& features_arg) {
 
   at::Tensor offsets = at::empty({B, N, d1}, int_opts);
   at::Tensor vertex_entry = at::empty({M}, int_opts);
-  C10_CUDA_CHECK(cuda::assign_vertices(table.data_ptr<int32_t>(), slot_of_entry.data_ptr<int32_t>(),
+  C10_CUDA_CHECK(cuda::assign_vertices(table.data_ptr<int32_t>(), slot_of_entry_p,
                                        is_first.data_ptr<int32_t>(), first_index.data_ptr<int32_t>(),
                                        E, offsets.data_ptr<int32_t>(), vertex_entry.data_ptr<int32_t>(),
                                        stream));
@@ -152,9 +157,9 @@ at::Tensor lattice_filter_cuda(const at::Tensor& values_arg, const at::Tensor& o
                                  in.splat_weight.data_ptr<float>(),
                                  buf_a.data_ptr<T>(),
                                  buf_b.data_ptr<T>()};
-    C10_CUDA_CHECK(cuda::lattice_filter<T>(ptrs, P, M, C, d, reverse, stream));
+    C10_CUDA_CHECK(cuda::lattice_filter<T>(ptrs, P, M, C, d, reverse, softmax, stream));
   });
-  return softmax ? at::softmax(out, -1) : out;
+  return out;
 }
 
 }  // namespace
