@@ -1,6 +1,6 @@
 """Convert a released DeepLab v2 ResNet ``.caffemodel`` into a DeepLabV2 state dict.
 
-The result loads with ``DeepLabV2(backbone=..., head="aspp-l", style="caffe", pretrained=PATH)``:
+The result loads with ``load_pretrained(DeepLabV2(backbone=..., head="aspp-l", style="caffe"), PATH)``:
 
 - with the classifier (the VOC model, ``fc1_voc12_c0..c3``): a whole-model state dict
   (``backbone.*``, ``head.branches.*``) for ``num_classes`` = the classifier's classes;
@@ -149,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_deeplab.caffe.convert",
         description="Convert a released DeepLab v2 ResNet .caffemodel into a DeepLabV2 checkpoint "
-        "(style 'caffe', head 'aspp-l') that DeepLabV2(pretrained=OUTPUT) loads.",
+        "(style 'caffe', head 'aspp-l') that load_pretrained(model, OUTPUT) loads.",
     )
     parser.add_argument("input", type=Path, help="the .caffemodel (e.g. the VOC model or init.caffemodel)")
     parser.add_argument("output", type=Path, help="where to write the state dict (.pth)")
@@ -170,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(report.summary())
     usage = f"DeepLabV2(backbone={report.backbone!r}, head={RELEASED_HEAD!r}, style='caffe'"
     usage += f", num_classes={report.num_classes}" if report.num_classes is not None else ", num_classes=<yours>"
-    print(f"wrote {args.output}; load it with {usage}, pretrained={str(args.output)!r})")
+    print(f"wrote {args.output}; load it with load_pretrained({usage}), {str(args.output)!r})")
     return 0
 
 

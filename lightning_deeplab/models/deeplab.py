@@ -3,7 +3,7 @@
 import os
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -12,21 +12,22 @@ from torchvision.ops import FrozenBatchNorm2d
 from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from .aspp import ASPP, VGGASPP
 from .msc import fuse_max, resize_input, validate_scales
-from .norm import NORMS
-from .resnet import RESNET_SPECS, ResNetBackbone
+from .registry import BACKBONES, HEADS, NORMS, RESNETS, STYLES, BackboneName, HeadName, NormName, StyleName
+from .resnet import ResNetBackbone
 from .vgg import VGG16Backbone
 from .weights import imagenet_state_dict, load_into, read_checkpoint, vgg_fc_weights
 
-#: Valid backbone names.
-BACKBONES = ("resnet101", "resnet50", "resnet34", "resnet18", "vgg16")
-#: Valid head names and their atrous rates. ``largefov`` is the single rate-12 branch.
-HEADS: dict[str, tuple[int, ...]] = {
-    "aspp-l": (6, 12, 18, 24),
-    "aspp-s": (2, 4, 8, 12),
-    "largefov": (12,),
-}
-#: Valid styles: the layout and input convention of the released Caffe weights, or torchvision's.
-STYLES = ("caffe", "pytorch")
+
+def build_backbone(name: str, style: str, norm: str) -> nn.Module:
+    """The backbone named ``name`` (a ResNet in ``style`` with ``norm`` layers, or VGG-16)."""
+    return ResNetBackbone(name, style=style, norm=norm) if name in RESNETS else VGG16Backbone()
+
+
+def build_head(backbone: nn.Module, num_classes: int, rates: Sequence[int]) -> nn.Module:
+    """The ASPP head that fits ``backbone``: 3x3 classifier branches on a ResNet, fc6-fc7-fc8
+    branches on VGG-16."""
+    head = VGGASPP if isinstance(backbone, VGG16Backbone) else ASPP
+    return head(backbone.out_channels, num_classes, tuple(rates))
 
 
 class DeepLabV2(nn.Module):
@@ -53,21 +54,20 @@ class DeepLabV2(nn.Module):
             torchvision's layout and normalisation. (VGG-16 has the same layout in both styles.)
         norm: one of :data:`~lightning_deeplab.models.norm.NORMS`; ResNet only (VGG-16 has no
             normalisation layers).
-        pretrained: None; ``"imagenet"`` (torchvision's weights, style ``"pytorch"`` only; VGG's
-            fc6/fc7 are decimated from its classifier); or the path of a checkpoint: a state dict
-            of the backbone (torchvision's keys) or of the whole model, or a Lightning .ckpt.
+
+    The network starts from random weights; :func:`load_pretrained` loads initial ones.
+    :attr:`init_args` holds the constructor's arguments (what rebuilds the same network).
     """
 
     def __init__(
         self,
-        backbone: str = "resnet101",
-        head: str = "aspp-l",
+        backbone: BackboneName = "resnet101",
+        head: HeadName = "aspp-l",
         num_classes: int = 21,
         msc_scales: Optional[Sequence[float]] = (1.0, 0.75, 0.5),
         atrous_rates: Optional[Sequence[int]] = None,
-        style: str = "caffe",
-        norm: str = "frozen",
-        pretrained: Optional[str] = None,
+        style: StyleName = "caffe",
+        norm: NormName = "frozen",
     ) -> None:
         super().__init__()
         _check_choice("backbone", backbone, BACKBONES)
@@ -82,13 +82,15 @@ class DeepLabV2(nn.Module):
         self.num_classes = int(num_classes)
         self.msc_scales = validate_scales(msc_scales)
         self.atrous_rates = rates
+        #: The constructor's arguments, as plain values (a checkpoint rebuilds the network from them).
+        self.init_args: dict[str, Any] = {
+            "backbone": backbone, "head": head, "num_classes": self.num_classes,
+            "msc_scales": list(self.msc_scales), "atrous_rates": None if atrous_rates is None else list(rates),
+            "style": style, "norm": norm,
+        }  # fmt: skip
 
-        if backbone in RESNET_SPECS:
-            self.backbone: nn.Module = ResNetBackbone(backbone, style=style, norm=norm)
-            self.head: nn.Module = ASPP(self.backbone.out_channels, self.num_classes, rates)
-        else:
-            self.backbone = VGG16Backbone()
-            self.head = VGGASPP(self.backbone.out_channels, self.num_classes, rates)
+        self.backbone: nn.Module = build_backbone(backbone, style, norm)
+        self.head: nn.Module = build_head(self.backbone, self.num_classes, rates)
 
         if style == "caffe":
             mean, std = CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)
@@ -100,9 +102,6 @@ class DeepLabV2(nn.Module):
         # Not persistent: they follow from ``style``, and keep state dicts free of them.
         self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-        if pretrained is not None:
-            self.load_pretrained(pretrained)
 
     def normalize_input(self, x: Tensor) -> Tensor:
         """RGB 0-255 -> what the backbone expects (channel order, mean, std of :attr:`style`)."""
@@ -148,24 +147,28 @@ class DeepLabV2(nn.Module):
         )
         return sum(p.numel() for p in self.parameters()) + frozen_affine
 
-    def load_pretrained(self, pretrained: "str | os.PathLike[str]") -> None:
-        """Load ``"imagenet"`` (torchvision) weights or a checkpoint file; see the class docstring."""
-        if pretrained == "imagenet":
-            if self.style != "pytorch":
-                raise ValueError(
-                    "pretrained='imagenet' loads torchvision weights, which expect style='pytorch' "
-                    f"(got style={self.style!r}); caffe-style weights come from a converted checkpoint path"
-                )
-            state = imagenet_state_dict(self.backbone_name)
-            source = f"torchvision ImageNet weights of {self.backbone_name}"
-        else:
-            if not isinstance(pretrained, (str, os.PathLike)):
-                raise TypeError(f"pretrained must be None, 'imagenet' or a path, got {pretrained!r}")
-            state, source = read_checkpoint(pretrained), f"checkpoint {os.fspath(pretrained)!r}"
-        unused = load_into(self, self.backbone, state, source)
-        fc_weights = vgg_fc_weights(state, unused) if isinstance(self.head, VGGASPP) else None
-        if fc_weights is not None:
-            self.head.load_fc6_fc7(fc_weights)
+
+def load_pretrained(model: DeepLabV2, pretrained: "str | os.PathLike[str]") -> None:
+    """Load initial weights into ``model``: ``"imagenet"`` (torchvision's weights, style
+    ``"pytorch"`` only; VGG's fc6/fc7 are decimated from its classifier) or the path of a
+    checkpoint (a state dict of the backbone, with torchvision's keys, or of the whole model, or
+    a Lightning .ckpt)."""
+    if pretrained == "imagenet":
+        if model.style != "pytorch":
+            raise ValueError(
+                "pretrained='imagenet' loads torchvision weights, which expect style='pytorch' "
+                f"(got style={model.style!r}); caffe-style weights come from a converted checkpoint path"
+            )
+        state = imagenet_state_dict(model.backbone_name)
+        source = f"torchvision ImageNet weights of {model.backbone_name}"
+    else:
+        if not isinstance(pretrained, (str, os.PathLike)):
+            raise TypeError(f"pretrained must be 'imagenet' or a path, got {pretrained!r}")
+        state, source = read_checkpoint(pretrained), f"checkpoint {os.fspath(pretrained)!r}"
+    unused = load_into(model, model.backbone, state, source)
+    fc_weights = vgg_fc_weights(state, unused) if isinstance(model.head, VGGASPP) else None
+    if fc_weights is not None:
+        model.head.load_fc6_fc7(fc_weights)
 
 
 def _check_choice(argument: str, value: object, valid: Sequence[str]) -> None:
