@@ -67,7 +67,7 @@ class DenseCRF(nn.Module):
         if self.trainable and value is not None:
             self.register_parameter(name, nn.Parameter(value))
         else:
-            self.register_buffer(name, value)
+            self.register_buffer(name, value, persistent=False)  # settings come from the config
 
     def forward(self, unary: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Refines unary energies [B, C, H, W] with the CRF; returns marginals [B, C, H, W]."""
