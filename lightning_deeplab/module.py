@@ -35,10 +35,6 @@ def resize_labels(mask: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
-
 def image_to_uint8(image: Tensor) -> Tensor:
     """The batch's RGB 0-255 float image as the uint8 image the dense CRF's colour kernel reads."""
     return image.round().clamp_(0, 255).to(torch.uint8)
@@ -64,7 +60,7 @@ class DeepLabV2Module(pl.LightningModule):
             (:class:`~lightning_deeplab.evaluation.InferenceConfig`); training is unaffected.
         pretrained: initial weights (``"imagenet"`` or a path, see
             :func:`~lightning_deeplab.models.load_pretrained`), loaded when fitting starts from
-            scratch only: a resumed or evaluated checkpoint brings its own weights.
+            scratch only (at ``on_fit_start``): a resumed or evaluated checkpoint brings its own.
         lr, momentum, weight_decay, poly_power: SGD and the poly schedule (the paper: 2.5e-4,
             0.9, 5e-4, 0.9).
         head_lr_mult, head_bias_lr_mult: LR multipliers of the classifier's weights and biases.
@@ -116,13 +112,18 @@ class DeepLabV2Module(pl.LightningModule):
         )  # fmt: skip
         #: The scores report of the last evaluation of each stage (read by the reporting callbacks).
         self.scores: dict[str, dict[str, Any]] = {}
-        self._pretrained_loaded = False
+        self._weights_restored = False
 
-    def setup(self, stage: str) -> None:
-        # Only a run from scratch needs initial weights; a checkpoint overwrites them anyway.
-        if stage == "fit" and self.hparams.pretrained and not self._pretrained_loaded and not self.trainer.ckpt_path:
+    # Initial weights, when fitting from scratch only. Lightning restores a checkpoint after
+    # setup() and before on_fit_start(), calling on_load_checkpoint(): a run that restored one
+    # (resumed, or a module from load_from_checkpoint) keeps its weights and fetches nothing.
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._weights_restored = True
+
+    def on_fit_start(self) -> None:
+        if self.hparams.pretrained and not self._weights_restored:
             load_pretrained(self.model, self.hparams.pretrained)
-            self._pretrained_loaded = True
+            self._weights_restored = True  # a second fit() goes on from the trained weights
 
     def forward(self, image: Tensor) -> Tensor:
         """Fused logits at output stride 8 for an RGB 0-255 image batch."""
@@ -138,7 +139,8 @@ class DeepLabV2Module(pl.LightningModule):
             if self.hparams.loss_resolution == "logits":
                 target = resize_labels(mask, tuple(logits.shape[-2:]))
             else:
-                logits, target = upsample_logits(logits, tuple(mask.shape[-2:])), mask
+                logits = F.interpolate(logits, size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+                target = mask
             losses[name] = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
         return losses
 
@@ -160,19 +162,14 @@ class DeepLabV2Module(pl.LightningModule):
             "head_weight": (hp.lr * hp.head_lr_mult, hp.weight_decay),
             "head_bias": (hp.lr * hp.head_bias_lr_mult, 0.0),
         }
-        param_groups = [
-            {"name": name, "params": groups[name], "lr": lr, "weight_decay": wd}
-            for name, (lr, wd) in settings.items()
-            if groups[name]
-        ]
+        param_groups = [{"name": name, "params": groups[name], "lr": lr, "weight_decay": wd}
+                        for name, (lr, wd) in settings.items() if groups[name]]  # fmt: skip
         optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         max_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(max_steps):
             raise ValueError("the poly schedule needs a finite length: set trainer.max_steps or trainer.max_epochs")
         max_steps = int(max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: poly_lr_factor(step, max_steps, hp.poly_power)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly_lr_factor(step, max_steps, hp.poly_power))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------------------- evaluation
@@ -214,13 +211,8 @@ class DeepLabV2Module(pl.LightningModule):
             probs = self.predict_probabilities(image)
         else:  # every file of the batch was unreadable: nothing to run, only skips to report
             probs = image.new_zeros((0, self.num_classes, *image.shape[-2:]))
-        return {
-            "probabilities": probs,
-            "image": image,
-            "name": list(batch["name"]),
-            "size": [tuple(int(v) for v in s) for s in sizes],
-            "skipped": list(batch.get("skipped", [])),
-        }
+        return {"probabilities": probs, "image": image, "name": list(batch["name"]),
+                "size": [tuple(int(v) for v in s) for s in sizes], "skipped": list(batch.get("skipped", []))}  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

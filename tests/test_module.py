@@ -214,22 +214,33 @@ def test_crf_settings_come_from_the_configuration_not_the_checkpoint(tmp_path):
         assert torch.equal(reloaded.model.state_dict()[key], value), key
 
 
+class Loads:
+    def __init__(self) -> None:
+        self.specs: list = []
+
+    def __call__(self, model, spec) -> None:
+        self.specs.append(spec)
+
+
 def test_initial_weights_load_when_fitting_from_scratch_only(tmp_path, monkeypatch):
-    loaded = []
-    monkeypatch.setattr("lightning_deeplab.module.load_pretrained", lambda model, spec: loaded.append(spec))
+    loads = Loads()
+    monkeypatch.setattr("lightning_deeplab.module.load_pretrained", loads)
     module = small_module(msc_scales=None, pretrained="imagenet")
-    assert loaded == []  # never in the constructor
+    assert loads.specs == []  # never in the constructor
     trainer = attach_trainer(module, max_steps=1)
-    for stage in ("validate", "test", "predict"):
-        module.setup(stage)
-    assert loaded == []
-    trainer._checkpoint_connector._ckpt_path = str(tmp_path / "resumed.ckpt")
-    module.setup("fit")
-    assert loaded == []  # a resumed run brings its own weights
-    trainer._checkpoint_connector._ckpt_path = None
-    module.setup("fit")
-    module.setup("fit")
-    assert loaded == ["imagenet"]
+    trainer.validate(module, tiny_batches(1))
+    assert loads.specs == []  # evaluation never loads them
+    trainer.fit(module, tiny_batches(1))
+    assert loads.specs == ["imagenet"]
+    path = tmp_path / "step1.ckpt"
+    trainer.save_checkpoint(path)
+    trainer.fit(module, tiny_batches(1))  # a second fit goes on from the trained weights
+    assert loads.specs == ["imagenet"]
+
+    resumed = small_module(msc_scales=None, pretrained="imagenet")
+    attach_trainer(resumed, max_steps=2).fit(resumed, tiny_batches(2), ckpt_path=str(path))
+    assert loads.specs == ["imagenet"]  # the resumed run brings its own weights
+    assert resumed.trainer.global_step == 2
 
 
 def test_real_dense_crf_refines_the_upsampled_prediction():
