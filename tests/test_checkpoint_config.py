@@ -88,12 +88,17 @@ def test_crf_search_uses_the_given_settings(trained, tmp_path, capsys):
 
 def test_the_architecture_comes_from_the_checkpoint_unless_the_config_contradicts_it(trained, tmp_path, capsys):
     root, args, ckpt = trained
+    import yaml
+
+    settings = yaml.safe_load(Path(args[args.index("--config") + 1]).read_text())
+    del settings["model"]["model"]["init_args"]  # the network named, its architecture not
     config = tmp_path / "bare.yaml"
-    config.write_text("model:\n  model:\n    class_path: lightning_deeplab.models.DeepLabV2\n")
-    cli = DeepLabCLI(args=[*args, "--config", str(config), "--trainer.logger", "false"], run=False, ckpt_path=ckpt)
-    network = cli.model.model  # DeepLabV2's defaults would be resnet101 + aspp-l + MSC
-    assert (network.backbone_name, network.head_name, network.msc_scales, network.norm) == (
-        "resnet18", "aspp-s", (1.0,), "bn"
+    config.write_text(yaml.safe_dump(settings))
+    bare = [str(config) if a == args[args.index("--config") + 1] else a for a in args]
+    cli = DeepLabCLI(args=bare, run=False, ckpt_path=ckpt)
+    network = cli.model.model  # DeepLabV2's defaults would be resnet101 + aspp-l + MSC + frozen, caffe
+    assert (network.backbone_name, network.head_name, network.msc_scales, network.norm, network.style) == (
+        "resnet18", "aspp-s", (1.0,), "bn", "pytorch"
     )
     data = tmp_path / "never-generated"
     with pytest.raises(SystemExit) as exit_info:
