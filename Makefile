@@ -6,40 +6,39 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
 export NO_ALBUMENTATIONS_UPDATE := 1
-# Without a GPU, cpp_extension cannot pick an architecture: build for Hopper unless told otherwise.
-ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
-export TORCH_CUDA_ARCH_LIST ?= 9.0
-endif
+# The CUDA architectures of a GPU-less build default to lightning_deeplab/crf/_build.py's
+# DEFAULT_CUDA_ARCH_LIST; set TORCH_CUDA_ARCH_LIST to build for others.
 ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
 CSRC := $(shell find lightning_deeplab/csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 install: $(VENV)/.built
 
-$(VENV)/.deps: requirements/pinned.txt pyproject.toml
+$(VENV)/.built: requirements/pinned.txt pyproject.toml setup.py $(CSRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	# torch first and pinned, so nothing below resolves a different build of it.
-	$(PIP) install -q -r requirements/pinned.txt numpy
-	$(PIP) install -q -c requirements/pinned.txt \
-		"pytorch-lightning>=2.4,<3" "torchmetrics>=1.4" "albumentations>=2.0,<3" "wandb>=0.17" \
-		"jsonargparse[signatures]>=4.30" ninja pillow matplotlib pytest scikit-image scipy
-	# pydensecrf2 is the reference the CRF is tested against (it builds from source).
-	$(PIP) install -q pydensecrf2
-	touch $@
-
-$(VENV)/.built: $(VENV)/.deps setup.py $(CSRC)
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+	# torch first and pinned, so nothing below resolves a different build of it; Cython and numpy
+	# are the build tools of the test extra's pydensecrf2 (built without isolation below).
+	$(PIP) install -q -r requirements/pinned.txt numpy cython ninja
+	# The package with its declared dependencies and the test extra (pyproject.toml lists them),
+	# built against the torch above.
+	$(PIP) install -q --no-build-isolation -c requirements/pinned.txt -e ".[test]"
 	touch $@
 
 demo: install
 	$(PY) -m lightning_deeplab.demo --output outputs/demo
 
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# The tests, then the linter and the formatter's check (configured in pyproject.toml).
 test: install
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q
+	$(MAKE) lint
 
 bench: install
 	$(PY) benchmarks/crf.py

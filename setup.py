@@ -29,7 +29,10 @@ ext = Extension(
 )
 
 setup(
-    packages=find_packages(include=["lightning_deeplab", "lightning_deeplab.*"]),
+    # configs/ ships inside the package as lightning_deeplab/configs (the demo finds it there).
+    packages=find_packages(include=["lightning_deeplab", "lightning_deeplab.*"]) + ["lightning_deeplab.configs"],
+    package_dir={"lightning_deeplab.configs": "configs"},
+    package_data={"lightning_deeplab.configs": ["*.yaml"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

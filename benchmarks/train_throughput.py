@@ -20,6 +20,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_deeplab.models import DeepLabV2
 from lightning_deeplab.module import DeepLabV2Module
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; override with --peak-tflops.
@@ -37,14 +38,14 @@ def peak_tflops(device: torch.device) -> float | None:
 
 
 def make_module(args, num_classes: int) -> DeepLabV2Module:
-    return DeepLabV2Module(
+    network = DeepLabV2(
         backbone=args.backbone,
         head=args.head,
         num_classes=num_classes,
         msc_scales=None if args.no_msc else (1.0, 0.75, 0.5),
         norm="frozen",
-        eval_crf=False,
     )
+    return DeepLabV2Module(network, eval_crf=False)
 
 
 def synthetic_batch(args, num_classes: int, device: torch.device, seed: int = 0) -> dict:

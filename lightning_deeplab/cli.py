@@ -17,13 +17,21 @@ from pytorch_lightning.callbacks import (
     ModelCheckpoint,
     ThroughputMonitor,
 )
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter, Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from .checkpoint_config import (
+    CHECKPOINT_DIR,
+    CheckpointConfigError,
+    merge_architecture,
+    resolve_ckpt_path,
+    saved_model_config,
+)
 from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
 from .predict import SegmentationWriter
+from .reporting import default_reporting
 
 #: The validation score that picks the best checkpoint.
 MONITOR = "val/mIoU"
@@ -52,11 +60,12 @@ def batch_size_of(batch: dict[str, Any]) -> int:
 
 
 def default_callbacks(root_dir: str, with_logger: bool = True) -> list:
-    """Checkpoints in a fixed folder under the run's root (so `--ckpt_path last` finds them),
-    and, when there is a logger, the LR of every parameter group and the training throughput."""
+    """Checkpoints in a fixed folder under the run's root (so `--ckpt_path best|last` finds them),
+    the scores report, and, when there is a logger, the LR of every parameter group, the training
+    throughput and the wandb tables and images."""
     callbacks = [
         ModelCheckpoint(
-            dirpath=os.path.join(root_dir, "checkpoints"),
+            dirpath=os.path.join(root_dir, CHECKPOINT_DIR),
             filename="best-step{step}",
             auto_insert_metric_name=False,
             monitor=MONITOR,
@@ -65,9 +74,17 @@ def default_callbacks(root_dir: str, with_logger: bool = True) -> list:
             save_top_k=1,
         )
     ]
+    callbacks += default_reporting(with_logger)
     if with_logger:
         callbacks += [LearningRateMonitor(logging_interval="step"), ThroughputMonitor(batch_size_fn=batch_size_of)]
     return callbacks
+
+
+def _style_of(model: Any) -> str:
+    """The ``style`` of a network given as ``class_path``/``init_args`` (DeepLabV2's default when unset)."""
+    init_args = getattr(model, "init_args", None)
+    style = getattr(init_args, "style", None) if init_args is not None else None
+    return style or "caffe"
 
 
 def _as_list(value: Any) -> list:
@@ -77,7 +94,16 @@ def _as_list(value: Any) -> list:
 
 
 class DeepLabCLI(LightningCLI):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    """LightningCLI over :class:`DeepLabV2Module` and the DataModule.
+
+    With ``--ckpt_path`` (a file, ``best`` or ``last``) the weights come from the checkpoint and
+    every setting comes from the configuration as given; the network's architecture is taken
+    from the checkpoint where the configuration does not say it (a contradiction is an error).
+    ``ckpt_path`` does the same without a subcommand (``run=False``, e.g. for `deeplab crf-search`).
+    """
+
+    def __init__(self, *args: Any, ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
+        self.ckpt_path = ckpt_path
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
         kwargs["parser_kwargs"] = {
@@ -89,10 +115,10 @@ class DeepLabCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The dataset decides the classes; the model follows it.
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         # Images are padded with the mean colour of the model's normalisation.
-        parser.link_arguments("model.style", "data.pad_style")
+        parser.link_arguments("model.model", "data.pad_style", compute_fn=_style_of, apply_on="parse")
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -119,6 +145,46 @@ class DeepLabCLI(LightningCLI):
                 "set the writer's options on that callback, or drop the callback"
             )
         return callbacks
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # What the YAML files and the command line set, without the defaults: the settings that
+        # a checkpoint must not override.
+        if isinstance(args, (dict, Namespace)):
+            self._given = parser.parse_object(args, defaults=False)
+        else:
+            self._given = parser.parse_args(args, defaults=False)
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's, which overwrites the configuration with the checkpoint's
+        hyperparameters: resolve ``best``/``last`` and take only the missing architecture."""
+        subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else self.config
+        given = self._given.get(subcommand) if subcommand else self._given
+        root_dir = section.get("trainer.default_root_dir") or os.getcwd()
+        ckpt_path = section.get("ckpt_path") if subcommand else self.ckpt_path
+        try:
+            ckpt_path = resolve_ckpt_path(ckpt_path, root_dir)
+            saved = saved_model_config(ckpt_path) if ckpt_path else None
+            if saved is not None:
+                given_model = given.get("model.model") if given is not None else None
+                given_model = given_model.as_dict() if isinstance(given_model, Namespace) else given_model
+                merge_architecture(section.model.model, given_model, saved, ckpt_path)
+        except CheckpointConfigError as err:
+            self.parser.error(str(err))
+        if subcommand:
+            section.ckpt_path = ckpt_path
+        self.ckpt_path = ckpt_path
+        self._saved_model = saved
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        saved_classes = (self._saved_model or {}).get("init_args", {}).get("num_classes")
+        if saved_classes is not None and saved_classes != self.model.num_classes:
+            self.parser.error(
+                f"data.num_classes: the dataset has {self.model.num_classes} classes, checkpoint "
+                f"{self.ckpt_path} was trained with {saved_classes}"
+            )
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={})

@@ -7,7 +7,7 @@ from the ``.npy`` files ``deeplab predict`` saves) and kept; every setting then 
 CRF, on the GPU when there is one, and is scored with one confusion matrix over the images.
 
     deeplab crf-search --config configs/deeplabv2_resnet101_voc12aug.yaml \\
-        --ckpt_path run/checkpoints/best.ckpt --num_images 100
+        --ckpt_path best --num_images 100
 """
 from __future__ import annotations
 
@@ -178,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
         "images, from network probabilities computed once. Other arguments (--config, --model.*, "
         "--data.*) configure the model and the data as for `deeplab validate`.",
     )
-    parser.add_argument("--ckpt_path", default=None, help="checkpoint of the trained model (a Lightning .ckpt)")
+    parser.add_argument("--ckpt_path", default=None,
+                        help="checkpoint of the trained model (a Lightning .ckpt, or best / last of the run)")
     parser.add_argument("--probabilities", default=None, metavar="DIR",
                         help="read <DIR>/<name>.npy saved by `deeplab predict` instead of running the network")
     parser.add_argument("--num_images", type=int, default=100, help="first N images of the split (default 100)")
@@ -192,13 +193,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
-def _load_checkpoint(module: Any, path: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+def _load_weights(module: Any, path: str) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
 
 
@@ -209,6 +207,7 @@ def _format(result: Mapping[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`deeplab crf-search`; returns the exit status."""
     from .cli import DeepLabCLI
+    from .reporting import crf_settings
 
     args, rest = _parser().parse_known_args(argv)
     if args.num_images < 1:
@@ -218,11 +217,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    cli_args = [*rest, "--trainer.logger", "false"]
-    if (args.ckpt_path or args.probabilities) and not any(a.startswith("--model.pretrained") for a in rest):
-        # the checkpoint brings every weight (or none is needed): skip loading the backbone's first
-        cli_args += ["--model.pretrained", "null"]
-    cli = DeepLabCLI(args=cli_args, run=False)
+    # Initial weights load only when fitting, so nothing is fetched here; the checkpoint brings
+    # the weights and, where the configuration does not say it, the architecture.
+    cli = DeepLabCLI(args=[*rest, "--trainer.logger", "false"], run=False, ckpt_path=args.ckpt_path)
     module, datamodule = cli.model, cli.datamodule
     datamodule.prepare_data()
     split = args.split or datamodule.splits["val"]
@@ -233,9 +230,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             samples = samples_from_files(args.probabilities, dataset, args.num_images, num_classes, device)
             source = f"probabilities in {args.probabilities}"
         else:
-            if args.ckpt_path is not None:
-                _load_checkpoint(module, args.ckpt_path)
-            source = f"checkpoint {args.ckpt_path}" if args.ckpt_path else "the configured weights (no checkpoint)"
+            if cli.ckpt_path is not None:
+                _load_weights(module, cli.ckpt_path)
+            source = f"checkpoint {cli.ckpt_path}" if cli.ckpt_path else "random weights (no checkpoint)"
             samples = samples_from_model(module, dataset, args.num_images, device)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -243,21 +240,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     grid = {key: getattr(args, key) for key in GRID_KEYS}
     total = math.prod(len(v) for v in grid.values())
-    base = dict(module.hparams.crf or {})
+    base = crf_settings(module.crf)
     print(f"CRF grid search: {len(samples)} image(s) of split {split!r}, {source}, {total} setting(s) on {device}")
     done = itertools.count(1)
 
     def show(result: dict[str, Any]) -> None:
         print(f"[{next(done)}/{total}] {_format(result)}  mIoU {100 * result['mIoU']:.2f}", flush=True)
 
-    outcome = crf_grid_search(samples, num_classes, grid, base, device, datamodule.ignore_index, on_result=show)
+    outcome = crf_grid_search(samples, num_classes, grid, base, device, on_result=show)
     best = outcome["best"]
     print(f"without CRF: mIoU {100 * outcome['baseline']:.2f}")
     gain = best["mIoU"] - outcome["baseline"]
     print(f"best: {_format(best)}  mIoU {100 * best['mIoU']:.2f} ({100 * gain:+.2f} over no CRF)")
     output = args.output
     if output is None:
-        output = os.path.splitext(args.ckpt_path)[0] + ".crf-search.json" if args.ckpt_path else "crf-search.json"
+        output = os.path.splitext(cli.ckpt_path)[0] + ".crf-search.json" if cli.ckpt_path else "crf-search.json"
     write_json(output, {"split": split, "num_images": len(samples), "source": source, "crf": base,
                         "grid": grid, **outcome})  # fmt: skip
     print(f"results saved to {output}")

@@ -19,9 +19,23 @@ from pytorch_lightning.loggers import WandbLogger
 from .cli import DeepLabCLI
 from .evaluation import format_scores_table
 from .fileio import atomic_output, write_json
+from .reporting import scores_path
 from .viz import colorize, save_atomically, save_label_png
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.yaml")
+
+
+def shipped_config(name: str) -> str:
+    """The path of a shipped config: inside the installed package (wheels carry ``configs/`` as
+    ``lightning_deeplab/configs``), else in the source checkout the package is imported from."""
+    installed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", name)
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
+    for path in (installed, checkout):
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"config {name} is neither in {os.path.dirname(installed)} nor in {os.path.dirname(checkout)}")
+
+
+DEFAULT_CONFIG = "synthetic.yaml"
 
 
 def plot_per_class(report: dict[str, Any], path: str) -> None:
@@ -59,7 +73,7 @@ def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
     written = []
     for batch in datamodule.val_dataloader():
         probs = module.predict_probabilities(batch["image"])
-        refined = module.refine_probabilities(probs, batch["image"]) if module.crf is not None else None
+        refined = module.refine_probabilities(probs, batch["image"]) if module.hparams.eval_crf else None
         for i, name in enumerate(batch["name"]):
             if len(written) >= limit:
                 return written
@@ -79,13 +93,17 @@ def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
 
 
 def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None = None, num_examples: int = 8) -> dict:
+    """Train with ``config`` (a path, or the name of a shipped config), validate the best
+    checkpoint, and write the results under ``output``."""
+    if not os.path.isfile(config):
+        config = shipped_config(config)
     start = time.perf_counter()
     args = ["fit", "--config", config, "--trainer.default_root_dir", output, *(extra_args or [])]
     cli = DeepLabCLI(args=args)
     train_seconds = time.perf_counter() - start
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best")
-    with open(cli.model.scores_path("val")) as f:
-        report = json.load(f)  # written by the module after validation: the protocol's scores
+    with open(scores_path(cli.trainer, "val")) as f:
+        report = json.load(f)  # written by ScoresReport after validation: the protocol's scores
     write_predictions(cli.model.cpu(), cli.datamodule, output, num_examples)
     table = format_scores_table(report, title="validation scores (%)")
     summary = {
@@ -108,7 +126,8 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="outputs/demo", help="folder for checkpoints, logs and results")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the LightningCLI YAML to train with")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="the LightningCLI YAML to train with: a path or a shipped config's name")
     parser.add_argument("--examples", type=int, default=8, help="how many validation images to draw")
     args, extra = parser.parse_known_args()
     run(args.output, args.config, extra, args.examples)

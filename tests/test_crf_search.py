@@ -88,7 +88,8 @@ def tiny_args(data_root) -> list[str]:
     return [
         "--config", CONFIG, "--data.root", str(root), "--data.synthetic_num_train", "2",
         "--data.synthetic_num_val", "3", "--data.synthetic_image_size", "[40, 48]",
-        "--data.num_workers", "0", "--model.crf", "{iterations: 2, pos_w: 3, pos_xy_std: 3}",
+        "--data.num_workers", "0", "--model.crf.iterations", "2", "--model.crf.pos_w", "3",
+        "--model.crf.pos_xy_std", "3",
     ]  # fmt: skip
 
 

@@ -1,27 +1,49 @@
 """The LightningModule's recipe: losses, poly LR, parameter groups, evaluation with a CRF."""
-import math
-from types import SimpleNamespace
-
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from lightning_deeplab.constants import IGNORE_INDEX
+from lightning_deeplab.crf import DenseCRF
+from lightning_deeplab.models import DeepLabV2
 from lightning_deeplab.module import DeepLabV2Module, poly_lr_factor, resize_labels
+from lightning_deeplab.reporting import WandbReport, training_flops
 
 NUM_CLASSES = 4
+MODEL_ARGS = ("backbone", "head", "msc_scales", "atrous_rates", "style", "norm", "num_classes")
 
 
 def small_module(**kwargs) -> DeepLabV2Module:
-    args = dict(backbone="resnet18", num_classes=NUM_CLASSES, norm="bn", style="pytorch", eval_crf=False)
-    args.update(kwargs)
+    arch = dict(backbone="resnet18", num_classes=NUM_CLASSES, norm="bn", style="pytorch")
+    arch.update({k: kwargs.pop(k) for k in MODEL_ARGS if k in kwargs})
+    kwargs.setdefault("eval_crf", False)
     torch.manual_seed(0)
-    return DeepLabV2Module(**args)
+    return DeepLabV2Module(DeepLabV2(**arch), **kwargs)
 
 
-def attach_trainer(module: DeepLabV2Module, max_steps: int) -> None:
-    # configure_optimizers reads only the schedule length from the trainer
-    module._trainer = SimpleNamespace(estimated_stepping_batches=max_steps)
+def attach_trainer(module: DeepLabV2Module, **trainer_args) -> pl.Trainer:
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+                         enable_model_summary=False, **trainer_args)  # fmt: skip
+    trainer.strategy.connect(module)
+    module.trainer = trainer
+    return trainer
+
+
+def tiny_batches(count: int) -> torch.utils.data.DataLoader:
+    torch.manual_seed(1)
+    samples = [{"image": torch.rand(3, 17, 17) * 255, "mask": torch.randint(0, NUM_CLASSES, (17, 17))}
+               for _ in range(count)]  # fmt: skip
+    return torch.utils.data.DataLoader(samples, batch_size=1)
+
+
+class LRRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.optimizers, self.lrs = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.optimizers.append(trainer.optimizers[0])
+        self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
 
 
 @pytest.mark.parametrize(
@@ -33,16 +55,17 @@ def test_poly_factor(step, expected):
 
 
 def test_poly_schedule_and_parameter_groups_follow_the_paper():
-    module = small_module(lr=2.5e-4, weight_decay=5e-4)
-    attach_trainer(module, max_steps=20)
-    config = module.configure_optimizers()
-    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
-    assert config["lr_scheduler"]["interval"] == "step"
+    module = small_module(lr=2.5e-4, weight_decay=5e-4, msc_scales=None)
+    recorder = LRRecorder()
+    trainer = attach_trainer(module, max_steps=20, callbacks=[recorder])
+    trainer.fit(module, tiny_batches(20))
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+    optimizer = recorder.optimizers[0]
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert set(groups) == {"backbone", "head_weight", "head_bias"}
-    assert groups["backbone"]["lr"] == pytest.approx(2.5e-4)
-    assert groups["head_weight"]["lr"] == pytest.approx(2.5e-3)
-    assert groups["head_bias"]["lr"] == pytest.approx(5e-3)
+    assert [groups[name]["initial_lr"] for name in ("backbone", "head_weight", "head_bias")] == pytest.approx(
+        [2.5e-4, 2.5e-3, 5e-3]
+    )
     assert groups["backbone"]["weight_decay"] == groups["head_weight"]["weight_decay"] == 5e-4
     assert groups["head_bias"]["weight_decay"] == 0.0
     assert optimizer.defaults["momentum"] == 0.9
@@ -54,14 +77,12 @@ def test_poly_schedule_and_parameter_groups_follow_the_paper():
     assert all(p.dim() == 1 for p in groups["head_bias"]["params"])
     assert all(p.dim() == 4 for p in groups["head_weight"]["params"])
 
-    seen = []
-    for _ in range(10):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    seen = [lrs[0] for lrs in recorder.lrs]
+    assert len(seen) == 20
     assert seen[0] == pytest.approx(2.5e-4)
     assert seen[5] == pytest.approx(2.5e-4 * (1 - 5 / 20) ** 0.9)
-    assert optimizer.param_groups[2]["lr"] == pytest.approx(5e-3 * (1 - 10 / 20) ** 0.9)
+    assert recorder.lrs[10][2] == pytest.approx(5e-3 * (1 - 10 / 20) ** 0.9)
+    assert optimizer.param_groups[2]["lr"] == 0.0  # the end of the schedule
 
 
 def test_loss_ignores_the_ignore_label():
@@ -121,15 +142,14 @@ class ShiftingCRF(torch.nn.Module):
 
 
 def test_evaluation_scores_the_prediction_and_the_crf_refinement_separately():
-    module = small_module(msc_scales=None)
+    module = small_module(msc_scales=None, eval_crf=True)
     module.crf = ShiftingCRF()
-    module._trainer = SimpleNamespace(is_global_zero=True)
     module.eval()
     image = torch.rand(2, 3, 40, 48) * 255
     mask = torch.randint(0, NUM_CLASSES, (2, 40, 48))
     mask[0, :4] = IGNORE_INDEX
     with torch.no_grad():
-        module._evaluate("val", {"image": image, "mask": mask, "name": ["a", "b"]}, 0)
+        outputs = module.validation_step({"image": image, "mask": mask, "name": ["a", "b"]}, 0)
         pred = module.predict_probabilities(image).argmax(1)
     assert pred.shape == mask.shape
     plain = module.confusion["val"].compute()
@@ -139,14 +159,21 @@ def test_evaluation_scores_the_prediction_and_the_crf_refinement_separately():
     # the stand-in predicts class 0 everywhere: only column 0 is filled
     assert refined[:, 1:].sum() == 0
     assert torch.equal(plain.sum(0), torch.bincount(pred[valid], minlength=NUM_CLASSES))
-    assert len(module._logged_examples) == 2 and "crf_prediction" in module._logged_examples[0]
+    # what the reporting callbacks receive: both predictions
+    assert torch.equal(outputs["prediction"], pred)
+    assert bool((outputs["crf_prediction"] == 0).all())
 
 
 def test_training_flops_are_counted_for_the_batch():
     module = small_module(msc_scales=None)
-    one = module.training_flops((1, 3, 64, 64))
-    two = module.training_flops((2, 3, 64, 64))
+    one = training_flops(module.model, (1, 3, 64, 64))
+    two = training_flops(module.model, (2, 3, 64, 64))
     assert one > 1e8 and two == pytest.approx(2 * one, rel=1e-6)
+
+
+def test_wandb_report_refuses_a_bad_image_count():
+    with pytest.raises(ValueError, match="num_images"):
+        WandbReport(num_images=-1)
 
 
 def test_bad_arguments_name_what_is_wrong():
@@ -156,35 +183,64 @@ def test_bad_arguments_name_what_is_wrong():
         small_module(class_names=["a", "b"])
     with pytest.raises(ValueError, match="backbone"):
         small_module(backbone="resnet1O1")
+    with pytest.raises(TypeError, match="num_classes"):
+        DeepLabV2Module(torch.nn.Conv2d(3, 4, 1))
     with pytest.raises(ValueError, match="max_steps"):
         poly_lr_factor(1, 0)
-    module = small_module()
-    attach_trainer(module, math.inf)
-    with pytest.raises(ValueError, match="max_steps"):
-        module.configure_optimizers()
+    module = small_module(msc_scales=None)
+    trainer = attach_trainer(module, max_steps=-1, max_epochs=-1)
+    with pytest.raises(ValueError, match="finite length"):
+        trainer.fit(module, tiny_batches(1))
+
+
+CRF_CLASS = "lightning_deeplab.crf.DenseCRF"
 
 
 def test_crf_settings_come_from_the_configuration_not_the_checkpoint(tmp_path):
-    import pytorch_lightning as pl
-
-    trained = small_module(msc_scales=None, eval_crf=True, crf={"bi_w": 4.0})
+    trained = small_module(msc_scales=None, eval_crf=True, crf=DenseCRF(bi_w=4.0))
     path = tmp_path / "model.ckpt"
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
     trainer.strategy.connect(trained)
     trainer.save_checkpoint(path)
-    saved = torch.load(path, weights_only=False)["state_dict"]
+    saved = torch.load(path, weights_only=True)["state_dict"]
     assert not any(k.startswith("crf.") for k in saved)
     assert any(k.startswith("model.") for k in saved)
 
-    reloaded = DeepLabV2Module.load_from_checkpoint(path, crf={"bi_w": 5.0})
+    reloaded = DeepLabV2Module.load_from_checkpoint(path, crf={"class_path": CRF_CLASS, "init_args": {"bi_w": 5.0}})
     assert float(reloaded.crf.bi_w) == 5.0
+    # the network is rebuilt from the checkpoint's description of it
+    assert isinstance(reloaded.model, DeepLabV2) and reloaded.model.init_args == trained.model.init_args
     for key, value in trained.model.state_dict().items():
         assert torch.equal(reloaded.model.state_dict()[key], value), key
 
 
-def test_a_typo_in_the_crf_settings_names_the_key():
-    with pytest.raises(TypeError, match="model.crf.*bi_ww"):
-        small_module(crf={"bi_ww": 4.0})
+class Loads:
+    def __init__(self) -> None:
+        self.specs: list = []
+
+    def __call__(self, model, spec) -> None:
+        self.specs.append(spec)
+
+
+def test_initial_weights_load_when_fitting_from_scratch_only(tmp_path, monkeypatch):
+    loads = Loads()
+    monkeypatch.setattr("lightning_deeplab.module.load_pretrained", loads)
+    module = small_module(msc_scales=None, pretrained="imagenet")
+    assert loads.specs == []  # never in the constructor
+    trainer = attach_trainer(module, max_steps=1)
+    trainer.validate(module, tiny_batches(1))
+    assert loads.specs == []  # evaluation never loads them
+    trainer.fit(module, tiny_batches(1))
+    assert loads.specs == ["imagenet"]
+    path = tmp_path / "step1.ckpt"
+    trainer.save_checkpoint(path)
+    trainer.fit(module, tiny_batches(1))  # a second fit goes on from the trained weights
+    assert loads.specs == ["imagenet"]
+
+    resumed = small_module(msc_scales=None, pretrained="imagenet")
+    attach_trainer(resumed, max_steps=2).fit(resumed, tiny_batches(2), ckpt_path=str(path))
+    assert loads.specs == ["imagenet"]  # the resumed run brings its own weights
+    assert resumed.trainer.global_step == 2
 
 
 def test_real_dense_crf_refines_the_upsampled_prediction():
@@ -234,12 +290,10 @@ def test_evaluation_uses_the_inference_settings():
 
 
 def test_prediction_can_refine_with_the_crf_when_evaluation_does_not():
-    module = small_module(msc_scales=None, eval_crf=False, crf={"bi_w": 5.0, "iterations": 2})
-    assert module.crf is None
-    crf = module.dense_crf()
-    assert float(crf.bi_w) == 5.0 and crf.iterations == 2
-    assert module.dense_crf() is crf  # built once per device
+    module = small_module(msc_scales=None, eval_crf=False, crf=DenseCRF(bi_w=5.0, iterations=2))
+    assert float(module.crf.bi_w) == 5.0 and module.crf.iterations == 2
     assert not any(k.startswith("crf") for k in module.state_dict())
     probs = torch.rand(1, NUM_CLASSES, 12, 16).softmax(1)
     refined = module.refine_probabilities(probs, torch.rand(1, 3, 12, 16) * 255)
     torch.testing.assert_close(refined.sum(1), torch.ones(1, 12, 16))
+    assert not torch.allclose(refined, probs, atol=1e-3)

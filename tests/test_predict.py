@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
     trainer.strategy.connect(cli.model)
     trainer.save_checkpoint(root / "model.ckpt")
     return SimpleNamespace(root=root, images=root / "images", ckpt=str(root / "model.ckpt"), args=base,
-                           num_classes=cli.model.hparams.num_classes)  # fmt: skip
+                           num_classes=cli.model.num_classes)  # fmt: skip
 
 
 def test_predict_folder_through_the_cli(setup, tmp_path, capsys):
@@ -179,10 +179,11 @@ def test_a_batch_of_unreadable_files_only_reports_them(tmp_path):
     assert [Path(p).name for p, _ in batch["skipped"]] == ["bad.png", "gone.png"]
     assert "gone.png" in batch["skipped"][1][1]
 
+    from lightning_deeplab.models import DeepLabV2
     from lightning_deeplab.module import DeepLabV2Module
 
-    module = DeepLabV2Module(backbone="resnet18", num_classes=3, msc_scales=None, style="pytorch", norm="bn",
-                             eval_crf=False)  # fmt: skip
+    network = DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch", norm="bn")
+    module = DeepLabV2Module(network, eval_crf=False)
     output = module.predict_step(batch, 0)
     assert output["probabilities"].shape[0] == 0 and len(output["skipped"]) == 2
 

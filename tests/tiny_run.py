@@ -22,6 +22,5 @@ def tiny_args(data_root: str, run_dir: str, *extra: str) -> list[str]:
         "--trainer.default_root_dir", run_dir,
         "--trainer.enable_progress_bar", "false",
         "--trainer.log_every_n_steps", "1",
-        "--model.num_logged_images", "2",
         *extra,
     ]  # fmt: skip

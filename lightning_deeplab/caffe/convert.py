@@ -2,7 +2,7 @@
 
 The architecture is found from the layer names: ``conv1_1`` marks VGG-16 (converted by
 :mod:`.vgg`: LargeFOV or ASPP-L), ``res2a_branch2a`` & co. a ResNet. For the ResNets the result
-loads with ``DeepLabV2(backbone=..., head="aspp-l", style="caffe", pretrained=PATH)``:
+loads with ``load_pretrained(DeepLabV2(backbone=..., head="aspp-l", style="caffe"), PATH)``:
 
 - with the classifier (the VOC model, ``fc1_voc12_c0..c3``): a whole-model state dict
   (``backbone.*``, ``head.branches.*``) for ``num_classes`` = the classifier's classes;
@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m lightning_deeplab.caffe.convert",
         description="Convert a released DeepLab .caffemodel (v2 ResNet-101 ASPP-L; v1/v2 VGG-16 LargeFOV, "
         "v2 VGG-16 ASPP-L; their init models) into a DeepLabV2 checkpoint (style 'caffe') that "
-        "DeepLabV2(pretrained=OUTPUT) loads; the architecture is found from the layer names.",
+        "load_pretrained(model, OUTPUT) loads; the architecture is found from the layer names.",
     )
     parser.add_argument("input", type=Path, help="the .caffemodel (e.g. the VOC model or init.caffemodel)")
     parser.add_argument("output", type=Path, help="where to write the state dict (.pth)")
@@ -187,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(report.summary())
     usage = f"DeepLabV2(backbone={report.backbone!r}, head={report.head!r}, style='caffe'"
     usage += f", num_classes={report.num_classes}" if report.num_classes is not None else ", num_classes=<yours>"
-    print(f"wrote {args.output}; load it with {usage}, pretrained={str(args.output)!r})")
+    print(f"wrote {args.output}; load it with load_pretrained({usage}), {str(args.output)!r})")
     return 0
 
 

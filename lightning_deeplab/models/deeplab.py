@@ -4,7 +4,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -12,28 +12,38 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from .aspp import ASPP, VGGASPP
-from .msc import (
+from .msc import fuse_max, resize_input, validate_caffe_scales, validate_scales
+from .registry import (
+    BACKBONES,
+    HEADS,
     MSC_RESIZES,
-    fuse_max,
-    resize_input,
-    validate_caffe_scales,
-    validate_scales,
+    NORMS,
+    RESNETS,
+    STYLES,
+    BackboneName,
+    HeadName,
+    MscResizeName,
+    NormName,
+    StyleName,
 )
-from .norm import NORMS
-from .resnet import RESNET_SPECS, ResNetBackbone
+from .resnet import ResNetBackbone
 from .vgg import VGG16Backbone
 from .weights import imagenet_state_dict, load_into, read_checkpoint, vgg_fc_weights
 
-#: Valid backbone names.
-BACKBONES = ("resnet101", "resnet50", "resnet34", "resnet18", "vgg16")
-#: Valid head names and their atrous rates. ``largefov`` is the single rate-12 branch.
-HEADS: dict[str, tuple[int, ...]] = {
-    "aspp-l": (6, 12, 18, 24),
-    "aspp-s": (2, 4, 8, 12),
-    "largefov": (12,),
-}
-#: Valid styles: the layout and input convention of the released Caffe weights, or torchvision's.
-STYLES = ("caffe", "pytorch")
+
+def build_backbone(name: str, style: str, norm: str, pool5a: bool = False) -> nn.Module:
+    """The backbone named ``name`` (a ResNet in ``style`` with ``norm`` layers, or VGG-16, with
+    the official LargeFOV net's ``pool5a`` when ``pool5a``)."""
+    if name in RESNETS:
+        return ResNetBackbone(name, style=style, norm=norm)
+    return VGG16Backbone(pool5a=pool5a)
+
+
+def build_head(backbone: nn.Module, num_classes: int, rates: Sequence[int]) -> nn.Module:
+    """The ASPP head that fits ``backbone``: 3x3 classifier branches on a ResNet, fc6-fc7-fc8
+    branches on VGG-16."""
+    head = VGGASPP if isinstance(backbone, VGG16Backbone) else ASPP
+    return head(backbone.out_channels, num_classes, tuple(rates))
 
 
 class DeepLabV2(nn.Module):
@@ -59,15 +69,15 @@ class DeepLabV2(nn.Module):
             torchvision's layout and normalisation. (VGG-16 has the same layout in both styles.)
         norm: one of :data:`~lightning_deeplab.models.norm.NORMS`; ResNet only (VGG-16 has no
             normalisation layers).
-        pretrained: None; ``"imagenet"`` (torchvision's weights, style ``"pytorch"`` only; VGG's
-            fc6/fc7 are decimated from its classifier); or the path of a checkpoint: a state dict
-            of the backbone (torchvision's keys) or of the whole model, or a Lightning .ckpt.
-        msc_resize: one of :data:`~lightning_deeplab.models.msc.MSC_RESIZES`, or None: the
+        msc_resize: one of :data:`~lightning_deeplab.models.registry.MSC_RESIZES`, or None: the
             ``style``'s. ``"caffe"``: Caffe's Interp layer as in the official MSC nets (sides
             ``((side - 1) // shrink) * zoom + 1``, 500 -> 373 at 0.75; corner-aligned bilinear
             weights, also for resizing the score maps back). ``"pytorch"``: sides
             ``ceil(side * scale)``, ``align_corners=False``. Loss-time label resizing does not
             depend on it.
+
+    The network starts from random weights; :func:`load_pretrained` loads initial ones.
+    :attr:`init_args` holds the constructor's arguments (what rebuilds the same network).
 
     The first forward call checks the input's range once (one host sync in the model's
     lifetime, none after): a float input whose values all lie in [0, 1] warns, because the
@@ -76,22 +86,21 @@ class DeepLabV2(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "resnet101",
-        head: str = "aspp-l",
+        backbone: BackboneName = "resnet101",
+        head: HeadName = "aspp-l",
         num_classes: int = 21,
         msc_scales: Optional[Sequence[float]] = (1.0, 0.75, 0.5),
         atrous_rates: Optional[Sequence[int]] = None,
-        style: str = "caffe",
-        norm: str = "frozen",
-        pretrained: Optional[str] = None,
-        msc_resize: Optional[str] = None,
+        style: StyleName = "caffe",
+        norm: NormName = "frozen",
+        msc_resize: Optional[MscResizeName] = None,
     ) -> None:
         super().__init__()
         _check_choice("backbone", backbone, BACKBONES)
         _check_choice("head", head, tuple(HEADS))
         _check_choice("style", style, STYLES)
         _check_choice("norm", norm, NORMS)
-        msc_resize = style if msc_resize is None else msc_resize
+        msc_resize_arg, msc_resize = msc_resize, style if msc_resize is None else msc_resize
         _check_choice("msc_resize", msc_resize, MSC_RESIZES)
         if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -105,13 +114,15 @@ class DeepLabV2(nn.Module):
         self.msc_resize = msc_resize
         self._input_range_checked = False
         self.atrous_rates = rates
+        #: The constructor's arguments, as plain values (a checkpoint rebuilds the network from them).
+        self.init_args: dict[str, Any] = {
+            "backbone": backbone, "head": head, "num_classes": self.num_classes,
+            "msc_scales": list(self.msc_scales), "atrous_rates": None if atrous_rates is None else list(rates),
+            "style": style, "norm": norm, "msc_resize": msc_resize_arg,
+        }  # fmt: skip
 
-        if backbone in RESNET_SPECS:
-            self.backbone: nn.Module = ResNetBackbone(backbone, style=style, norm=norm)
-            self.head: nn.Module = ASPP(self.backbone.out_channels, self.num_classes, rates)
-        else:
-            self.backbone = VGG16Backbone(pool5a=head == "largefov")  # the official LargeFOV net has pool5a
-            self.head = VGGASPP(self.backbone.out_channels, self.num_classes, rates)
+        self.backbone: nn.Module = build_backbone(backbone, style, norm, pool5a=head == "largefov")
+        self.head: nn.Module = build_head(self.backbone, self.num_classes, rates)
 
         if style == "caffe":
             mean, std = CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)
@@ -123,9 +134,6 @@ class DeepLabV2(nn.Module):
         # Not persistent: they follow from ``style``, and keep state dicts free of them.
         self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-        if pretrained is not None:
-            self.load_pretrained(pretrained)
 
     def normalize_input(self, x: Tensor) -> Tensor:
         """RGB 0-255 -> what the backbone expects (channel order, mean, std of :attr:`style`)."""
@@ -187,24 +195,28 @@ class DeepLabV2(nn.Module):
         )
         return sum(p.numel() for p in self.parameters()) + frozen_affine
 
-    def load_pretrained(self, pretrained: "str | os.PathLike[str]") -> None:
-        """Load ``"imagenet"`` (torchvision) weights or a checkpoint file; see the class docstring."""
-        if pretrained == "imagenet":
-            if self.style != "pytorch":
-                raise ValueError(
-                    "pretrained='imagenet' loads torchvision weights, which expect style='pytorch' "
-                    f"(got style={self.style!r}); caffe-style weights come from a converted checkpoint path"
-                )
-            state = imagenet_state_dict(self.backbone_name)
-            source = f"torchvision ImageNet weights of {self.backbone_name}"
-        else:
-            if not isinstance(pretrained, (str, os.PathLike)):
-                raise TypeError(f"pretrained must be None, 'imagenet' or a path, got {pretrained!r}")
-            state, source = read_checkpoint(pretrained), f"checkpoint {os.fspath(pretrained)!r}"
-        unused = load_into(self, self.backbone, state, source)
-        fc_weights = vgg_fc_weights(state, unused) if isinstance(self.head, VGGASPP) else None
-        if fc_weights is not None:
-            self.head.load_fc6_fc7(fc_weights)
+
+def load_pretrained(model: DeepLabV2, pretrained: "str | os.PathLike[str]") -> None:
+    """Load initial weights into ``model``: ``"imagenet"`` (torchvision's weights, style
+    ``"pytorch"`` only; VGG's fc6/fc7 are decimated from its classifier) or the path of a
+    checkpoint (a state dict of the backbone, with torchvision's keys, or of the whole model, or
+    a Lightning .ckpt)."""
+    if pretrained == "imagenet":
+        if model.style != "pytorch":
+            raise ValueError(
+                "pretrained='imagenet' loads torchvision weights, which expect style='pytorch' "
+                f"(got style={model.style!r}); caffe-style weights come from a converted checkpoint path"
+            )
+        state = imagenet_state_dict(model.backbone_name)
+        source = f"torchvision ImageNet weights of {model.backbone_name}"
+    else:
+        if not isinstance(pretrained, (str, os.PathLike)):
+            raise TypeError(f"pretrained must be 'imagenet' or a path, got {pretrained!r}")
+        state, source = read_checkpoint(pretrained), f"checkpoint {os.fspath(pretrained)!r}"
+    unused = load_into(model, model.backbone, state, source)
+    fc_weights = vgg_fc_weights(state, unused) if isinstance(model.head, VGGASPP) else None
+    if fc_weights is not None:
+        model.head.load_fc6_fc7(fc_weights)
 
 
 def _check_choice(argument: str, value: object, valid: Sequence[str]) -> None:

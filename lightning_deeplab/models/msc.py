@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .registry import MSC_RESIZES  # noqa: F401 (the valid ``msc_resize`` names)
+
 # Guards ceil() against products such as 100 * 0.7 = 70.00000000000001.
 _ROUNDING_SLACK = 1e-6
-#: Valid ``msc_resize`` names (see the module docstring).
-MSC_RESIZES = ("caffe", "pytorch")
 #: Largest shrink factor tried when a scale is written as Caffe's ``zoom / shrink``.
 _MAX_SHRINK = 100
 

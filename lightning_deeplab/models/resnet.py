@@ -17,19 +17,25 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .norm import norm_layer
+from .registry import RESNETS, STYLES
 
-#: Block type and blocks per stage of each ResNet backbone.
-RESNET_SPECS: dict[str, tuple[type[Union[BasicBlock, Bottleneck]], tuple[int, int, int, int]]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "resnet50": (Bottleneck, (3, 4, 6, 3)),
-    "resnet101": (Bottleneck, (3, 4, 23, 3)),
-}
+#: Block type and blocks per stage of each ResNet backbone (in the order of ``RESNETS``).
+RESNET_SPECS: dict[str, tuple[type[Union[BasicBlock, Bottleneck]], tuple[int, int, int, int]]] = dict(
+    zip(
+        RESNETS,
+        (
+            (Bottleneck, (3, 4, 23, 3)),
+            (Bottleneck, (3, 4, 6, 3)),
+            (BasicBlock, (3, 4, 6, 3)),
+            (BasicBlock, (2, 2, 2, 2)),
+        ),
+        strict=True,
+    )
+)
 
 #: The dilation of every block of the two stages that keep stride 1 (res4, res5).
 STAGE_DILATIONS = {"layer3": 2, "layer4": 4}
 
-RESNET_STYLES = ("caffe", "pytorch")
 
 
 class ResNetBackbone(nn.Module):
@@ -51,8 +57,8 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if name not in RESNET_SPECS:
             raise ValueError(f"unknown ResNet {name!r}; valid names: {', '.join(RESNET_SPECS)}")
-        if style not in RESNET_STYLES:
-            raise ValueError(f"unknown style {style!r}; valid names: {', '.join(RESNET_STYLES)}")
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; valid names: {', '.join(STYLES)}")
         block, layers = RESNET_SPECS[name]
         # Build torchvision's network and keep everything up to layer4.
         net = ResNet(block, list(layers), norm_layer=norm_layer(norm))

@@ -27,7 +27,7 @@ from lightning_deeplab.caffe import (
 )
 from lightning_deeplab.caffe.convert import main
 from lightning_deeplab.constants import CAFFE_MEAN_BGR
-from lightning_deeplab.models import DeepLabV2
+from lightning_deeplab.models import DeepLabV2, load_pretrained
 
 CLASSES = 3
 BN_EPS = 1e-5  # Caffe's BatchNorm default
@@ -129,7 +129,10 @@ def caffe_layers(caffemodel: Path) -> list[CaffeLayer]:
 
 
 def _resnet50(classes: int, pretrained=None) -> DeepLabV2:
-    return DeepLabV2("resnet50", "aspp-l", num_classes=classes, msc_scales=None, style="caffe", pretrained=pretrained)
+    model = DeepLabV2("resnet50", "aspp-l", num_classes=classes, msc_scales=None, style="caffe")
+    if pretrained is not None:
+        load_pretrained(model, pretrained)
+    return model
 
 
 def _caffe_type(name: str) -> str:

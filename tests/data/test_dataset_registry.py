@@ -103,11 +103,13 @@ def test_validate_through_the_cli_links_the_dataset_classes(tmp_path):
         "validate", "--config", str(REPO / "configs" / "synthetic.yaml"),
         "--data.dataset", "cityscapes", "--data.root", str(tmp_path / "data"),
         "--data.val_batch_size", "2", "--data.num_workers", "0",
-        "--model.eval_crf", "false", "--model.num_logged_images", "0",
+        "--model.eval_crf", "false",
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path / "run"),
     ])  # fmt: skip
-    assert cli.model.hparams.num_classes == 19 and cli.model.class_names == list(CITYSCAPES_CLASSES)
+    assert cli.model.num_classes == cli.model.model.num_classes == 19
+    assert cli.model.hparams.model["init_args"]["num_classes"] == 19  # what the checkpoint says
+    assert cli.model.class_names == list(CITYSCAPES_CLASSES)
     assert "val/mIoU" in cli.trainer.callback_metrics
 
 
@@ -117,7 +119,8 @@ def test_dataset_configs(config, capsys):
     assert path.is_file(), f"{config} is missing"
     settings = yaml.safe_load(path.read_text())
     assert settings["data"]["dataset"] in DATASETS
-    assert settings["model"]["backbone"] == "resnet101" and settings["model"]["head"] == "aspp-l"
+    network = settings["model"]["model"]["init_args"]
+    assert network["backbone"] == "resnet101" and network["head"] == "aspp-l"
     with pytest.raises(SystemExit) as exit_info:  # parsing checks every key against the classes
         DeepLabCLI(args=["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0

@@ -9,7 +9,12 @@ import pytest
 import torch
 import torchvision
 
-from lightning_deeplab.models import DeepLabV2
+from lightning_deeplab.models import DeepLabV2, load_pretrained
+
+
+def pretrained_model(model: DeepLabV2, pretrained) -> DeepLabV2:
+    load_pretrained(model, pretrained)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +35,7 @@ def torchvision_resnet18(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 @pytest.mark.parametrize("norm", ["frozen", "bn"])
 def test_torchvision_state_dict_loads_into_the_pytorch_style_backbone(torchvision_resnet18, norm: str) -> None:
     path, reference = torchvision_resnet18
-    model = DeepLabV2(
-        "resnet18", num_classes=3, msc_scales=None, style="pytorch", norm=norm, pretrained=str(path)
-    )
+    model = pretrained_model(DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch", norm=norm), str(path))
     backbone = model.backbone.state_dict()
     for key in ("conv1.weight", "layer3.1.conv2.weight", "layer4.0.downsample.1.running_mean", "bn1.running_var"):
         assert torch.equal(backbone[key], reference[key]), key
@@ -51,7 +54,7 @@ def test_torchvision_state_dict_loads_into_the_pytorch_style_backbone(torchvisio
 
 def test_pathlib_paths_are_accepted(torchvision_resnet18) -> None:
     path, reference = torchvision_resnet18
-    model = DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch", pretrained=path)
+    model = pretrained_model(DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch"), path)
     assert torch.equal(model.backbone.conv1.weight, reference["conv1.weight"])
 
 
@@ -62,7 +65,7 @@ def test_lightning_checkpoint_of_the_whole_model_loads(tmp_path: Path) -> None:
     state["crf.kernel_weight"] = torch.ones(2)  # other parts of a LightningModule are ignored
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": state, "epoch": 3, "global_step": 10}, path)
-    target = DeepLabV2("resnet18", num_classes=3, msc_scales=None, pretrained=str(path))
+    target = pretrained_model(DeepLabV2("resnet18", num_classes=3, msc_scales=None), str(path))
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 
@@ -70,21 +73,21 @@ def test_lightning_checkpoint_of_the_whole_model_loads(tmp_path: Path) -> None:
 def test_missing_file_is_a_file_not_found_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        DeepLabV2("resnet18", msc_scales=None, pretrained=str(missing))
+        pretrained_model(DeepLabV2("resnet18", msc_scales=None), str(missing))
 
 
 def test_a_file_without_a_state_dict_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "numbers.pth"
     torch.save([1, 2, 3], path)
     with pytest.raises(ValueError, match="not a state dict"):
-        DeepLabV2("resnet18", msc_scales=None, pretrained=str(path))
+        pretrained_model(DeepLabV2("resnet18", msc_scales=None), str(path))
 
 
 def test_keys_that_match_nothing_are_reported(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"encoder.stem.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="no key of checkpoint.*encoder.stem.weight"):
-        DeepLabV2("resnet18", msc_scales=None, pretrained=str(path))
+        pretrained_model(DeepLabV2("resnet18", msc_scales=None), str(path))
 
 
 def test_missing_and_unknown_keys_are_listed(torchvision_resnet18, tmp_path: Path) -> None:
@@ -95,7 +98,7 @@ def test_missing_and_unknown_keys_are_listed(torchvision_resnet18, tmp_path: Pat
     path = tmp_path / "broken.pth"
     torch.save(broken, path)
     with pytest.raises(ValueError) as error:
-        DeepLabV2("resnet18", msc_scales=None, style="pytorch", pretrained=str(path))
+        pretrained_model(DeepLabV2("resnet18", msc_scales=None, style="pytorch"), str(path))
     assert "missing: layer2.1.conv1.weight" in str(error.value)
     assert "unknown to the backbone: layer2.1.conv9.weight" in str(error.value)
 
@@ -106,7 +109,7 @@ def test_shape_mismatch_is_reported(tmp_path: Path) -> None:
     torch.save(source.state_dict(), path)
     expected = r"head.branches.0.weight: checkpoint \(5, 512, 3, 3\) vs model \(21, 512, 3, 3\)"
     with pytest.raises(ValueError, match=expected):
-        DeepLabV2("resnet18", num_classes=21, msc_scales=None, pretrained=str(path))
+        pretrained_model(DeepLabV2("resnet18", num_classes=21, msc_scales=None), str(path))
 
 
 def test_vgg_backbone_loads_torchvision_feature_keys(tmp_path: Path) -> None:
@@ -114,7 +117,7 @@ def test_vgg_backbone_loads_torchvision_feature_keys(tmp_path: Path) -> None:
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
     path = tmp_path / "vgg_features.pth"
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
-    model = DeepLabV2("vgg16", "largefov", num_classes=2, msc_scales=None, pretrained=str(path))
+    model = pretrained_model(DeepLabV2("vgg16", "largefov", num_classes=2, msc_scales=None), str(path))
     assert torch.equal(model.backbone.features[28].weight, features[28].weight)  # conv5_3
 
 
@@ -128,7 +131,7 @@ def test_offline_imagenet_download_fails_fast_and_names_the_weights(monkeypatch,
     timeout_before = socket.getdefaulttimeout()
     start = time.monotonic()
     with pytest.raises(RuntimeError) as error:
-        DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch", pretrained="imagenet")
+        pretrained_model(DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch"), "imagenet")
     assert time.monotonic() - start < 10
     message = str(error.value)
     assert "ResNet18_Weights.IMAGENET1K_V1" in message and "no download is possible" in message
@@ -143,13 +146,13 @@ def test_imagenet_weights_come_from_the_hub_cache(monkeypatch, tmp_path: Path, t
     cache.mkdir(parents=True)
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     torch.save(reference, cache / url.rsplit("/", 1)[-1])
-    model = DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch", pretrained="imagenet")
+    model = pretrained_model(DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch"), "imagenet")
     assert torch.equal(model.backbone.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
 
 
 def test_imagenet_weights_need_the_pytorch_style() -> None:
     with pytest.raises(ValueError, match="style='pytorch'"):
-        DeepLabV2("resnet18", msc_scales=None, style="caffe", pretrained="imagenet")
+        pretrained_model(DeepLabV2("resnet18", msc_scales=None, style="caffe"), "imagenet")
 
 
 class _HyperParameters:
@@ -162,5 +165,5 @@ def test_checkpoint_with_pickled_objects_loads_with_a_warning(tmp_path: Path) ->
     state = {f"net.{k}": v for k, v in source.state_dict().items()}
     torch.save({"state_dict": state, "hyper_parameters": {"config": _HyperParameters()}}, path)
     with pytest.warns(UserWarning, match="more than tensors"):
-        target = DeepLabV2("resnet18", num_classes=3, msc_scales=None, pretrained=str(path))
+        target = pretrained_model(DeepLabV2("resnet18", num_classes=3, msc_scales=None), str(path))
     assert torch.equal(target.head.branches[2].weight, source.head.branches[2].weight)

@@ -1,0 +1,103 @@
+"""What a checkpoint contributes to a run's configuration: its file (``best`` and ``last`` are
+found in ``<default_root_dir>/checkpoints/``) and the network's architecture where the
+configuration does not say it. Every other setting comes from the configuration as given."""
+from __future__ import annotations
+
+import glob
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+
+#: The folder under the run's root where the CLI's ModelCheckpoint writes.
+CHECKPOINT_DIR = "checkpoints"
+#: File names of that ModelCheckpoint: the best one (``best-step<N>.ckpt``) and the last one.
+BEST_PATTERN = "best-step*.ckpt"
+LAST_NAME = "last.ckpt"
+#: Init arguments of the network that the data decides (the CLI links them), never the checkpoint.
+LINKED_MODEL_ARGS = ("num_classes",)
+
+
+class CheckpointConfigError(ValueError):
+    """A checkpoint that cannot be found, or that contradicts the configuration."""
+
+
+def resolve_ckpt_path(ckpt_path: Optional[str], root_dir: str) -> Optional[str]:
+    """``ckpt_path`` as a file: ``"last"`` -> ``<root_dir>/checkpoints/last.ckpt``, ``"best"`` ->
+    the best ``best-step*.ckpt`` there (by the monitored score its ModelCheckpoint state saved);
+    any other value must name an existing file."""
+    if ckpt_path is None:
+        return None
+    folder = os.path.join(root_dir, CHECKPOINT_DIR)
+    if ckpt_path == "last":
+        path = os.path.join(folder, LAST_NAME)
+        if not os.path.isfile(path):
+            raise CheckpointConfigError(f"--ckpt_path last: no last checkpoint, {path} does not exist")
+        return path
+    if ckpt_path == "best":
+        candidates = sorted(glob.glob(os.path.join(glob.escape(folder), BEST_PATTERN)))
+        if not candidates:
+            raise CheckpointConfigError(f"--ckpt_path best: no best checkpoint, no {BEST_PATTERN} in {folder}")
+        return max(candidates, key=_saved_score) if len(candidates) > 1 else candidates[0]
+    if not os.path.isfile(ckpt_path):
+        raise CheckpointConfigError(f"--ckpt_path: checkpoint {ckpt_path} does not exist")
+    return ckpt_path
+
+
+def _saved_score(path: str) -> float:
+    """The monitored score ModelCheckpoint saved into ``path`` (-inf when it holds none)."""
+    callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
+    for key, state in callbacks.items():
+        if str(key).startswith("ModelCheckpoint") and state.get("current_score") is not None:
+            score = float(state["current_score"])
+            return score if math.isfinite(score) else -math.inf
+    return -math.inf
+
+
+def saved_model_config(ckpt_path: str) -> Optional[dict[str, Any]]:
+    """The ``class_path``/``init_args`` of the network a checkpoint was trained with, if saved."""
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    model = hparams.get("model")
+    if isinstance(model, Mapping) and "class_path" in model:
+        return {"class_path": model["class_path"], "init_args": dict(model.get("init_args") or {})}
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def merge_architecture(config: Any, given: Optional[Mapping[str, Any]], saved: Mapping[str, Any],
+                       ckpt_path: str, key: str = "model.model") -> None:  # fmt: skip
+    """Complete ``config`` (the namespace of the network's ``class_path``/``init_args``) with the
+    checkpoint's architecture ``saved``: every init argument the configuration did not give
+    (``given``: what the YAML and the command line set) is taken from the checkpoint; a given
+    one that differs is an error naming the key."""
+    given = dict(given or {})
+    given_class = given.get("class_path")
+    if given_class is not None and _short(given_class) != _short(saved["class_path"]):
+        raise CheckpointConfigError(
+            f"{key}.class_path: the configuration says {given_class}, checkpoint {ckpt_path} holds a "
+            f"{saved['class_path']}"
+        )
+    given_args = dict(given.get("init_args") or {})
+    for name, value in saved["init_args"].items():
+        if name in LINKED_MODEL_ARGS:
+            continue
+        if name in given_args and _plain(given_args[name]) != _plain(value):
+            raise CheckpointConfigError(
+                f"{key}.init_args.{name}: the configuration says {_plain(given_args[name])!r}, checkpoint "
+                f"{ckpt_path} was trained with {_plain(value)!r} (leave it out to use the checkpoint's)"
+            )
+        config.init_args[name] = value
+
+
+def _short(class_path: str) -> str:
+    # "lightning_deeplab.models.DeepLabV2" and "lightning_deeplab.models.deeplab.DeepLabV2" are one class
+    return class_path.rsplit(".", 1)[-1]

@@ -1,0 +1,53 @@
+"""Every `deeplab ...` command of the README parses as written (a dry run: `--print_config`)."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lightning_deeplab.cli import DeepLabCLI, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[list[str]]:
+    """The arguments of each `deeplab` command in the README's bash blocks (continuations joined,
+    comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0] in ("deeplab", ".venv/bin/deeplab"):
+                commands.append(words[1:])
+    return commands
+
+
+def test_the_readme_has_commands():
+    subcommands = {words[0] for words in readme_commands()}
+    assert {"fit", "validate", "predict", "crf-search", "convert-caffe"} <= subcommands
+
+
+@pytest.mark.parametrize("words", readme_commands(), ids=" ".join)
+def test_readme_command_parses(words, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)  # the README's paths are relative to the checkout
+    command, args = words[0], words[1:]
+    if command == "convert-caffe":
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        usage = capsys.readouterr().out
+        assert all(word in usage for word in args if word.startswith("--"))
+        return
+    if command == "crf-search":
+        from lightning_deeplab.crf_search import _parser
+
+        _, rest = _parser().parse_known_args(args)
+        cli = lambda: DeepLabCLI(args=[*rest, "--print_config"], run=False)  # noqa: E731
+    else:
+        cli = lambda: DeepLabCLI(args=[command, *args, *([] if "--print_config" in args else ["--print_config"])])  # noqa: E731
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    assert exit_info.value.code == 0, capsys.readouterr().err
