@@ -27,6 +27,7 @@ from torch import Tensor
 from .constants import IGNORE_INDEX
 from .fileio import write_json
 from .metrics import scores_from_confusion
+from .viz import image_to_uint8
 
 #: The grid of the paper (DeepLab v2, section 4.1: w1 in [3:6], sigma_alpha in [30:10:100],
 #: sigma_beta in [3:6]); the smoothness kernel and the iterations stay as configured.
@@ -160,7 +161,7 @@ def samples_from_files(directory: str, dataset: Any, num_images: int, num_classe
 
 
 def _sample(item: Mapping[str, Any], probs: Tensor, device: torch.device) -> SearchSample:
-    image = item["image"].round().clamp(0, 255).to(torch.uint8)
+    image = image_to_uint8(item["image"])
     return SearchSample(item["name"], probs.to(device), image.to(device), item["mask"].to(device))
 
 

@@ -20,7 +20,7 @@ from .cli import DeepLabCLI
 from .evaluation import format_scores_table
 from .fileio import atomic_output, write_json
 from .reporting import scores_path
-from .viz import colorize, save_atomically, save_label_png
+from .viz import colorize, image_to_uint8, save_atomically, save_label_png
 
 
 
@@ -77,7 +77,7 @@ def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
         for i, name in enumerate(batch["name"]):
             if len(written) >= limit:
                 return written
-            image = batch["image"][i].round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            image = image_to_uint8(batch["image"][i]).permute(1, 2, 0).numpy()
             pred = probs[i].argmax(0).numpy()
             panels = [image, colorize(batch["mask"][i].numpy(), palette), colorize(pred, palette)]
             save_label_png(pred, palette, os.path.join(output, "predictions", f"{name}.png"))

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from .constants import IGNORE_INDEX
 from .crf import DenseCRF
 from .evaluation import InferenceConfig, infer_probabilities, scores_report
-from .metrics import confusion_matrix_metric, scores_from_confusion
+from .metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
 from .models import load_pretrained
+from .viz import image_to_uint8
 
 #: The stages that are scored, each without and with the CRF.
 EVALUATION_STAGES = ("val", "test")
@@ -33,11 +34,6 @@ def resize_labels(mask: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def image_to_uint8(image: Tensor) -> Tensor:
-    """The batch's RGB 0-255 float image as the uint8 image the dense CRF's colour kernel reads."""
-    return image.round().clamp_(0, 255).to(torch.uint8)
 
 
 def part_config(part: nn.Module) -> dict[str, Any]:
@@ -68,6 +64,8 @@ class DeepLabV2Module(pl.LightningModule):
             does; ``"image"`` upsamples the logits to the labels.
         eval_crf: validation and test also score the CRF-refined prediction.
         class_names: one per class (the CLI links the dataset's).
+        miou_over: the classes mIoU and mean accuracy average over (see
+            :mod:`~lightning_deeplab.metrics`): ``"all"`` as DeepLab's official evaluation.
     """
 
     def __init__(
@@ -85,6 +83,7 @@ class DeepLabV2Module(pl.LightningModule):
         loss_resolution: Literal["logits", "image"] = "logits",
         eval_crf: bool = True,
         class_names: Optional[list[str]] = None,
+        miou_over: Literal[MIOU_OVER] = DEFAULT_MIOU_OVER,  # type: ignore[valid-type]
     ) -> None:
         super().__init__()
         num_classes = getattr(model, "num_classes", None)
@@ -227,10 +226,12 @@ class DeepLabV2Module(pl.LightningModule):
             # compute() sums the matrix over all processes, so every rank logs the same numbers.
             confusions[key] = self.confusion[key].compute().cpu()
             self.confusion[key].reset()
-            scores = scores_from_confusion(confusions[key])
+            scores = scores_from_confusion(confusions[key], self.hparams.miou_over)
             for name in ("mIoU", "pixel_acc", "mean_acc", "fw_iou"):
                 self.log(f"{key}/{name}", scores[name].float(), prog_bar=name == "mIoU")
             for class_name, iou in zip(self.class_names, scores["iou"]):
                 self.log(f"{key}/iou_{class_name}", iou.float())
         if not self.trainer.sanity_checking:
-            self.scores[stage] = scores_report(self.class_names, confusions[stage], confusions.get(f"{stage}_crf"))
+            self.scores[stage] = scores_report(
+                self.class_names, confusions[stage], confusions.get(f"{stage}_crf"), miou_over=self.hparams.miou_over
+            )

@@ -19,7 +19,7 @@ from pytorch_lightning.utilities import measure_flops
 from .constants import IGNORE_INDEX
 from .evaluation import format_scores_table
 from .fileio import write_json
-from .module import image_to_uint8
+from .viz import image_to_uint8
 
 
 def evaluated_checkpoint(trainer: pl.Trainer) -> Optional[str]:
