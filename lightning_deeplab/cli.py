@@ -13,12 +13,12 @@ from typing import Any, Callable, Optional, Sequence
 from pytorch_lightning.callbacks import (
     BasePredictionWriter,
     LearningRateMonitor,
-    ModelCheckpoint,
     ThroughputMonitor,
 )
 from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from .checkpointing import DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, read_wandb_run_id
 from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
@@ -49,11 +49,14 @@ def batch_size_of(batch: dict[str, Any]) -> int:
     return batch["image"].shape[0]
 
 
-def default_callbacks(root_dir: str, with_logger: bool = True) -> list:
+def default_callbacks(
+    root_dir: str, with_logger: bool = True, checkpoint_every_n_steps: int = DEFAULT_CHECKPOINT_EVERY_N_STEPS
+) -> list:
     """Checkpoints in a fixed folder under the run's root (so `--ckpt_path last` finds them),
     and, when there is a logger, the LR of every parameter group and the training throughput."""
     callbacks = [
-        ModelCheckpoint(
+        DeepLabCheckpoint(
+            every_n_train_steps=checkpoint_every_n_steps,
             dirpath=os.path.join(root_dir, "checkpoints"),
             filename="best-step{step}",
             auto_insert_metric_name=False,
@@ -89,21 +92,35 @@ class DeepLabCLI(LightningCLI):
         # The dataset decides the classes; the model follows it.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.add_argument(
+            "--checkpoint_every_n_steps", type=int, default=DEFAULT_CHECKPOINT_EVERY_N_STEPS,
+            help="fit: write checkpoints/last.ckpt every N training steps (0: only at validation and at the end)",
+        )  # fmt: skip
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={})
         root_dir = config.get("default_root_dir") or os.getcwd()
         if config.get("logger") in (None, True):
-            kwargs["logger"] = default_logger(root_dir)
+            kwargs["logger"] = default_logger(root_dir, run_id=self._resumed_wandb_run_id(root_dir))
         callbacks = _as_list(config.get("callbacks"))
         if self.subcommand in (None, "fit", "validate", "test"):
-            kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False)
+            every_n = self._get(self.config_init, "checkpoint_every_n_steps", default=DEFAULT_CHECKPOINT_EVERY_N_STEPS)
+            kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False, every_n)
         elif self.subcommand == "predict":
             # Without a writer of its own, predict saves label maps and overlays under the run's root.
             defaults = _as_list(self.trainer_defaults.get("callbacks"))
             if not any(isinstance(cb, BasePredictionWriter) for cb in callbacks + defaults):
                 kwargs["callbacks"] = callbacks + [SegmentationWriter(os.path.join(root_dir, "predictions"))]
         return super().instantiate_trainer(**kwargs)
+
+    def _resumed_wandb_run_id(self, root_dir: str) -> Optional[str]:
+        """A fit resumed from a checkpoint goes on logging into the wandb run that wrote it."""
+        if self.subcommand != "fit":
+            return None
+        ckpt_path = self._get(self.config, "ckpt_path", default=None)
+        if ckpt_path == "last":
+            ckpt_path = os.path.join(root_dir, "checkpoints", "last.ckpt")
+        return read_wandb_run_id(ckpt_path) if isinstance(ckpt_path, str) else None
 
     def predict(self, **kwargs: Any) -> Any:
         """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not
