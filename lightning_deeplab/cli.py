@@ -18,7 +18,8 @@ from pytorch_lightning.callbacks import (
 from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from .checkpointing import DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, read_wandb_run_id
+from .checkpointing import DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, check_ckpt_path, read_wandb_run_id
+from .command import EXTRA_COMMANDS
 from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
@@ -28,11 +29,6 @@ from .predict import SegmentationWriter
 MONITOR = "val/mIoU"
 
 
-#: Commands handled outside LightningCLI: name -> (module, one-line description).
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val"),
-    "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab v2 .caffemodel to a checkpoint"),
-}
 
 HELP_DESCRIPTION = (
     "DeepLab v2: train, evaluate and predict with a YAML config.\n\nOther commands "
@@ -88,6 +84,27 @@ class DeepLabCLI(LightningCLI):
         }
         super().__init__(DeepLabV2Module, SegmentationDataModule, *args, **kwargs)
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # jsonargparse would take `--model.head_lr` for `--model.head_lr_mult`: no prefixes, on
+        # the main parser and on every subcommand's
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # Arguments given by code (the demo, crf-search) are the whole command line; Lightning's
+        # version warns whenever the process itself had arguments too.
+        if args is None:
+            self.config = parser.parse_args()
+        elif isinstance(args, dict):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
+
+    def before_instantiate_classes(self) -> None:
+        # before the data is generated and the logger starts
+        if self.subcommand is not None:
+            check_ckpt_path(self._get(self.config, "ckpt_path", default=None))
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The dataset decides the classes; the model follows it.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -121,6 +138,16 @@ class DeepLabCLI(LightningCLI):
         if ckpt_path == "last":
             ckpt_path = os.path.join(root_dir, "checkpoints", "last.ckpt")
         return read_wandb_run_id(ckpt_path) if isinstance(ckpt_path, str) else None
+
+    def validate(self, **kwargs: Any) -> Any:
+        """`deeplab validate`: the module prints its own scores table; Lightning's would repeat it."""
+        kwargs.setdefault("verbose", False)
+        return self.trainer.validate(**kwargs)
+
+    def test(self, **kwargs: Any) -> Any:
+        """`deeplab test`: as validate, the module's table only."""
+        kwargs.setdefault("verbose", False)
+        return self.trainer.test(**kwargs)
 
     def predict(self, **kwargs: Any) -> Any:
         """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not

@@ -16,7 +16,7 @@ import torch
 import wandb
 from pytorch_lightning import Callback
 
-from lightning_deeplab.checkpointing import SIGTERM_EXIT_CODE, VALIDATION_SCORES_KEY, WANDB_RUN_ID_KEY
+from lightning_deeplab.checkpointing import SIGTERM_EXIT_CODE, VALIDATION_SCORES_KEY, WANDB_RUN_ID_KEY, exit_code_of
 from lightning_deeplab.cli import DeepLabCLI
 from tiny_run import REPO, tiny_args
 
@@ -72,3 +72,44 @@ def test_last_checkpoint_holds_the_final_step_under_ddp_and_after_a_resume(data_
     assert "val/mIoU" in final[VALIDATION_SCORES_KEY]
     best = glob.glob(os.path.join(run, "checkpoints", "best-step*.ckpt"))
     assert len(best) == 1 and load(best[0])["global_step"] in (2, 4, 6)
+
+
+class SigtermAt(Callback):
+    """Sends this process a real SIGTERM after the given global step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_a_resume_after_sigterm_mid_epoch_ends_like_an_uninterrupted_run(data_root, tmp_path):
+    def fit(run: str, *extra: str, callbacks=()) -> list[int]:
+        log = os.path.join(run, "validated")
+        os.makedirs(run, exist_ok=True)
+        args = tiny_args(data_root, run, *VALIDATE_EVERY_2, "--trainer.logger", "false", *extra)
+        DeepLabCLI(args=["fit", *args], trainer_defaults={"callbacks": [ValidationSteps(log), *callbacks]})
+        return steps_in(log)
+
+    whole = str(tmp_path / "whole")
+    assert fit(whole, "--trainer.max_steps", "6") == [2, 4, 6]
+
+    killed = str(tmp_path / "killed")
+    # 8 images in batches of 4: step 3 is the first batch of the second epoch
+    with pytest.raises(SystemExit) as stop:
+        fit(killed, "--trainer.max_steps", "6", callbacks=[SigtermAt(3)])
+    assert exit_code_of(stop.value) == SIGTERM_EXIT_CODE
+    saved = load(os.path.join(killed, "checkpoints", "last.ckpt"))
+    assert saved["global_step"] == 3
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 1  # mid-epoch
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    assert fit(killed, "--trainer.max_steps", "6", "--ckpt_path", "last") == [2, 4, 6]
+    names = lambda run: sorted(os.path.basename(p) for p in glob.glob(os.path.join(run, "checkpoints", "*.ckpt")))
+    assert names(killed) == names(whole)
+    for run in (whole, killed):
+        last = load(os.path.join(run, "checkpoints", "last.ckpt"))
+        assert last["global_step"] == 6 and "val/mIoU" in last[VALIDATION_SCORES_KEY]
