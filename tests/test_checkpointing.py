@@ -18,6 +18,7 @@ from pytorch_lightning import Callback
 
 from lightning_deeplab.checkpointing import SIGTERM_EXIT_CODE, VALIDATION_SCORES_KEY, WANDB_RUN_ID_KEY, exit_code_of
 from lightning_deeplab.cli import DeepLabCLI
+from step_log import StepLog, read_steps
 from tiny_run import REPO, tiny_args
 
 VALIDATE_EVERY_2 = (
@@ -31,22 +32,6 @@ def data_root(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("synthetic"))
 
 
-class ValidationSteps(Callback):
-    """Appends the global step of every validation to a file (works from ddp_spawn's processes)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            with open(self.path, "a") as f:
-                f.write(f"{trainer.global_step}\n")
-
-
-def steps_in(path: str) -> list[int]:
-    return [int(line) for line in Path(path).read_text().split()] if os.path.exists(path) else []
-
-
 def load(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -56,18 +41,18 @@ def test_last_checkpoint_holds_the_final_step_under_ddp_and_after_a_resume(data_
     run, log = str(tmp_path / "run"), str(tmp_path / "validated")
     args = tiny_args(data_root, run, *VALIDATE_EVERY_2, "--trainer.logger", "false")
     last = os.path.join(run, "checkpoints", "last.ckpt")
-    recorder = {"callbacks": [ValidationSteps(log)]}
+    recorder = {"callbacks": [StepLog(log, "validate")]}
     DeepLabCLI(
         args=["fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn", "--trainer.max_steps", "4"],
         trainer_defaults=recorder,
     )
     assert load(last)["global_step"] == 4
-    assert steps_in(log) == [2, 4]
+    assert read_steps(log) == [2, 4]
 
     DeepLabCLI(args=["fit", *args, "--trainer.max_steps", "6", "--ckpt_path", last], trainer_defaults=recorder)
     final = load(last)
     assert final["global_step"] == 6
-    assert steps_in(log) == [2, 4, 6]
+    assert read_steps(log) == [2, 4, 6]
     # the scores of the validation at step 6 are in last.ckpt, and best is one of the validated steps
     assert "val/mIoU" in final[VALIDATION_SCORES_KEY]
     best = glob.glob(os.path.join(run, "checkpoints", "best-step*.ckpt"))
@@ -91,8 +76,8 @@ def test_a_resume_after_sigterm_mid_epoch_ends_like_an_uninterrupted_run(data_ro
         log = os.path.join(run, "validated")
         os.makedirs(run, exist_ok=True)
         args = tiny_args(data_root, run, *VALIDATE_EVERY_2, "--trainer.logger", "false", *extra)
-        DeepLabCLI(args=["fit", *args], trainer_defaults={"callbacks": [ValidationSteps(log), *callbacks]})
-        return steps_in(log)
+        DeepLabCLI(args=["fit", *args], trainer_defaults={"callbacks": [StepLog(log, "validate"), *callbacks]})
+        return read_steps(log)
 
     whole = str(tmp_path / "whole")
     assert fit(whole, "--trainer.max_steps", "6") == [2, 4, 6]
@@ -113,3 +98,48 @@ def test_a_resume_after_sigterm_mid_epoch_ends_like_an_uninterrupted_run(data_ro
     for run in (whole, killed):
         last = load(os.path.join(run, "checkpoints", "last.ckpt"))
         assert last["global_step"] == 6 and "val/mIoU" in last[VALIDATION_SCORES_KEY]
+
+
+def deeplab(*args: str, env_extra: dict | None = None, **popen) -> subprocess.Popen:
+    """`deeplab ARGS` in a subprocess, through the entry point pyproject installs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightning_deeplab.command", *args], cwd=str(REPO), env={**env, **(env_extra or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
+    )  # fmt: skip
+
+
+def wandb_run_ids(run: str) -> list[str]:
+    return sorted(p.rsplit("-", 1)[-1] for p in glob.glob(os.path.join(run, "wandb", "offline-run-*")))
+
+
+@pytest.mark.slow
+def test_sigterm_during_fit_saves_a_checkpoint_exits_nonzero_and_resume_continues_the_wandb_run(data_root, tmp_path):
+    run, steps = str(tmp_path / "run"), str(tmp_path / "steps")
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    args = [
+        *tiny_args(data_root, run, "--model.eval_crf", "false", "--trainer.limit_val_batches", "1"),
+        "--checkpoint_every_n_steps", "2", "--trainer.callbacks+=step_log.StepLog", "--trainer.callbacks.path", steps,
+    ]  # fmt: skip
+    proc = deeplab("fit", *args, "--trainer.max_steps", "100000")
+    deadline = time.monotonic() + 300
+    while len(read_steps(steps)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == SIGTERM_EXIT_CODE, output[-3000:]
+    saved = load(last)
+    killed_at = saved["global_step"]
+    assert killed_at >= 3 and killed_at in (read_steps(steps)[-1], read_steps(steps)[-1] + 1)
+    run_id = saved[WANDB_RUN_ID_KEY]
+    assert wandb_run_ids(run) == [run_id]
+
+    os.remove(steps)
+    resumed = deeplab("fit", *args, "--trainer.max_steps", str(killed_at + 2), "--ckpt_path", "last")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    assert read_steps(steps) == [killed_at, killed_at + 1]
+    assert load(last)["global_step"] == killed_at + 2
+    # one wandb run: the resumed process wrote into a run of the same id
+    assert wandb_run_ids(run) == [run_id, run_id]
+    assert load(last)[WANDB_RUN_ID_KEY] == run_id
