@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from argparse import RawDescriptionHelpFormatter
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,6 +25,9 @@ from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
 from .predict import SegmentationWriter
+
+#: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
+PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
 
 #: The validation score that picks the best checkpoint.
 MONITOR = "val/mIoU"
@@ -100,6 +104,13 @@ class DeepLabCLI(LightningCLI):
         else:
             self.config = parser.parse_args(args)
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # the module prints its own scores table; Lightning's raw one would repeat it
+            parser.set_defaults(verbose=False)
+        return parser
+
     def before_instantiate_classes(self) -> None:
         # before the data is generated and the logger starts
         if self.subcommand is not None:
@@ -139,22 +150,16 @@ class DeepLabCLI(LightningCLI):
             ckpt_path = os.path.join(root_dir, "checkpoints", "last.ckpt")
         return read_wandb_run_id(ckpt_path) if isinstance(ckpt_path, str) else None
 
-    def validate(self, **kwargs: Any) -> Any:
-        """`deeplab validate`: the module prints its own scores table; Lightning's would repeat it."""
-        kwargs.setdefault("verbose", False)
-        return self.trainer.validate(**kwargs)
-
-    def test(self, **kwargs: Any) -> Any:
-        """`deeplab test`: as validate, the module's table only."""
-        kwargs.setdefault("verbose", False)
-        return self.trainer.test(**kwargs)
-
     def predict(self, **kwargs: Any) -> Any:
         """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not
         also kept in memory (unless ``--return_predictions true``)."""
         if kwargs.get("return_predictions") is None:
             kwargs["return_predictions"] = False
-        return self.trainer.predict(**kwargs)
+        with warnings.catch_warnings():
+            # Lightning asks for the training callbacks (checkpointing) whose state the checkpoint
+            # holds; prediction has no use for it.
+            warnings.filterwarnings("ignore", message=PREDICT_CALLBACKS_WARNING)
+            return self.trainer.predict(**kwargs)
 
 
 def _extra_command(name: str) -> Callable[[Optional[Sequence[str]]], Any]:
