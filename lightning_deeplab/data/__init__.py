@@ -4,19 +4,32 @@ import os
 # albumentations checks for updates over the network on import unless told not to
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, CityscapesSource  # noqa: E402
-from .cocostuff import (  # noqa: E402
-    COCO_STUFF_CLASSES, CocoStuff10k, CocoStuff10kSource, CocoStuff164k, CocoStuff164kSource,
-)  # fmt: skip
-from .collate import pad_collate  # noqa: E402
-from .datamodule import SegmentationDataModule  # noqa: E402
-from .folder import FolderSegmentation, FolderSource, read_class_list  # noqa: E402
-from .palette import VOC_PALETTE, voc_colormap  # noqa: E402
-from .registry import DATASETS, DatasetEntry, open_source  # noqa: E402
-from .source import SegmentationSource  # noqa: E402
-from .synthetic import SYNTHETIC_CLASSES, SyntheticSource, generate_synthetic_voc  # noqa: E402
-from .transforms import build_train_transform  # noqa: E402
-from .voc import VOC_CLASSES, VOCSegmentation, VOCSource  # noqa: E402
+# Imported on first use (PEP 562), so that `python -m lightning_deeplab.data.sbd --help` and the
+# `deeplab` command list need neither torch nor albumentations: name -> submodule defining it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "CityscapesSegmentation", "CityscapesSource"), "cityscapes"),
+    **dict.fromkeys(("COCO_STUFF_CLASSES", "CocoStuff10k", "CocoStuff10kSource", "CocoStuff164k", "CocoStuff164kSource"), "cocostuff"),
+    "pad_collate": "collate",
+    "SegmentationDataModule": "datamodule",
+    **dict.fromkeys(("FolderSegmentation", "FolderSource", "read_class_list"), "folder"),
+    **dict.fromkeys(("VOC_PALETTE", "voc_colormap"), "palette"),
+    **dict.fromkeys(("DATASETS", "DatasetEntry", "open_source"), "registry"),
+    "SegmentationSource": "source",
+    **dict.fromkeys(("SYNTHETIC_CLASSES", "SyntheticSource", "generate_synthetic_voc"), "synthetic"),
+    "build_train_transform": "transforms",
+    **dict.fromkeys(("VOC_CLASSES", "VOCSegmentation", "VOCSource"), "voc"),
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 # The SBD converter (lightning_deeplab.data.sbd) is left out: it runs as `python -m`, which
 # warns when the package has imported the module already.
