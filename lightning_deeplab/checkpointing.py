@@ -64,7 +64,7 @@ class DeepLabCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         n = self.last_every_n_train_steps
-        if n and self._fitting(trainer) and trainer.global_step % n == 0:
+        if n and self._fitting(trainer) and trainer.global_step > 0 and trainer.global_step % n == 0:
             self._write_last(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -144,3 +144,23 @@ def check_ckpt_path(ckpt_path: Optional[str]) -> None:
         return
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+
+
+def validation_interval_in_batches(trainer_config: dict[str, Any]) -> Optional[int]:
+    """The batch count Lightning needs to validate every ``val_check_interval`` optimizer steps,
+    or None when nothing needs changing.
+
+    With ``check_val_every_n_epoch: null`` Lightning counts ``val_check_interval`` in training
+    batches, not steps: with ``accumulate_grad_batches: k`` it would validate k times as often
+    as the config says (and between two optimizer steps). Multiplying by k puts validation on
+    every N-th step while each epoch's batch count is a multiple of k (Lightning also steps on
+    an epoch's last batch, so a remainder shifts later validations by a step or two).
+    """
+    interval = trainer_config.get("val_check_interval")
+    accumulate = trainer_config.get("accumulate_grad_batches") or 1
+    if (
+        isinstance(interval, int) and not isinstance(interval, bool)
+        and accumulate > 1 and trainer_config.get("check_val_every_n_epoch") is None
+    ):  # fmt: skip
+        return interval * accumulate
+    return None

@@ -19,7 +19,10 @@ from pytorch_lightning.callbacks import (
 from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from .checkpointing import DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, check_ckpt_path, read_wandb_run_id
+from .checkpointing import (
+    DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, check_ckpt_path, read_wandb_run_id,
+    validation_interval_in_batches,
+)  # fmt: skip
 from .command import EXTRA_COMMANDS
 from .data import SegmentationDataModule
 from .loggers import default_logger
@@ -131,6 +134,9 @@ class DeepLabCLI(LightningCLI):
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_logger(root_dir, run_id=self._resumed_wandb_run_id(root_dir))
         callbacks = _as_list(config.get("callbacks"))
+        val_check_batches = validation_interval_in_batches(config)
+        if val_check_batches is not None:
+            kwargs["val_check_interval"] = val_check_batches
         if self.subcommand in (None, "fit", "validate", "test"):
             every_n = self._get(self.config_init, "checkpoint_every_n_steps", default=DEFAULT_CHECKPOINT_EVERY_N_STEPS)
             kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False, every_n)

@@ -143,3 +143,24 @@ def test_sigterm_during_fit_saves_a_checkpoint_exits_nonzero_and_resume_continue
     # one wandb run: the resumed process wrote into a run of the same id
     assert wandb_run_ids(run) == [run_id, run_id]
     assert load(last)[WANDB_RUN_ID_KEY] == run_id
+
+
+@pytest.mark.parametrize("accumulate, every_n_epochs, batches", [(1, "null", 2), (3, "null", 6), (3, "1", 2)])
+def test_val_check_interval_counts_optimizer_steps_under_gradient_accumulation(
+    accumulate, every_n_epochs, batches, data_root, tmp_path
+):
+    args = tiny_args(data_root, str(tmp_path / "run"), "--trainer.logger", "false")
+    cli = DeepLabCLI(
+        args=[*args, "--trainer.val_check_interval", "2", "--trainer.accumulate_grad_batches", str(accumulate),
+              "--trainer.check_val_every_n_epoch", every_n_epochs],
+        run=False,
+    )  # fmt: skip
+    # per epoch (check_val_every_n_epoch: 1) Lightning's count is the batch within the epoch: left alone
+    assert cli.trainer.val_check_interval == batches
+
+
+def test_checkpoint_period_is_validated():
+    from lightning_deeplab.checkpointing import DeepLabCheckpoint
+
+    with pytest.raises(ValueError, match="checkpoint_every_n_steps"):
+        DeepLabCheckpoint(every_n_train_steps=-1)
