@@ -20,7 +20,7 @@ from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from .checkpointing import (
-    DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, check_ckpt_path, read_wandb_run_id,
+    DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, check_ckpt_path, exit_code_of, read_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
 from .command import EXTRA_COMMANDS
@@ -155,6 +155,17 @@ class DeepLabCLI(LightningCLI):
         if ckpt_path == "last":
             ckpt_path = os.path.join(root_dir, "checkpoints", "last.ckpt")
         return read_wandb_run_id(ckpt_path) if isinstance(ckpt_path, str) else None
+
+    def fit(self, **kwargs: Any) -> Any:
+        """`deeplab fit`: a run stopped by SIGTERM (checkpoint saved) exits with status 143, not
+        with the status 0 of Lightning's `SIGTERMException`."""
+        try:
+            return self.trainer.fit(**kwargs)
+        except SystemExit as stop:
+            code = exit_code_of(stop)
+            if code is None:
+                raise
+            raise SystemExit(code) from stop
 
     def predict(self, **kwargs: Any) -> Any:
         """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not

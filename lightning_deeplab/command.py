@@ -56,16 +56,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def _run_trainer_command(argv: list[str], from_sys_argv: bool) -> int:
-    from .checkpointing import exit_code_of
     from .cli import DeepLabCLI
 
+    # parse errors, --help and a SIGTERM'd fit (143) leave as SystemExit with their status
     try:
         DeepLabCLI(args=None if from_sys_argv else argv)
-    except SystemExit as stop:
-        code = exit_code_of(stop)  # a SIGTERM'd run: Lightning's exit carries status 0
-        if code is None:
-            raise
-        return code
     except _user_error_types() as error:
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise

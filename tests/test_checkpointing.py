@@ -16,7 +16,7 @@ import torch
 import wandb
 from pytorch_lightning import Callback
 
-from lightning_deeplab.checkpointing import SIGTERM_EXIT_CODE, VALIDATION_SCORES_KEY, WANDB_RUN_ID_KEY, exit_code_of
+from lightning_deeplab.checkpointing import SIGTERM_EXIT_CODE, VALIDATION_SCORES_KEY, WANDB_RUN_ID_KEY
 from lightning_deeplab.cli import DeepLabCLI
 from step_log import StepLog, read_steps
 from tiny_run import REPO, tiny_args
@@ -86,7 +86,7 @@ def test_a_resume_after_sigterm_mid_epoch_ends_like_an_uninterrupted_run(data_ro
     # 8 images in batches of 4: step 3 is the first batch of the second epoch
     with pytest.raises(SystemExit) as stop:
         fit(killed, "--trainer.max_steps", "6", callbacks=[SigtermAt(3)])
-    assert exit_code_of(stop.value) == SIGTERM_EXIT_CODE
+    assert stop.value.code == SIGTERM_EXIT_CODE
     saved = load(os.path.join(killed, "checkpoints", "last.ckpt"))
     assert saved["global_step"] == 3
     assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 1  # mid-epoch
