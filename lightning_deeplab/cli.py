@@ -35,8 +35,6 @@ PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks use
 #: The validation score that picks the best checkpoint.
 MONITOR = "val/mIoU"
 
-
-
 HELP_DESCRIPTION = (
     "DeepLab v2: train, evaluate and predict with a YAML config.\n\nOther commands "
     "(`deeplab <command> --help` for their options):\n"

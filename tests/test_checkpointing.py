@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-import wandb
 from pytorch_lightning import Callback
 
 from lightning_deeplab.checkpointing import SIGTERM_EXIT_CODE, VALIDATION_SCORES_KEY, WANDB_RUN_ID_KEY
