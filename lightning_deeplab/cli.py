@@ -8,13 +8,13 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import warnings
 from argparse import RawDescriptionHelpFormatter
 from typing import Any, Callable, Optional, Sequence
 
 from pytorch_lightning.callbacks import (
     BasePredictionWriter,
     LearningRateMonitor,
-    ModelCheckpoint,
     ThroughputMonitor,
 )
 from jsonargparse import DefaultHelpFormatter, Namespace
@@ -27,22 +27,22 @@ from .checkpoint_config import (
     resolve_ckpt_path,
     saved_model_config,
 )
+from .checkpointing import (
+    DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, check_ckpt_path, exit_code_of, read_wandb_run_id,
+    validation_interval_in_batches,
+)  # fmt: skip
+from .command import EXTRA_COMMANDS
 from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
 from .predict import SegmentationWriter
 from .reporting import default_reporting
 
+#: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
+PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
+
 #: The validation score that picks the best checkpoint.
 MONITOR = "val/mIoU"
-
-
-#: Commands handled outside LightningCLI: name -> (module, one-line description).
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val"),
-    "crf": ("lightning_deeplab.refine", "refine saved probabilities or logits of any model with the dense CRF"),
-    "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab v2 .caffemodel to a checkpoint"),
-}
 
 HELP_DESCRIPTION = (
     "DeepLab v2: train, evaluate and predict with a YAML config.\n\nOther commands "
@@ -59,12 +59,16 @@ def batch_size_of(batch: dict[str, Any]) -> int:
     return batch["image"].shape[0]
 
 
-def default_callbacks(root_dir: str, with_logger: bool = True) -> list:
-    """Checkpoints in a fixed folder under the run's root (so `--ckpt_path best|last` finds them),
+def default_callbacks(
+    root_dir: str, with_logger: bool = True, checkpoint_every_n_steps: int = DEFAULT_CHECKPOINT_EVERY_N_STEPS
+) -> list:
+    """Checkpoints in a fixed folder under the run's root (so `--ckpt_path best|last` finds them;
+    `last.ckpt` also every ``checkpoint_every_n_steps`` steps, on a stop and at the end of fit),
     the scores report, and, when there is a logger, the LR of every parameter group, the training
     throughput and the wandb tables and images."""
     callbacks = [
-        ModelCheckpoint(
+        DeepLabCheckpoint(
+            every_n_train_steps=checkpoint_every_n_steps,
             dirpath=os.path.join(root_dir, CHECKPOINT_DIR),
             filename="best-step{step}",
             auto_insert_metric_name=False,
@@ -113,12 +117,27 @@ class DeepLabCLI(LightningCLI):
         }
         super().__init__(DeepLabV2Module, SegmentationDataModule, *args, **kwargs)
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # jsonargparse would take `--model.head_lr` for `--model.head_lr_mult`: no prefixes, on
+        # the main parser and on every subcommand's
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        # before the data is generated and the logger starts
+        if self.subcommand is not None:
+            check_ckpt_path(self._get(self.config, "ckpt_path", default=None))
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The dataset decides the classes; the model follows it.
         parser.link_arguments("data.num_classes", "model.model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         # Images are padded with the mean colour of the model's normalisation.
         parser.link_arguments("model.model", "data.pad_style", compute_fn=_style_of, apply_on="parse")
+        parser.add_argument(
+            "--checkpoint_every_n_steps", type=int, default=DEFAULT_CHECKPOINT_EVERY_N_STEPS,
+            help="fit: write checkpoints/last.ckpt every N training steps (0: only at validation and at the end)",
+        )  # fmt: skip
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -126,6 +145,9 @@ class DeepLabCLI(LightningCLI):
             # The writer's settings are predict's own options (`deeplab predict --crf true
             # --output_dir DIR`); `_prediction_writer` builds the writer from them.
             self._writer_options = parser.add_class_arguments(SegmentationWriter, instantiate=False)
+        if subcommand in ("validate", "test"):
+            # the scores report prints its own table; Lightning's raw one would repeat it
+            parser.set_defaults(verbose=False)
         return parser
 
     def _prediction_writer(self, callbacks: list) -> list:
@@ -147,12 +169,15 @@ class DeepLabCLI(LightningCLI):
         return callbacks
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
-        # What the YAML files and the command line set, without the defaults: the settings that
-        # a checkpoint must not override.
+        # Arguments given by code (the demo, crf-search) are the whole command line; Lightning's
+        # version warns whenever the process itself had arguments too.
         if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+            # What the YAML files and the command line set, without the defaults: the settings
+            # that a checkpoint must not override.
             self._given = parser.parse_object(args, defaults=False)
         else:
+            self.config = parser.parse_args(args)
             self._given = parser.parse_args(args, defaults=False)
 
     def _parse_ckpt_path(self) -> None:
@@ -190,20 +215,46 @@ class DeepLabCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         root_dir = config.get("default_root_dir") or os.getcwd()
         if config.get("logger") in (None, True):
-            kwargs["logger"] = default_logger(root_dir)
+            kwargs["logger"] = default_logger(root_dir, run_id=self._resumed_wandb_run_id())
         callbacks = _as_list(config.get("callbacks"))
+        val_check_batches = validation_interval_in_batches(config)
+        if val_check_batches is not None:
+            kwargs["val_check_interval"] = val_check_batches
         if self.subcommand in (None, "fit", "validate", "test"):
-            kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False)
+            every_n = self._get(self.config_init, "checkpoint_every_n_steps", default=DEFAULT_CHECKPOINT_EVERY_N_STEPS)
+            kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False, every_n)
         elif self.subcommand == "predict":
             kwargs["callbacks"] = self._prediction_writer(callbacks)
         return super().instantiate_trainer(**kwargs)
+
+    def _resumed_wandb_run_id(self) -> Optional[str]:
+        """A fit resumed from a checkpoint goes on logging into the wandb run that wrote it."""
+        if self.subcommand != "fit":
+            return None
+        # `best` and `last` were resolved to files by `_parse_ckpt_path`
+        return read_wandb_run_id(self.ckpt_path) if isinstance(self.ckpt_path, str) else None
+
+    def fit(self, **kwargs: Any) -> Any:
+        """`deeplab fit`: a run stopped by SIGTERM (checkpoint saved) exits with status 143, not
+        with the status 0 of Lightning's `SIGTERMException`."""
+        try:
+            return self.trainer.fit(**kwargs)
+        except SystemExit as stop:
+            code = exit_code_of(stop)
+            if code is None:
+                raise
+            raise SystemExit(code) from stop
 
     def predict(self, **kwargs: Any) -> Any:
         """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not
         also kept in memory (unless ``--return_predictions true``)."""
         if kwargs.get("return_predictions") is None:
             kwargs["return_predictions"] = False
-        return self.trainer.predict(**kwargs)
+        with warnings.catch_warnings():
+            # Lightning asks for the training callbacks (checkpointing) whose state the checkpoint
+            # holds; prediction has no use for it.
+            warnings.filterwarnings("ignore", message=PREDICT_CALLBACKS_WARNING)
+            return self.trainer.predict(**kwargs)
 
 
 def _extra_command(name: str) -> Callable[[Optional[Sequence[str]]], Any]:

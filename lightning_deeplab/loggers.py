@@ -20,16 +20,18 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
-def default_logger(save_dir: str, name: str | None = None) -> Logger:
+def default_logger(save_dir: str, name: str | None = None, run_id: str | None = None) -> Logger:
     """WandbLogger that never blocks on a missing key; a CSVLogger when WANDB_MODE=disabled.
 
     WANDB_MODE, when set, decides (online / offline / disabled); otherwise the run is online
     only if an API key is configured, so a machine without one still trains and keeps its logs
-    under ``<save_dir>/wandb/offline-run-*`` for a later `wandb sync`.
+    under ``<save_dir>/wandb/offline-run-*`` for a later `wandb sync`. With ``run_id`` (a resumed
+    fit) the run of that id is continued: one run, one loss curve.
     """
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if mode == "disabled":
         return CSVLogger(save_dir=save_dir, name=name or "csv")
     offline = mode in ("offline", "dryrun") or (mode == "" and not wandb_api_key_configured())
     os.makedirs(save_dir, exist_ok=True)
-    return WandbLogger(project=WANDB_PROJECT, name=name, save_dir=save_dir, offline=offline)
+    resume = {"id": run_id, "resume": "allow"} if run_id else {}
+    return WandbLogger(project=WANDB_PROJECT, name=name, save_dir=save_dir, offline=offline, **resume)

@@ -17,20 +17,19 @@ after it holds (gamma, beta). Command line: ``python -m lightning_deeplab.caffe.
 [--num-classes N] [--backbone resnet101|resnet50]``.
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..fileio import atomic_output
-from ..models import HEADS, DeepLabV2
 from .caffemodel import CaffeBlob, CaffeLayer, read_caffemodel
 from .names import CAFFE_BACKBONES, CLASSIFIER_PATTERN, MSC_COPY_PATTERN, VGG_MARKER, ConvUnit, resnet_units
 
@@ -38,6 +37,11 @@ from .names import CAFFE_BACKBONES, CLASSIFIER_PATTERN, MSC_COPY_PATTERN, VGG_MA
 RELEASED_HEAD = "aspp-l"
 #: Backbone names ``--backbone`` takes: the Caffe ResNets and VGG-16.
 CONVERTIBLE_BACKBONES = (*CAFFE_BACKBONES, "vgg16")
+# torch and the models are imported where used, so that `--help` answers without torch.
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
 _BACKBONE_PREFIX = "backbone."
 _MAX_LISTED = 10
 
@@ -156,6 +160,8 @@ def convert_layers(
 
 def save_state_dict(state: Mapping[str, Tensor], path: "str | os.PathLike[str]") -> None:
     """``torch.save`` ``state`` to ``path`` atomically: a temporary file beside it, then a rename."""
+    import torch
+
     with atomic_output(path, "wb", fsync=True) as stream:
         torch.save(dict(state), stream)
 
@@ -240,6 +246,10 @@ def _expected_shapes(backbone: str) -> tuple[dict[str, torch.Size], int]:
 
     Read from a model built on the meta device: no memory, no initialisation cost.
     """
+    import torch
+
+    from ..models import DeepLabV2
+
     with torch.device("meta"):
         model = DeepLabV2(backbone, RELEASED_HEAD, num_classes=1, msc_scales=None, style="caffe", norm="frozen")
     shapes = {_BACKBONE_PREFIX + key: value.shape for key, value in model.backbone.state_dict().items()}
@@ -293,6 +303,10 @@ def _convert_classifier(
     source: str,
 ) -> tuple[dict[str, Tensor], set[str]]:
     """The ASPP-L head from ``fc1_{tag}_c0..c3``, or nothing (and ``report.head_note``)."""
+    import torch
+
+    from ..models import HEADS
+
     branches = len(HEADS[RELEASED_HEAD])
     groups: dict[str, dict[int, CaffeLayer]] = {}
     for name, layer in weighted.items():
@@ -352,6 +366,8 @@ def _fit(layer: CaffeLayer, index: int, shape: torch.Size, key: str, source: str
     Legacy blobs are 4-D with padding dims of 1 (a bias stored as 1x1x1xN): a blob fits when
     its shape equals ``shape`` once dims of size 1 are dropped from both.
     """
+    import torch
+
     blob: CaffeBlob = layer.blobs[index]
     squeezed = tuple(dim for dim in blob.shape if dim != 1)
     if squeezed != tuple(dim for dim in shape if dim != 1) or blob.data.size != shape.numel():

@@ -20,7 +20,6 @@ The ASPP-L classifier is ``fc1_{tag}_c{j}`` -> ``head.branches.{j}`` (j = 0..3, 
 import re
 from dataclasses import dataclass
 
-from ..models import RESNET_SPECS
 
 #: The backbones whose Caffe layer names are known (He et al.'s ResNet-50 / ResNet-101; DeepLab v2
 #: released ResNet-101), and the stages whose blocks after the first are numbered (b1, b2, ...).
@@ -66,6 +65,8 @@ def resnet_units(backbone: str) -> list[ConvUnit]:
             f"no Caffe layer names for backbone {backbone!r}; the released DeepLab v2 models are "
             f"{', '.join(CAFFE_BACKBONES)}"
         )
+    from ..models import RESNET_SPECS  # imports torch: not at import time, for `--help`
+
     units = [ConvUnit("conv1", "bn_conv1", "scale_conv1", "backbone.conv1", "backbone.bn1")]
     _, blocks_per_stage = RESNET_SPECS[backbone]
     for stage, blocks in enumerate(blocks_per_stage, start=2):

@@ -35,10 +35,11 @@ import numpy as np
 from PIL import Image
 
 from ..fileio import atomic_path
-from .files import check_label, load_mat, read_index_label, write_index_png
 from .listing import raise_if_missing, read_list_lines, require_dir
 from .remap import as_integer_labels
-from .voc import AUG_LABEL_DIR, AUG_SPLIT, IMAGE_DIR, LABEL_DIR, SPLIT_DIR, VOC_CLASSES, resolve_voc_root
+
+# .files and .voc (the VOC layout) import torch: they are imported where used, so that `--help`
+# answers without it.
 
 #: Which label an image that has both an official VOC label and an SBD label gets.
 LABEL_PRECEDENCE = ("voc", "sbd")
@@ -96,6 +97,8 @@ def read_id_list(list_file: Path) -> dict[str, int]:
 
 def read_sbd_label(path: Path) -> np.ndarray:
     """The ``GTcls.Segmentation`` map of an SBD ``cls`` file as uint8 class indices (0-20)."""
+    from .files import load_mat
+
     content = load_mat(path, "SBD annotation", squeeze_me=True, struct_as_record=False)
     gt = content.get("GTcls")
     if gt is None or not hasattr(gt, "Segmentation"):
@@ -103,6 +106,8 @@ def read_sbd_label(path: Path) -> np.ndarray:
     label = np.asarray(gt.Segmentation)
     if label.ndim != 2:
         raise ValueError(f"SBD annotation {path}: GTcls.Segmentation has shape {label.shape}; expected HxW")
+    from .voc import VOC_CLASSES
+
     label = as_integer_labels(label, path)
     if label.size and (label.min() < 0 or label.max() >= len(VOC_CLASSES)):
         bad = sorted(set(np.unique(label).tolist()) - set(range(len(VOC_CLASSES))))
@@ -127,6 +132,9 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def _convert_one(job: tuple[str, Path, Path, Path]) -> None:
     """Check one image's label (from SBD's .mat or VOC's PNG) and write it as an Aug PNG."""
+    from .files import check_label, read_index_label, write_index_png
+    from .voc import VOC_CLASSES
+
     kind, source, image, target = job
     label = read_sbd_label(source) if kind == "sbd" else read_index_label(source)
     check_label(label, _image_size(image), len(VOC_CLASSES), source)
@@ -136,6 +144,8 @@ def _convert_one(job: tuple[str, Path, Path, Path]) -> None:
 def _missing_inputs(sbd: Path, voc: Path, sbd_ids: dict[str, dict[str, int]], voc_ids: dict[str, dict[str, int]],
                     to_copy: Sequence[str]) -> list[str]:
     """Every listed file that does not exist, named with the list (and line) that named it."""
+    from .voc import IMAGE_DIR, LABEL_DIR, SPLIT_DIR
+
     missing = []
     for split, ids in voc_ids.items():
         for name, lineno in ids.items():
@@ -166,6 +176,8 @@ def convert_sbd(
         labels: "voc" (official VOC labels take precedence where an image has both) or "sbd".
         workers: processes converting labels in parallel (1: in this process).
     """
+    from .voc import AUG_LABEL_DIR, AUG_SPLIT, IMAGE_DIR, LABEL_DIR, SPLIT_DIR, resolve_voc_root
+
     if labels not in LABEL_PRECEDENCE:
         raise ValueError(f"labels must be one of {LABEL_PRECEDENCE}, got {labels!r}")
     if not isinstance(workers, int) or workers < 1:

@@ -1,0 +1,166 @@
+"""Checkpoints that lose nothing: after every validation, every N training steps, at the end of
+fit and when a run is stopped (SIGTERM, Ctrl-C, an exception).
+
+Why not Lightning's `ModelCheckpoint(save_last=True)` alone (2.6): it writes `last.ckpt` only
+in the same step as a top-k save, so a validation that does not beat the best score leaves
+`last.ckpt` at an older step; its end-of-training save runs only when `last.ckpt` was never
+written in this process. A run to `max_steps` whose final validation did not improve (the DDP
+run and the resume of issue 16) therefore ended with `last.ckpt` steps behind, and the scores of
+its last validation in no file. Here `last.ckpt` is rewritten after every validation, every
+`every_n_train_steps` steps and at the end of fit, whenever its step is not the current one.
+Every rank calls these hooks with the same global step, so every rank takes part in
+`trainer.save_checkpoint` (which ends with a barrier) under DDP.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+#: Training steps between two writes of `last.ckpt` when the configuration does not say.
+DEFAULT_CHECKPOINT_EVERY_N_STEPS = 500
+
+#: Checkpoint keys this module adds: the id of the wandb run (a resume continues it) and the
+#: scores of the validation that ran last before the save.
+WANDB_RUN_ID_KEY = "wandb_run_id"
+VALIDATION_SCORES_KEY = "validation_scores"
+
+#: Exit status of a run stopped by SIGTERM (the shell's 128 + signal number).
+SIGTERM_EXIT_CODE = 143
+
+
+class DeepLabCheckpoint(ModelCheckpoint):
+    """`best-step*.ckpt` by the monitored score (top-k, as ModelCheckpoint) and a `last.ckpt`
+    that always holds the latest step a validation, a periodic save or the end of fit saw.
+
+    ``every_n_train_steps`` here means the `last.ckpt` period only (0: never between
+    validations); the best checkpoint is chosen at validation only.
+    """
+
+    def __init__(self, *args: Any, every_n_train_steps: int = DEFAULT_CHECKPOINT_EVERY_N_STEPS, **kwargs: Any) -> None:
+        if not isinstance(every_n_train_steps, int) or every_n_train_steps < 0:
+            raise ValueError(f"checkpoint_every_n_steps must be an integer >= 0, got {every_n_train_steps!r}")
+        kwargs.setdefault("save_last", True)
+        super().__init__(*args, **kwargs)
+        self.last_every_n_train_steps = every_n_train_steps
+        self._last_step_in_last: Optional[int] = None
+        self._validated_step: Optional[int] = None
+
+    @staticmethod
+    def _fitting(trainer: pl.Trainer) -> bool:
+        from pytorch_lightning.trainer.states import TrainerFn
+
+        return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def _write_last(self, trainer: pl.Trainer) -> None:
+        if self._last_step_in_last == trainer.global_step:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_step_in_last = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        n = self.last_every_n_train_steps
+        if n and self._fitting(trainer) and trainer.global_step > 0 and trainer.global_step % n == 0:
+            self._write_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Not ModelCheckpoint's: its "already saved at this step" check would skip the top-k
+        # save after a periodic save of the same step.
+        if not self._fitting(trainer) or self._validated_step == trainer.global_step:
+            return
+        self._validated_step = trainer.global_step
+        self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+        # rewritten even at a step already in last.ckpt: it now carries this validation's scores
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_step_in_last = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Nothing: saves follow steps and validations, not epochs."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._fitting(trainer):
+            self._write_last(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not self._fitting(trainer) or self._last_step_in_last == trainer.global_step:
+            return
+        # SIGTERM is broadcast to every rank, which all stop here; any other exception may have
+        # stopped one rank only, and a collective save would then wait forever.
+        if trainer.world_size > 1 and not isinstance(exception, SIGTERMException):
+            rank_zero_info(f"{type(exception).__name__} under {trainer.world_size} processes: no checkpoint saved")
+            return
+        self._write_last(trainer)
+        rank_zero_info(f"Stopped by {type(exception).__name__} at step {trainer.global_step}: saved {self.last_model_path}")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[VALIDATION_SCORES_KEY] = {
+            key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")
+        }
+        run_id = wandb_run_id_of(trainer)
+        if run_id is not None:
+            checkpoint[WANDB_RUN_ID_KEY] = run_id
+
+
+def wandb_run_id_of(trainer: pl.Trainer) -> Optional[str]:
+    """The id of the trainer's wandb run, or None without a WandbLogger."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return logger.version
+    return None
+
+
+def read_wandb_run_id(ckpt_path: str) -> Optional[str]:
+    """The wandb run id saved in a checkpoint (None when it has none, or is not a file)."""
+    if not os.path.isfile(ckpt_path):
+        return None
+    import torch
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    run_id = checkpoint.get(WANDB_RUN_ID_KEY)
+    return str(run_id) if run_id else None
+
+
+def exit_code_of(exception: BaseException) -> Optional[int]:
+    """Lightning stops a SIGTERM'd run with `SIGTERMException`, a `SystemExit` without a code
+    (status 0): the status such a run must exit with instead, or None for other exits."""
+    if isinstance(exception, SIGTERMException):
+        return SIGTERM_EXIT_CODE
+    return None
+
+
+#: `--ckpt_path` values that name no file: Lightning's and the run folder's own.
+SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
+
+
+def check_ckpt_path(ckpt_path: Optional[str]) -> None:
+    """Refuses a `--ckpt_path` that names no readable file, before anything else starts."""
+    if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry:"):
+        return
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+
+
+def validation_interval_in_batches(trainer_config: dict[str, Any]) -> Optional[int]:
+    """The batch count Lightning needs to validate every ``val_check_interval`` optimizer steps,
+    or None when nothing needs changing.
+
+    With ``check_val_every_n_epoch: null`` Lightning counts ``val_check_interval`` in training
+    batches, not steps: with ``accumulate_grad_batches: k`` it would validate k times as often
+    as the config says (and between two optimizer steps). Multiplying by k puts validation on
+    every N-th step while each epoch's batch count is a multiple of k (Lightning also steps on
+    an epoch's last batch, so a remainder shifts later validations by a step or two).
+    """
+    interval = trainer_config.get("val_check_interval")
+    accumulate = trainer_config.get("accumulate_grad_batches") or 1
+    if (
+        isinstance(interval, int) and not isinstance(interval, bool)
+        and accumulate > 1 and trainer_config.get("check_val_every_n_epoch") is None
+    ):  # fmt: skip
+        return interval * accumulate
+    return None
