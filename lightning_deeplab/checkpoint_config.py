@@ -47,10 +47,12 @@ def resolve_ckpt_path(ckpt_path: Optional[str], root_dir: str) -> Optional[str]:
 
 
 def _saved_score(path: str) -> float:
-    """The monitored score ModelCheckpoint saved into ``path`` (-inf when it holds none)."""
+    """The monitored score the checkpoint callback (ModelCheckpoint or a subclass) saved into
+    ``path`` (-inf when it holds none)."""
     callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
     for key, state in callbacks.items():
-        if str(key).startswith("ModelCheckpoint") and state.get("current_score") is not None:
+        # state keys are "<class name>{<its settings>}"
+        if str(key).split("{")[0].endswith("Checkpoint") and state.get("current_score") is not None:
             score = float(state["current_score"])
             return score if math.isfinite(score) else -math.inf
     return -math.inf
