@@ -198,7 +198,7 @@ def peak_memory(probs: torch.Tensor, image: np.ndarray) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["500x375x21", "1024x512x21", "2048x1024x19"],
+    parser.add_argument("--sizes", nargs="*", default=["500x375x21", "1024x512x21", "2048x1024x19"],
                         help="WIDTHxHEIGHTxCLASSES")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA rows")
@@ -227,8 +227,9 @@ def main() -> None:
     header += " MB / iteration | max abs diff | argmax agree |"
     if use_cuda:
         header += " CUDA total | CUDA build | CUDA iterations | CUDA peak MiB | ratio vs pydensecrf2 |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    if args.sizes:
+        print(header)
+        print("|" + "---|" * (header.count("|") - 1))
     for size in args.sizes:
         width, height, classes = (int(v) for v in size.split("x"))
         image_np = make_photo(height, width)
