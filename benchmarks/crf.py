@@ -2,11 +2,16 @@
 same inputs, same run, 10 mean-field iterations, DeepLab v2 parameters.
 
     python benchmarks/crf.py                       # 500x375x21, 1024x512x21, 2048x1024x19
+    python benchmarks/crf.py --threads 1           # ours on one thread only (per core)
     python benchmarks/crf.py --sizes 500x375x21 --repeats 7
 
 Prints a markdown table of median wall-clock times (and how far the outputs agree), ready
-for benchmarks/README.md. CUDA rows time the lattice build and the iterations separately
-with CUDA events and report peak GPU memory. Not a test: nothing here asserts.
+for benchmarks/README.md: pydensecrf2 (single-threaded) and ours on one thread and on all
+threads, interleaved run by run so that load from other jobs hits both alike; the iterations
+next to their memory-traffic floor (bytes per iteration / this machine's copy bandwidth);
+peak resident memory of a fresh process per case. CUDA rows time the lattice build and the
+iterations separately with CUDA events and report peak GPU memory. Not a test: nothing here
+asserts.
 """
 from __future__ import annotations
 
@@ -15,18 +20,19 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crf_peak_memory import ITERATIONS, PARAMS, run_pydensecrf
 from lightning_deeplab.crf import unary_from_softmax
 from lightning_deeplab.crf.mean_field import build_kernels, channels_first, dense_crf, mean_field, pixels_last
 
-# DeepLab v2 ResNet-101: pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std
-PARAMS = dict(pos_w=3.0, pos_xy_std=1.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0)
-ITERATIONS = 10
 PHOTOS = ("astronaut", "coffee", "rocket", "chelsea")
 
 
@@ -54,18 +60,6 @@ def make_probs(classes: int, height: int, width: int, seed: int = 0) -> torch.Te
     return torch.softmax(scores + 1.5 * torch.randn(scores.shape, generator=gen), dim=1)
 
 
-def run_pydensecrf(probs: np.ndarray, image: np.ndarray) -> np.ndarray:
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax as ref_unary
-
-    classes, height, width = probs.shape
-    crf = dcrf.DenseCRF2D(width, height, classes)
-    crf.setUnaryEnergy(np.ascontiguousarray(ref_unary(probs)))
-    crf.addPairwiseGaussian(sxy=PARAMS["pos_xy_std"], compat=PARAMS["pos_w"])
-    crf.addPairwiseBilateral(sxy=PARAMS["bi_xy_std"], srgb=PARAMS["bi_rgb_std"], rgbim=image, compat=PARAMS["bi_w"])
-    return np.array(crf.inference(ITERATIONS), dtype=np.float32).reshape(classes, height, width)
-
-
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as info:
@@ -77,14 +71,66 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    result = fn()  # warm-up (allocator, caches)
-    times = []
+def interleaved_medians(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median seconds of each function, run in turn within every repeat (after one warm-up
+    round), so that load from other jobs hits them alike; also each one's last result."""
+    results = {name: fn() for name, fn in fns.items()}
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
+def with_threads(threads: int, fn):
+    def run():
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(saved)
+
+    return run
+
+
+def copy_bandwidth(threads: int, megabytes: int = 256, repeats: int = 9) -> float:
+    """Bytes per second read plus written by a large tensor copy (far beyond the caches)."""
+    src = torch.ones(megabytes * 2**18)
+    dst = torch.empty_like(src)
+    times = []
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            dst.copy_(src)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(saved)
+    return 2 * src.numel() * 4 / statistics.median(times[1:])
+
+
+def filter_bytes(pixels: int, vertices: int, dim: int, channels: int, addend: bool) -> int:
+    """Memory traffic of one float32 lattice filter if every row is read or written once per
+    pass (blur neighbours found in cache): splat, d+1 blur passes, slice (with the scales)."""
+    row = 4 * channels
+    lists = pixels * (dim + 1) * 8  # offsets and weights
+    splat = pixels * row + lists + vertices * row + pixels * 4
+    blur = (dim + 1) * (2 * vertices * row + vertices * 8)
+    slice_ = vertices * row + lists + pixels * row * (2 if addend else 1) + pixels * 4
+    return splat + blur + slice_
+
+
+def iteration_bytes(kernels, channels: int) -> int:
+    """Memory traffic of one mean-field iteration (every filter adds onto the messages)."""
+    total = 0
+    for kernel in kernels:
+        batch, pixels, _ = kernel.lattice.offsets.shape
+        total += filter_bytes(batch * pixels, kernel.lattice.num_vertices, kernel.lattice.dim, channels, True)
+    return total
 
 
 def cpu_phases(unary: torch.Tensor, image: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -130,27 +176,60 @@ def cuda_row(unary: torch.Tensor, image: torch.Tensor, repeats: int) -> dict:
     }
 
 
+def ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}" if reference > 0 else "n/a"
+
+
+def peak_memory(probs: torch.Tensor, image: np.ndarray) -> dict:
+    """Peak resident memory (MiB) of a fresh process running pydensecrf2 or ours once:
+    the whole process, and above what it held before the call (imports, inputs)."""
+    peaks = {}
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(os.path.join(folder, "probs.npy"), probs[0].numpy())
+        np.save(os.path.join(folder, "image.npy"), image)
+        for which in ("ref", "ours"):
+            child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crf_peak_memory.py")
+            out = subprocess.run([sys.executable, child, which, folder],
+                                 check=True, capture_output=True, text=True).stdout.split()
+            before, peak = float(out[-2]), float(out[-1])
+            peaks[which] = (peak, peak - before)
+    return peaks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["500x375x21", "1024x512x21", "2048x1024x19"],
+    parser.add_argument("--sizes", nargs="*", default=["500x375x21", "1024x512x21", "2048x1024x19"],
                         help="WIDTHxHEIGHTxCLASSES")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
-    parser.add_argument("--ref-repeats", type=int, default=3, help="timed pydensecrf2 runs (median)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA rows")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="time ours on this many threads only (default: on 1 and on all)")
+    parser.add_argument("--memory-sizes", nargs="*", default=["2048x1024x19"],
+                        help="sizes whose peak resident memory is measured (a process per case)")
     args = parser.parse_args()
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
 
     use_cuda = torch.cuda.is_available() and not args.no_cuda
+    all_threads = torch.get_num_threads()
+    thread_counts = [args.threads] if args.threads is not None else sorted({1, all_threads})
+    bandwidth = {t: copy_bandwidth(t) for t in thread_counts}
     print(f"# Dense CRF benchmark, {datetime.date.today()}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if use_cuda else ""))
-    print(f"{ITERATIONS} iterations, DeepLab v2 parameters {PARAMS}; median of {args.repeats} "
-          f"(pydensecrf2: {args.ref_repeats}) wall-clock runs\n")
-    header = ("| size | pydensecrf2 (1 core) | ours CPU | ratio | CPU build | CPU iterations "
-              "| max abs diff | argmax agree |")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+          + (f", {torch.cuda.get_device_name()}" if use_cuda else ""))
+    print("copy bandwidth (read + write, 256 MiB): "
+          + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bandwidth[t] / 1e9:.1f} GB/s" for t in thread_counts))
+    print(f"{ITERATIONS} iterations, DeepLab v2 parameters {PARAMS}; medians of {args.repeats} interleaved "
+          f"wall-clock runs; pydensecrf2 is single-threaded\n")
+    header = "| size | pydensecrf2 |"
+    for t in thread_counts:
+        header += f" ours {t}T | speed-up {t}T | build {t}T | iterations {t}T (floor) |"
+    header += " MB / iteration | max abs diff | argmax agree |"
     if use_cuda:
         header += " CUDA total | CUDA build | CUDA iterations | CUDA peak MiB | ratio vs pydensecrf2 |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    if args.sizes:
+        print(header)
+        print("|" + "---|" * (header.count("|") - 1))
     for size in args.sizes:
         width, height, classes = (int(v) for v in size.split("x"))
         image_np = make_photo(height, width)
@@ -158,20 +237,40 @@ def main() -> None:
         unary = unary_from_softmax(probs)
         image = torch.from_numpy(image_np).permute(2, 0, 1)[None].contiguous()
 
-        ref_time, q_ref = median_time(lambda: run_pydensecrf(probs[0].numpy(), image_np), args.ref_repeats)
-        ours_time, q = median_time(lambda: dense_crf(unary, image, iterations=ITERATIONS, **PARAMS), args.repeats)
-        build_time, loop_time = cpu_phases(unary, image, args.repeats)
-        q = q[0].numpy()
+        fns = {"ref": lambda: run_pydensecrf(probs[0].numpy(), image_np)}
+        for t in thread_counts:
+            fns[t] = with_threads(t, lambda: dense_crf(unary, image, iterations=ITERATIONS, **PARAMS))
+        medians, results = interleaved_medians(fns, args.repeats)
+        q_ref = results["ref"]
+        q = results[thread_counts[-1]][0].numpy()
         diff = float(np.abs(q - q_ref).max())
         agree = float((q.argmax(0) == q_ref.argmax(0)).mean())
-        row = (f"| {width}x{height}x{classes} | {ref_time:.3f} s | {ours_time:.3f} s | {ref_time / ours_time:.2f}x "
-               f"| {build_time:.3f} s | {loop_time:.3f} s | {diff:.1e} | {100 * agree:.4f}% |")
+        kernels = build_kernels(image, normalization="symmetric", dtype=torch.float32, **PARAMS)
+        traffic = iteration_bytes(kernels, classes)
+        row = f"| {width}x{height}x{classes} | {medians['ref']:.3f} s |"
+        for t in thread_counts:
+            build_time, loop_time = with_threads(t, lambda: cpu_phases(unary, image, args.repeats))()
+            floor = ITERATIONS * traffic / bandwidth[t]
+            row += (f" {medians[t]:.3f} s | {medians['ref'] / medians[t]:.2f}x | {build_time:.3f} s "
+                    f"| {loop_time:.3f} s ({floor:.3f} s) |")
+        row += f" {traffic / 1e6:.0f} | {diff:.1e} | {100 * agree:.4f}% |"
         if use_cuda:
             gpu = cuda_row(unary, image, args.repeats)
             gpu_diff = float(np.abs(gpu["q"][0].numpy() - q_ref).max())
             row += (f" {1e3 * gpu['total']:.2f} ms (diff {gpu_diff:.1e}) | {1e3 * gpu['build']:.2f} ms "
-                    f"| {1e3 * gpu['iterations']:.2f} ms | {gpu['peak_mib']:.0f} | {ref_time / gpu['total']:.0f}x |")
+                    f"| {1e3 * gpu['iterations']:.2f} ms | {gpu['peak_mib']:.0f} | {medians['ref'] / gpu['total']:.0f}x |")
         print(row, flush=True)
+
+    if args.memory_sizes:
+        print("\n| size | peak resident, pydensecrf2 | peak resident, ours (1 thread) | ours / pydensecrf2 "
+              "| above imports and inputs: pydensecrf2 | ours | ours / pydensecrf2 |")
+        print("|---|---|---|---|---|---|---|")
+    for size in args.memory_sizes:
+        width, height, classes = (int(v) for v in size.split("x"))
+        peaks = peak_memory(make_probs(classes, height, width), make_photo(height, width))
+        (ref_peak, ref_delta), (our_peak, our_delta) = peaks["ref"], peaks["ours"]
+        print(f"| {width}x{height}x{classes} | {ref_peak:.0f} MiB | {our_peak:.0f} MiB | {ratio(our_peak, ref_peak)} "
+              f"| {ref_delta:.0f} MiB | {our_delta:.0f} MiB | {ratio(our_delta, ref_delta)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -121,8 +121,10 @@ build_lattice_cpu(const at::Tensor& features_arg) {
   const auto int_opts = features.options().dtype(at::kInt);
   at::Tensor offsets = empty_pooled({B, N, d1}, int_opts);
   at::Tensor weights = empty_pooled({B, N, d1}, features.options());
-  at::Tensor rem0 = empty_pooled({P, d1}, int_opts);
-  at::Tensor rank = empty_pooled({P, d1}, int_opts);
+  // Temporaries of the build: from the ordinary allocator, so they go back to the system
+  // when it ends instead of sitting in the pool, where no later request fits them.
+  at::Tensor rem0 = at::empty({P, d1}, int_opts);
+  at::Tensor rank = at::empty({P, d1}, int_opts);
 
   const float* feat = features.data_ptr<float>();
   int32_t* rem0_p = rem0.data_ptr<int32_t>();
