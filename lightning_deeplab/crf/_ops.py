@@ -139,4 +139,4 @@ def _register_python_rules() -> None:
     )
 
 
-__all__ = ["OPS_SOURCE", "operators"]
+__all__ = ["OPS_SOURCE", "operators"]  # noqa: F822 (OPS_SOURCE comes from __getattr__)
