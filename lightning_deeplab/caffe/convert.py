@@ -169,7 +169,7 @@ def save_state_dict(state: Mapping[str, Tensor], path: "str | os.PathLike[str]")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: convert, print the mapping and the report, write OUTPUT. Returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_deeplab.caffe.convert",
+        prog="deeplab convert-caffe",
         description="Convert a released DeepLab .caffemodel (v2 ResNet-101 ASPP-L; v1/v2 VGG-16 LargeFOV, "
         "v2 VGG-16 ASPP-L; their init models) into a DeepLabV2 checkpoint (style 'caffe') that "
         "load_pretrained(model, OUTPUT) loads; the architecture is found from the layer names.",
