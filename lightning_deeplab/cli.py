@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from argparse import RawDescriptionHelpFormatter
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from pytorch_lightning.callbacks import (
     BasePredictionWriter,
@@ -31,7 +31,7 @@ from .checkpointing import (
     DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, check_ckpt_path, exit_code_of, read_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
-from .command import EXTRA_COMMANDS
+from .command import EXTRA_COMMANDS, main
 from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
@@ -123,11 +123,6 @@ class DeepLabCLI(LightningCLI):
         kwargs.setdefault("allow_abbrev", False)
         return super().init_parser(**kwargs)
 
-    def before_instantiate_classes(self) -> None:
-        # before the data is generated and the logger starts
-        if self.subcommand is not None:
-            check_ckpt_path(self._get(self.config, "ckpt_path", default=None))
-
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The dataset decides the classes; the model follows it.
         parser.link_arguments("data.num_classes", "model.model.init_args.num_classes", apply_on="instantiate")
@@ -188,6 +183,7 @@ class DeepLabCLI(LightningCLI):
         given = self._given.get(subcommand) if subcommand else self._given
         root_dir = section.get("trainer.default_root_dir") or os.getcwd()
         ckpt_path = section.get("ckpt_path") if subcommand else self.ckpt_path
+        check_ckpt_path(ckpt_path)  # a missing file: one plain error, before data and logger
         try:
             ckpt_path = resolve_ckpt_path(ckpt_path, root_dir)
             saved = saved_model_config(ckpt_path) if ckpt_path else None
@@ -257,26 +253,5 @@ class DeepLabCLI(LightningCLI):
             return self.trainer.predict(**kwargs)
 
 
-def _extra_command(name: str) -> Callable[[Optional[Sequence[str]]], Any]:
-    from importlib import import_module
-
-    return import_module(EXTRA_COMMANDS[name][0]).main
-
-
-def main(args: Any = None) -> Any:
-    """The `deeplab` command: `crf-search` and `convert-caffe` go to their own parsers,
-    everything else to :class:`DeepLabCLI`. Returns the extra command's exit status."""
-    # albumentations checks for updates over the network on import unless told not to
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, (list, tuple)) and argv and argv[0] in EXTRA_COMMANDS:
-        status = _extra_command(argv[0])(list(argv[1:]))
-        if args is None:
-            sys.exit(status)
-        return status
-    DeepLabCLI(args=args)
-    return None
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m lightning_deeplab.cli fit ...` (e.g. under torchrun)
+    sys.exit(main())

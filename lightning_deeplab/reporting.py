@@ -129,6 +129,11 @@ class TrainingFlops(pl.Callback):
     meta-device copy of the network (no memory, no compute), as ``pl_module.flops_per_batch``
     (what ThroughputMonitor reads)."""
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # unknown until the first training batch (ThroughputMonitor warns when there is no attribute)
+        if not hasattr(pl_module, "flops_per_batch"):
+            pl_module.flops_per_batch = None
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:  # fmt: skip
         if getattr(pl_module, "flops_per_batch", None) is None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_deeplab.cli import DeepLabCLI, main
+from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.command import EXTRA_COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,14 +28,14 @@ def readme_commands() -> list[list[str]]:
 
 def test_the_readme_has_commands():
     subcommands = {words[0] for words in readme_commands()}
-    assert {"fit", "validate", "predict", "crf-search", "convert-caffe"} <= subcommands
+    assert {"fit", "validate", "predict", "crf-search", "crf", "convert-caffe"} <= subcommands
 
 
 @pytest.mark.parametrize("words", readme_commands(), ids=" ".join)
 def test_readme_command_parses(words, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the README's paths are relative to the checkout
     command, args = words[0], words[1:]
-    if command == "convert-caffe":
+    if command in EXTRA_COMMANDS and command != "crf-search":  # own parsers: every option is theirs
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

@@ -19,7 +19,7 @@ from lightning_deeplab.caffe import (
 )
 from lightning_deeplab.caffe.convert import main
 from lightning_deeplab.constants import CAFFE_MEAN_BGR
-from lightning_deeplab.models import DeepLabV2
+from lightning_deeplab.models import DeepLabV2, load_pretrained
 
 CLASSES = 3
 V1_CONVOLUTION, V1_POOLING, V1_RELU = 4, 17, 18
@@ -107,7 +107,10 @@ def _caffe_vgg_forward(rgb: torch.Tensor, blobs, branches: list[tuple[str, str, 
 
 
 def _model(head: str, classes: int = CLASSES, pretrained=None) -> DeepLabV2:
-    return DeepLabV2("vgg16", head, num_classes=classes, msc_scales=None, style="caffe", pretrained=pretrained).eval()
+    model = DeepLabV2("vgg16", head, num_classes=classes, msc_scales=None, style="caffe")
+    if pretrained is not None:
+        load_pretrained(model, pretrained)
+    return model.eval()
 
 
 RGB = torch.rand(1, 3, 49, 45, generator=torch.Generator().manual_seed(3)) * 255

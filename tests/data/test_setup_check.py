@@ -134,6 +134,6 @@ def test_deeplab_validate_stops_at_setup_on_bad_data_and_pads_as_the_model_norma
     assert len(caught.value.problems) == 2
     assert "val.txt:2: image" in caught.value.problems[0] and "val.txt:3: label" in caught.value.problems[1]
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing ran
-    for style in STYLES:  # the pad colour follows --model.style
-        cli = DeepLabCLI(args=[*args, "--model.style", style], run=False)
+    for style in STYLES:  # the pad colour follows --model.model.init_args.style
+        cli = DeepLabCLI(args=[*args, "--model.model.init_args.style", style], run=False)
         assert cli.datamodule.pad_rgb == PAD_MEAN_RGB_BY_STYLE[style]
