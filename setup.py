@@ -3,6 +3,7 @@
 Install with `pip install --no-build-isolation -e .`: the build needs the torch that is
 already installed, not a second copy in an isolated build environment.
 """
+
 import importlib.util
 import os
 

@@ -13,6 +13,7 @@ peak resident memory of a fresh process per case. CUDA rows time the lattice bui
 iterations separately with CUDA events and report peak GPU memory. Not a test: nothing here
 asserts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -189,8 +190,9 @@ def peak_memory(probs: torch.Tensor, image: np.ndarray) -> dict:
         np.save(os.path.join(folder, "image.npy"), image)
         for which in ("ref", "ours"):
             child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crf_peak_memory.py")
-            out = subprocess.run([sys.executable, child, which, folder],
-                                 check=True, capture_output=True, text=True).stdout.split()
+            out = subprocess.run(
+                [sys.executable, child, which, folder], check=True, capture_output=True, text=True
+            ).stdout.split()
             before, peak = float(out[-2]), float(out[-1])
             peaks[which] = (peak, peak - before)
     return peaks
@@ -198,14 +200,20 @@ def peak_memory(probs: torch.Tensor, image: np.ndarray) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="*", default=["500x375x21", "1024x512x21", "2048x1024x19"],
-                        help="WIDTHxHEIGHTxCLASSES")
+    parser.add_argument(
+        "--sizes", nargs="*", default=["500x375x21", "1024x512x21", "2048x1024x19"], help="WIDTHxHEIGHTxCLASSES"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA rows")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="time ours on this many threads only (default: on 1 and on all)")
-    parser.add_argument("--memory-sizes", nargs="*", default=["2048x1024x19"],
-                        help="sizes whose peak resident memory is measured (a process per case)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="time ours on this many threads only (default: on 1 and on all)"
+    )
+    parser.add_argument(
+        "--memory-sizes",
+        nargs="*",
+        default=["2048x1024x19"],
+        help="sizes whose peak resident memory is measured (a process per case)",
+    )
     args = parser.parse_args()
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
@@ -215,12 +223,18 @@ def main() -> None:
     thread_counts = [args.threads] if args.threads is not None else sorted({1, all_threads})
     bandwidth = {t: copy_bandwidth(t) for t in thread_counts}
     print(f"# Dense CRF benchmark, {datetime.date.today()}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
-          + (f", {torch.cuda.get_device_name()}" if use_cuda else ""))
-    print("copy bandwidth (read + write, 256 MiB): "
-          + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bandwidth[t] / 1e9:.1f} GB/s" for t in thread_counts))
-    print(f"{ITERATIONS} iterations, DeepLab v2 parameters {PARAMS}; medians of {args.repeats} interleaved "
-          f"wall-clock runs; pydensecrf2 is single-threaded\n")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if use_cuda else "")
+    )
+    print(
+        "copy bandwidth (read + write, 256 MiB): "
+        + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bandwidth[t] / 1e9:.1f} GB/s" for t in thread_counts)
+    )
+    print(
+        f"{ITERATIONS} iterations, DeepLab v2 parameters {PARAMS}; medians of {args.repeats} interleaved "
+        f"wall-clock runs; pydensecrf2 is single-threaded\n"
+    )
     header = "| size | pydensecrf2 |"
     for t in thread_counts:
         header += f" ours {t}T | speed-up {t}T | build {t}T | iterations {t}T (floor) |"
@@ -251,26 +265,35 @@ def main() -> None:
         for t in thread_counts:
             build_time, loop_time = with_threads(t, lambda: cpu_phases(unary, image, args.repeats))()
             floor = ITERATIONS * traffic / bandwidth[t]
-            row += (f" {medians[t]:.3f} s | {medians['ref'] / medians[t]:.2f}x | {build_time:.3f} s "
-                    f"| {loop_time:.3f} s ({floor:.3f} s) |")
+            row += (
+                f" {medians[t]:.3f} s | {medians['ref'] / medians[t]:.2f}x | {build_time:.3f} s "
+                f"| {loop_time:.3f} s ({floor:.3f} s) |"
+            )
         row += f" {traffic / 1e6:.0f} | {diff:.1e} | {100 * agree:.4f}% |"
         if use_cuda:
             gpu = cuda_row(unary, image, args.repeats)
             gpu_diff = float(np.abs(gpu["q"][0].numpy() - q_ref).max())
-            row += (f" {1e3 * gpu['total']:.2f} ms (diff {gpu_diff:.1e}) | {1e3 * gpu['build']:.2f} ms "
-                    f"| {1e3 * gpu['iterations']:.2f} ms | {gpu['peak_mib']:.0f} | {medians['ref'] / gpu['total']:.0f}x |")
+            row += (
+                f" {1e3 * gpu['total']:.2f} ms (diff {gpu_diff:.1e}) | {1e3 * gpu['build']:.2f} ms "
+                f"| {1e3 * gpu['iterations']:.2f} ms | {gpu['peak_mib']:.0f} | {medians['ref'] / gpu['total']:.0f}x |"
+            )
         print(row, flush=True)
 
     if args.memory_sizes:
-        print("\n| size | peak resident, pydensecrf2 | peak resident, ours (1 thread) | ours / pydensecrf2 "
-              "| above imports and inputs: pydensecrf2 | ours | ours / pydensecrf2 |")
+        print(
+            "\n| size | peak resident, pydensecrf2 | peak resident, ours (1 thread) | ours / pydensecrf2 "
+            "| above imports and inputs: pydensecrf2 | ours | ours / pydensecrf2 |"
+        )
         print("|---|---|---|---|---|---|---|")
     for size in args.memory_sizes:
         width, height, classes = (int(v) for v in size.split("x"))
         peaks = peak_memory(make_probs(classes, height, width), make_photo(height, width))
         (ref_peak, ref_delta), (our_peak, our_delta) = peaks["ref"], peaks["ours"]
-        print(f"| {width}x{height}x{classes} | {ref_peak:.0f} MiB | {our_peak:.0f} MiB | {ratio(our_peak, ref_peak)} "
-              f"| {ref_delta:.0f} MiB | {our_delta:.0f} MiB | {ratio(our_delta, ref_delta)} |", flush=True)
+        print(
+            f"| {width}x{height}x{classes} | {ref_peak:.0f} MiB | {our_peak:.0f} MiB | {ratio(our_peak, ref_peak)} "
+            f"| {ref_delta:.0f} MiB | {our_delta:.0f} MiB | {ratio(our_delta, ref_delta)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

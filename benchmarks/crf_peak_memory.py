@@ -4,6 +4,7 @@ probs.npy [C, H, W] and image.npy [H, W, 3] uint8 from FOLDER, runs pydensecrf2 
 ours on one thread, and prints the peak resident MiB before and after the call. Each side
 imports only what it needs (pydensecrf2 does not pay for importing torch).
 """
+
 from __future__ import annotations
 
 import os

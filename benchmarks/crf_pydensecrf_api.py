@@ -10,6 +10,7 @@ addPairwiseBilateral) and a 3-D volume through the generic `DenseCRF` with
 (`create_pairwise_bilateral(chdim=-1)`), 10 iterations. On a GPU machine the same calls run
 again with `device="cuda"`. Prints a markdown table of median wall-clock times; not a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,10 +85,14 @@ def main() -> None:
 
     use_cuda = torch.cuda.is_available() and not args.no_cuda
     print(f"# pydensecrf API benchmark, {datetime.date.today()}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if use_cuda else ""))
-    print(f"{ITERATIONS} iterations; median of {args.repeats} wall-clock runs, each from the NumPy "
-          "inputs to the NumPy marginals (unary, features, lattices, inference)\n")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if use_cuda else "")
+    )
+    print(
+        f"{ITERATIONS} iterations; median of {args.repeats} wall-clock runs, each from the NumPy "
+        "inputs to the NumPy marginals (unary, features, lattices, inference)\n"
+    )
     header = "| input | pydensecrf2 (1 core) | ours, CPU | ratio | max abs diff | argmax agree |"
     if use_cuda:
         header += " ours, device='cuda' | ratio |"

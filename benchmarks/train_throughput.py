@@ -9,6 +9,7 @@ Prints images/s of each mode, their ratio, FLOPs per training image (torch.utils
 the achieved fraction of the GPU's bf16 dense peak (MFU), and peak memory; then inference at 513x513
 (whole image with the network's MSC fusion; + flip) with and without the dense CRF.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,9 @@ def time_training(module, batch, device, steps, warmup, fast: bool) -> dict:
     model = module.model
     groups = model.parameter_groups()
     params = [{"params": p} for p in groups.values() if p]
-    optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, weight_decay=5e-4, **({"fused": True} if fast and device.type == "cuda" else {}))
+    optimizer = torch.optim.SGD(
+        params, lr=1e-6, momentum=0.9, weight_decay=5e-4, **({"fused": True} if fast and device.type == "cuda" else {})
+    )
     image, mask = batch["image"], batch["mask"]
     forward = model.forward_multi
     if fast:
@@ -164,7 +167,10 @@ def main() -> None:
     batch = synthetic_batch(args, args.classes, device)
     flops = training_flops_per_image(module, batch)
     peak = args.peak_tflops or peak_tflops(device)
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "flops_per_image": flops}
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "flops_per_image": flops,
+    }
     for mode in ("fp32_eager", "fast"):
         r = time_training(module, batch, device, args.steps, args.warmup, fast=mode == "fast")
         if peak:
@@ -172,7 +178,9 @@ def main() -> None:
         results[mode] = r
     results["speedup"] = results["fast"]["images_per_s"] / results["fp32_eager"]["images_per_s"]
 
-    print(f"device: {results['device']}  ({args.backbone} {args.head}, msc={not args.no_msc}, batch {args.batch}, crop {args.crop})")
+    print(
+        f"device: {results['device']}  ({args.backbone} {args.head}, msc={not args.no_msc}, batch {args.batch}, crop {args.crop})"
+    )
     print(f"training FLOPs per image: {flops / 1e9:.1f} GFLOP")
     print(f"{'mode':<12} {'img/s':>8} {'step ms':>9} {'MFU':>7} {'peak GiB':>9}")
     for mode in ("fp32_eager", "fast"):
@@ -189,7 +197,9 @@ def main() -> None:
             for flip in (False, True):
                 for crf in (False, True):
                     key = f"{'bf16' if fast else 'fp32'} {'MSC+flip' if flip else 'MSC'}{' +CRF' if crf else ''}"
-                    inference[key] = time_inference(module, device, args.eval_size, max(2, args.steps // 2), 1, flip, crf, fast)
+                    inference[key] = time_inference(
+                        module, device, args.eval_size, max(2, args.steps // 2), 1, flip, crf, fast
+                    )
                     print(f"  {key:<20} {inference[key]:8.2f}")
         results["inference_images_per_s"] = inference
     if args.json:

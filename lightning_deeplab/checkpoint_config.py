@@ -1,6 +1,7 @@
 """What a checkpoint contributes to a run's configuration: its file (``best`` and ``last`` are
 found in ``<default_root_dir>/checkpoints/``) and the network's architecture where the
 configuration does not say it. Every other setting comes from the configuration as given."""
+
 from __future__ import annotations
 
 import glob

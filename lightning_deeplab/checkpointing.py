@@ -11,6 +11,7 @@ its last validation in no file. Here `last.ckpt` is rewritten after every valida
 Every rank calls these hooks with the same global step, so every rank takes part in
 `trainer.save_checkpoint` (which ends with a barrier) under DDP.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,9 +95,13 @@ class DeepLabCheckpoint(ModelCheckpoint):
             rank_zero_info(f"{type(exception).__name__} under {trainer.world_size} processes: no checkpoint saved")
             return
         self._write_last(trainer)
-        rank_zero_info(f"Stopped by {type(exception).__name__} at step {trainer.global_step}: saved {self.last_model_path}")
+        rank_zero_info(
+            f"Stopped by {type(exception).__name__} at step {trainer.global_step}: saved {self.last_model_path}"
+        )
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint[VALIDATION_SCORES_KEY] = {
             key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")
         }

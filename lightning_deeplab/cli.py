@@ -3,6 +3,7 @@ the commands that are not a Trainer method (`deeplab crf-search`, `deeplab conve
 
 This is the only place where configuration is wired to objects.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -5,6 +5,7 @@ commands answer at once; only fit/validate/test/predict import the LightningCLI 
 User errors (a bad path, a wrong value) end with one ``error: ...`` line and exit status 2;
 ``DEEPLAB_TRACEBACK=1`` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,7 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # options before the command (e.g. --config) are LightningCLI's to parse
         return _run_trainer_command(args, from_sys_argv)
     print(usage(), file=sys.stderr)
-    print(f"error: unknown command {name!r} (one of: {', '.join([*TRAINER_COMMANDS, *EXTRA_COMMANDS])})", file=sys.stderr)
+    print(
+        f"error: unknown command {name!r} (one of: {', '.join([*TRAINER_COMMANDS, *EXTRA_COMMANDS])})", file=sys.stderr
+    )
     return USAGE_ERROR
 
 

@@ -9,6 +9,7 @@ CRF, on the GPU when there is one, and is scored with one confusion matrix over 
     deeplab crf-search --config configs/deeplabv2_resnet101_voc12aug.yaml \\
         --ckpt_path best --num_images 100
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,7 +122,7 @@ def crf_grid_search(
         results.append(result)
         if on_result is not None:
             on_result(result)
-    best = max(results, key=lambda r: (r["mIoU"] if math.isfinite(r["mIoU"]) else -math.inf))
+    best = max(results, key=lambda r: r["mIoU"] if math.isfinite(r["mIoU"]) else -math.inf)
     return {"baseline": baseline, "results": results, "best": best}
 
 
@@ -179,18 +180,31 @@ def _parser() -> argparse.ArgumentParser:
         "images, from network probabilities computed once. Other arguments (--config, --model.*, "
         "--data.*) configure the model and the data as for `deeplab validate`.",
     )
-    parser.add_argument("--ckpt_path", default=None,
-                        help="checkpoint of the trained model (a Lightning .ckpt, or best / last of the run)")
-    parser.add_argument("--probabilities", default=None, metavar="DIR",
-                        help="read <DIR>/<name>.npy saved by `deeplab predict` instead of running the network")
+    parser.add_argument(
+        "--ckpt_path",
+        default=None,
+        help="checkpoint of the trained model (a Lightning .ckpt, or best / last of the run)",
+    )
+    parser.add_argument(
+        "--probabilities",
+        default=None,
+        metavar="DIR",
+        help="read <DIR>/<name>.npy saved by `deeplab predict` instead of running the network",
+    )
     parser.add_argument("--num_images", type=int, default=100, help="first N images of the split (default 100)")
     parser.add_argument("--split", default=None, help="split to search on (default: data.val_split)")
     for key, default in DEFAULT_GRID.items():
-        parser.add_argument(f"--{key}", type=float, nargs="+", default=list(default),
-                            help=f"values to try (default: {' '.join(f'{v:g}' for v in default)})")
+        parser.add_argument(
+            f"--{key}",
+            type=float,
+            nargs="+",
+            default=list(default),
+            help=f"values to try (default: {' '.join(f'{v:g}' for v in default)})",
+        )
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--output", default=None,
-                        help="JSON of all results (default: beside the checkpoint, or ./crf-search.json)")
+    parser.add_argument(
+        "--output", default=None, help="JSON of all results (default: beside the checkpoint, or ./crf-search.json)"
+    )
     return parser  # fmt: skip
 
 

@@ -3,6 +3,7 @@ with and without the dense CRF, and write colour predictions, a results table an
 
     python -m lightning_deeplab.demo --output outputs/demo
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,6 @@ from .reporting import scores_path
 from .viz import colorize, image_to_uint8, save_atomically, save_label_png
 
 
-
 def shipped_config(name: str) -> str:
     """The path of a shipped config: inside the installed package (wheels carry ``configs/`` as
     ``lightning_deeplab/configs``), else in the source checkout the package is imported from."""
@@ -32,7 +32,9 @@ def shipped_config(name: str) -> str:
     for path in (installed, checkout):
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"config {name} is neither in {os.path.dirname(installed)} nor in {os.path.dirname(checkout)}")
+    raise FileNotFoundError(
+        f"config {name} is neither in {os.path.dirname(installed)} nor in {os.path.dirname(checkout)}"
+    )
 
 
 DEFAULT_CONFIG = "synthetic.yaml"
@@ -114,8 +116,10 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
     }
     write_json(os.path.join(output, "results.json"), summary)
     with atomic_output(os.path.join(output, "results.md"), "w") as f:
-        f.write(f"Synthetic VOC-layout validation set, {summary['steps']} training steps in {train_seconds:.0f} s, "
-                f"checkpoint {report['checkpoint']}.\n\n```\n{table}\n```\n")
+        f.write(
+            f"Synthetic VOC-layout validation set, {summary['steps']} training steps in {train_seconds:.0f} s, "
+            f"checkpoint {report['checkpoint']}.\n\n```\n{table}\n```\n"
+        )
     plot_per_class(report, os.path.join(output, "per_class_iou.png"))
     if isinstance(cli.trainer.logger, WandbLogger):
         cli.trainer.logger.experiment.finish()  # the run is complete: close its files
@@ -126,8 +130,11 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="outputs/demo", help="folder for checkpoints, logs and results")
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="the LightningCLI YAML to train with: a path or a shipped config's name")
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="the LightningCLI YAML to train with: a path or a shipped config's name",
+    )
     parser.add_argument("--examples", type=int, default=8, help="how many validation images to draw")
     args, extra = parser.parse_known_args()
     run(args.output, args.config, extra, args.examples)

@@ -10,6 +10,7 @@ Inputs are therefore padded (bottom/right, with the mean colour, which the netwo
 to ~0) to ``8k + 1`` and the scores upsampled with ``align_corners=True``, which puts every score
 back on the pixel it was computed at, before the padding is cropped away.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,9 +91,7 @@ class InferenceConfig:
             raise TypeError(f"inference.scales must be a non-empty sequence of numbers, got {scales!r}")
         for scale in scales:
             if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
-                raise ValueError(
-                    f"inference.scales must hold positive finite numbers, got {scale!r} in {scales!r}"
-                )
+                raise ValueError(f"inference.scales must hold positive finite numbers, got {scale!r} in {scales!r}")
         if not isinstance(self.flip, bool):
             raise TypeError(f"inference.flip must be a bool, got {self.flip!r}")
         for name, value in (("window", window), ("stride", stride), ("pad_to", pad_to),

@@ -1,5 +1,6 @@
 """Writing files so that readers see the whole file or none of it (a crash or Ctrl-C never
 leaves a half-written prediction, report, label or checkpoint behind)."""
+
 from __future__ import annotations
 
 import json

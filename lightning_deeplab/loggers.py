@@ -1,4 +1,5 @@
 """The default experiment logger: Weights & Biases, offline unless the user has an API key."""
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ Which classes the means run over (``miou_over``, one of :data:`MIOU_OVER`):
 
 All three agree when every class occurs in the ground truth (the VOC val split).
 """
+
 from __future__ import annotations
 
 import torch

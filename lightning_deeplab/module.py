@@ -1,5 +1,6 @@
 """The LightningModule: DeepLab v2's training step (loss, SGD with the poly schedule) and its
 evaluation step (scores with and without the dense CRF). Reporting lives in :mod:`.reporting`."""
+
 from __future__ import annotations
 
 import math
@@ -168,7 +169,9 @@ class DeepLabV2Module(pl.LightningModule):
         if not math.isfinite(max_steps):
             raise ValueError("the poly schedule needs a finite length: set trainer.max_steps or trainer.max_epochs")
         max_steps = int(max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly_lr_factor(step, max_steps, hp.poly_power))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: poly_lr_factor(step, max_steps, hp.poly_power)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------------------- evaluation

@@ -13,6 +13,7 @@ Every file has its image's own size and appears complete or not at all. Outputs 
 run are never replaced silently: an output folder that already holds predictions is refused
 unless ``overwrite`` is set.
 """
+
 from __future__ import annotations
 
 import os

@@ -14,6 +14,7 @@ image is missing or unreadable, whose size differs from the image's or whose cla
 from the others' are reported by file and skipped; the rest is written. Exit status: 0 when every
 array was refined, 1 when some were skipped, 2 on a usage error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,25 +47,49 @@ def build_parser() -> argparse.ArgumentParser:
         "write palette PNG label maps. Exit status 0: all refined, 1: some skipped (listed), 2: usage error.",
         allow_abbrev=False,
     )
-    parser.add_argument("--probabilities", required=True, type=Path, metavar="PATH",
-                        help="folder of .npy arrays [C, H, W] (searched recursively) or a list file of their paths")
-    parser.add_argument("--images", required=True, type=Path, metavar="PATH",
-                        help="folder (or list file) of the images, matched to the arrays by name")
-    parser.add_argument("--output_dir", required=True, type=Path, metavar="DIR",
-                        help=f"where {LABELS_DIR}/ (and {PROBABILITIES_DIR}/) are written")
-    parser.add_argument("--logits", action="store_true",
-                        help="the arrays are raw class scores (softmax is taken), not probabilities")
+    parser.add_argument(
+        "--probabilities",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="folder of .npy arrays [C, H, W] (searched recursively) or a list file of their paths",
+    )
+    parser.add_argument(
+        "--images",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="folder (or list file) of the images, matched to the arrays by name",
+    )
+    parser.add_argument(
+        "--output_dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help=f"where {LABELS_DIR}/ (and {PROBABILITIES_DIR}/) are written",
+    )
+    parser.add_argument(
+        "--logits", action="store_true", help="the arrays are raw class scores (softmax is taken), not probabilities"
+    )
     crf = parser.add_argument_group("CRF settings (default: the paper's, as lightning_deeplab.crf.DenseCRF)")
     for name, (kind, text) in CRF_OPTIONS.items():
         crf.add_argument(f"--{name}", type=kind, default=None, help=text)
-    parser.add_argument("--save_probabilities", action="store_true",
-                        help=f"also write the refined marginals as float16 {PROBABILITIES_DIR}/<name>.npy")
-    parser.add_argument("--device", default="auto",
-                        help="'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
-    parser.add_argument("--batch_size", type=_positive_int, default=8,
-                        help="arrays of the same size refined together (default: 8)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace label maps an earlier run left in --output_dir (default: refuse)")
+    parser.add_argument(
+        "--save_probabilities",
+        action="store_true",
+        help=f"also write the refined marginals as float16 {PROBABILITIES_DIR}/<name>.npy",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N' (default: auto)"
+    )
+    parser.add_argument(
+        "--batch_size", type=_positive_int, default=8, help="arrays of the same size refined together (default: 8)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace label maps an earlier run left in --output_dir (default: refuse)",
+    )
     return parser
 
 

@@ -6,6 +6,7 @@ and the release of the CPU CRF's scratch memory after an evaluation (:class:`Rel
 Each reads the module's :attr:`~lightning_deeplab.module.DeepLabV2Module.scores` after its
 evaluation epoch has ended (``on_validation_end`` runs after the module's epoch-end hook).
 """
+
 from __future__ import annotations
 
 import os

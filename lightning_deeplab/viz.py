@@ -1,4 +1,5 @@
 """Label maps as pictures: palette PNGs (VOC's format: pixel value = class index) and overlays."""
+
 from __future__ import annotations
 
 import os

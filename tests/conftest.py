@@ -1,4 +1,5 @@
 """Settings every test shares: no network, no blocking wandb login."""
+
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

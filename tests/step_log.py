@@ -1,5 +1,6 @@
 """Callbacks that write the global steps of a run to a file, so that a test can read them from
 a `deeplab` subprocess or from ddp_spawn's processes (tests only)."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """With --ckpt_path the configuration wins: CRF, eval_crf and inference settings are used as
 given (validate, test, predict, crf-search), the architecture comes from the checkpoint where
 the configuration does not say it, contradictions are errors; best/last resolve from the run."""
+
 from __future__ import annotations
 
 import json
@@ -98,7 +99,11 @@ def test_the_architecture_comes_from_the_checkpoint_unless_the_config_contradict
     cli = DeepLabCLI(args=bare, run=False, ckpt_path=ckpt)
     network = cli.model.model  # DeepLabV2's defaults would be resnet101 + aspp-l + MSC + frozen, caffe
     assert (network.backbone_name, network.head_name, network.msc_scales, network.norm, network.style) == (
-        "resnet18", "aspp-s", (1.0,), "bn", "pytorch"
+        "resnet18",
+        "aspp-s",
+        (1.0,),
+        "bn",
+        "pytorch",
     )
     data = tmp_path / "never-generated"
     with pytest.raises(SystemExit) as exit_info:

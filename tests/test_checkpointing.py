@@ -1,6 +1,7 @@
 """Checkpoints that lose nothing (issue 16, issue 9 item 5): `last.ckpt` at the final step under
 DDP and after a resume, validation every N global steps, a checkpoint and a non-zero exit on
 SIGTERM, and a resume that continues the same wandb run."""
+
 from __future__ import annotations
 
 import glob

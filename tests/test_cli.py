@@ -1,5 +1,6 @@
 """`deeplab` end to end on a tiny synthetic VOC-layout set: fit, checkpoints, wandb offline run,
 resume, exact metrics under DDP, and clear errors for bad configuration."""
+
 from __future__ import annotations
 
 import glob
@@ -16,6 +17,7 @@ from pytorch_lightning import Callback
 
 from lightning_deeplab.cli import DeepLabCLI, main
 from tiny_run import tiny_args
+
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
@@ -151,7 +153,9 @@ def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(dat
     labelled = sum(int((cli.datamodule.dataset("val")[i]["mask"] != 255).sum()) for i in range(5))
     assert saved["num_pixels"] == labelled == sum(map(sum, saved["without_crf"]["confusion"]))
     # the per-class table went to wandb as well
-    tables = glob.glob(os.path.join(run, "wandb", "offline-run-*", "files", "media", "table", "val", "per_class_iou*.json"))
+    tables = glob.glob(
+        os.path.join(run, "wandb", "offline-run-*", "files", "media", "table", "val", "per_class_iou*.json")
+    )
     assert len(tables) == 1
     with open(tables[0]) as f:
         table = json.load(f)
@@ -170,7 +174,12 @@ def test_inference_settings_from_the_command_line(data_root, tmp_path, capsys):
     cli = DeepLabCLI(args=[*args, "--model.inference.mode", "slide", "--model.inference.window", "33",
                            "--model.inference.scales", "[1.0, 0.5]"], run=False)  # fmt: skip
     inference = cli.model.inference
-    assert (inference.mode, inference.window, inference.stride, inference.scales) == ("slide", (33, 33), (22, 22), (1.0, 0.5))
+    assert (inference.mode, inference.window, inference.stride, inference.scales) == (
+        "slide",
+        (33, 33),
+        (22, 22),
+        (1.0, 0.5),
+    )
     with pytest.raises(SystemExit):  # refused by the parser: not one of the modes
         DeepLabCLI(args=[*args, "--model.inference.mode=slyde"], run=False)
     assert "slyde" in capsys.readouterr().err
@@ -178,7 +187,9 @@ def test_inference_settings_from_the_command_line(data_root, tmp_path, capsys):
         DeepLabCLI(args=[*args, "--model.inference.window=7"], run=False)
 
 
-@pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml"))))
+@pytest.mark.parametrize(
+    "config", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+)
 def test_every_shipped_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         DeepLabCLI(args=["fit", "--config", config, "--print_config"])

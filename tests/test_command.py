@@ -1,5 +1,6 @@
 """The `deeplab` entry point: help without torch or Lightning, one-line user errors with exit
 status 2, no abbreviated options, and output without the project's own warnings."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,9 @@ def imported_modules(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=str(REPO), env=env,
                             capture_output=True, text=True, timeout=120)  # fmt: skip
-    modules = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    modules = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
     return result, modules
 
 

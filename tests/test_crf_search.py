@@ -1,5 +1,6 @@
 """`deeplab crf-search`: every grid point scored over the images with one confusion matrix,
 the best one found, from a model or from saved probabilities."""
+
 from __future__ import annotations
 
 import json

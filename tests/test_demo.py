@@ -1,5 +1,6 @@
 """The demo driver end to end on a tiny synthetic set: it trains, evaluates with and without
 the CRF, and writes the results table, JSON, plot and palette PNG predictions."""
+
 import json
 import os
 

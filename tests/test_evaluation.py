@@ -1,4 +1,5 @@
 """Whole-image and sliding-window inference, test-time augmentation, and the scores report."""
+
 import json
 import math
 

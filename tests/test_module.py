@@ -1,4 +1,5 @@
 """The LightningModule's recipe: losses, poly LR, parameter groups, evaluation with a CRF."""
+
 import pytest
 import pytorch_lightning as pl
 import torch

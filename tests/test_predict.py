@@ -1,5 +1,6 @@
 """`deeplab predict`: images of any size from a folder, a list or one file; palette label PNGs,
 overlays and probabilities written at each image's size; unreadable files reported and skipped."""
+
 from __future__ import annotations
 
 from pathlib import Path

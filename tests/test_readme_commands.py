@@ -1,4 +1,5 @@
 """Every `deeplab ...` command of the README parses as written (a dry run: `--print_config`)."""
+
 from __future__ import annotations
 
 import re

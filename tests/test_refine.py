@@ -1,5 +1,6 @@
 """`deeplab crf`: refining saved probabilities equals the CRF applied in-process; bad arrays are
 reported by file and skipped, the rest written; usage errors exit 2."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """Command-line arguments that shrink the demo config to a run of seconds (tests only)."""
+
 from __future__ import annotations
 
 from pathlib import Path

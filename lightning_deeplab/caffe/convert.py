@@ -152,7 +152,7 @@ def convert_layers(
     if head:
         state.update(head)
     else:
-        state = {key[len(_BACKBONE_PREFIX):]: value for key, value in state.items()}
+        state = {key[len(_BACKBONE_PREFIX) :]: value for key, value in state.items()}
         report.mapped = [line.replace(f"-> {_BACKBONE_PREFIX}", "-> ") for line in report.mapped]
     report.unmapped = [_describe(layer) for name, layer in weighted.items() if name not in used]
     return state, report
@@ -176,10 +176,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("input", type=Path, help="the .caffemodel (e.g. the VOC model or init.caffemodel)")
     parser.add_argument("output", type=Path, help="where to write the state dict (.pth)")
-    parser.add_argument("--num-classes", type=_positive_int, default=None,
-                        help="classes of the checkpoint's head; a classifier with another count is left out")
-    parser.add_argument("--backbone", choices=CONVERTIBLE_BACKBONES, default=None,
-                        help="the backbone (default: found from the layer names)")
+    parser.add_argument(
+        "--num-classes",
+        type=_positive_int,
+        default=None,
+        help="classes of the checkpoint's head; a classifier with another count is left out",
+    )
+    parser.add_argument(
+        "--backbone",
+        choices=CONVERTIBLE_BACKBONES,
+        default=None,
+        help="the backbone (default: found from the layer names)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not every mapped tensor")
     args = parser.parse_args(argv)
     try:
@@ -318,9 +326,8 @@ def _convert_classifier(
         raise ValueError(f"{source}: several ASPP classifiers: {_listing(f'fc1_{tag}_c*' for tag in complete)}")
     if not complete:
         found = _listing(sorted(name for group in groups.values() for name in (layer.name for layer in group.values())))
-        report.head_note = (
-            f"no ASPP-L classifier (fc1_<tag>_c0..c{branches - 1}) in the caffemodel"
-            + (f"; incomplete classifier layers: {found}" if found else "")
+        report.head_note = f"no ASPP-L classifier (fc1_<tag>_c0..c{branches - 1}) in the caffemodel" + (
+            f"; incomplete classifier layers: {found}" if found else ""
         )
         return {}, set()
 

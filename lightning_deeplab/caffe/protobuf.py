@@ -105,7 +105,7 @@ def decode_string(buffer: memoryview, field: Field) -> str:
     """A length-delimited field as UTF-8 text."""
     _expect_wire_type(field, WIRE_LENGTH_DELIMITED)
     try:
-        return bytes(buffer[field.start:field.end]).decode("utf-8")
+        return bytes(buffer[field.start : field.end]).decode("utf-8")
     except UnicodeDecodeError as error:
         raise WireFormatError(field.start + error.start, f"field {field.number} is not valid UTF-8") from None
 
@@ -129,7 +129,7 @@ def packed_numbers(buffer: memoryview, field: Field, dtype: str) -> np.ndarray:
             field.start,
             f"packed field {field.number} holds {field.end - field.start} bytes, not a multiple of {itemsize}",
         )
-    return np.frombuffer(buffer[field.start:field.end], dtype=dtype)
+    return np.frombuffer(buffer[field.start : field.end], dtype=dtype)
 
 
 def unpacked_run(buffer: memoryview, field: Field, dtype: str, end: int) -> tuple[np.ndarray, int]:
@@ -142,9 +142,9 @@ def unpacked_run(buffer: memoryview, field: Field, dtype: str, end: int) -> tupl
     itemsize = np.dtype(dtype).itemsize
     key_size = field.start - field.offset
     stride = key_size + itemsize
-    key = bytes(buffer[field.offset:field.start])
+    key = bytes(buffer[field.offset : field.start])
     count = (end - field.offset) // stride
-    records = np.frombuffer(buffer[field.offset:field.offset + count * stride], dtype=np.uint8).reshape(count, stride)
+    records = np.frombuffer(buffer[field.offset : field.offset + count * stride], dtype=np.uint8).reshape(count, stride)
     same_key = np.all(records[:, :key_size] == np.frombuffer(key, dtype=np.uint8), axis=1)
     run = count if same_key.all() else int(np.argmin(same_key))
     values = np.ascontiguousarray(records[:run, key_size:]).view(dtype).reshape(run)

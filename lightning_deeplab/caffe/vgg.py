@@ -50,7 +50,9 @@ def convert_vgg_layers(
 
     missing = [name for name in VGG_CONV_NAMES if name not in weighted]
     if missing:
-        raise ValueError(f"{source}: {len(missing)} VGG-16 conv layers are missing (or have no weights): {_listing(missing)}")
+        raise ValueError(
+            f"{source}: {len(missing)} VGG-16 conv layers are missing (or have no weights): {_listing(missing)}"
+        )
     branch_numbers = sorted(int(m["branch"]) for name in weighted if (m := ASPP_FC6_PATTERN.match(name)))
     head = ASPP_HEAD if branch_numbers else LARGEFOV_HEAD
     rates = 4 if branch_numbers else 1
@@ -75,9 +77,7 @@ def convert_vgg_layers(
         state.update(fit_pair(weighted[name], key, shapes))
     used = set(VGG_CONV_NAMES)
 
-    fc_names = (
-        [(f"fc6_{i}", f"fc7_{i}") for i in branch_numbers] if branch_numbers else [(LARGEFOV_FC6, LARGEFOV_FC7)]
-    )
+    fc_names = [(f"fc6_{i}", f"fc7_{i}") for i in branch_numbers] if branch_numbers else [(LARGEFOV_FC6, LARGEFOV_FC7)]
     absent = [name for pair in fc_names for name in pair if name not in weighted]
     if absent:
         raise ValueError(f"{source}: VGG-16 {head} layers are missing (or have no weights): {_listing(absent)}")

@@ -13,6 +13,7 @@ Any Gaussian kernels, on images or volumes (features of up to MAX_FEATURE_DIM = 
         (bilateral_features_nd(volume, std=20, channel_std=10), 5.0),   # volume [B, 1, D, H, W]
     ])
 """
+
 from .features import MAX_FEATURE_DIM, bilateral_features_nd, position_features_nd
 from .gaussian import PairwiseKernel, gaussian_crf
 from .lattice import Lattice, build_lattice, lattice_filter, release_cached_buffers

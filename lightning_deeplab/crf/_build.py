@@ -3,6 +3,7 @@
 
 Imports nothing but the standard library and torch, so setup.py can load this file by path.
 """
+
 from __future__ import annotations
 
 import glob

@@ -6,6 +6,7 @@ Importing this module loads nothing: the first call of `operators()` (every op c
 module is missing, csrc/ is compiled just in time with `torch.utils.cpp_extension.load`
 (ninja); the result is cached by torch under TORCH_EXTENSIONS_DIR, so only the first use pays.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -99,8 +100,18 @@ def _build_lattice_fake(features: torch.Tensor):
 
 
 def _lattice_filter_fake(
-    values, offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight,
-    scale_in, scale_out, addend, reverse, softmax=False,
+    values,
+    offsets,
+    weights,
+    neighbors,
+    splat_ptr,
+    splat_pixel,
+    splat_weight,
+    scale_in,
+    scale_out,
+    addend,
+    reverse,
+    softmax=False,
 ):
     torch._check(values.dim() == 3, lambda: "lattice_filter: values must be [B, N, C]")
     return torch.empty_like(values, memory_format=torch.contiguous_format)
@@ -121,9 +132,7 @@ def _lattice_filter_backward(ctx, grad: torch.Tensor):
     *lattice, scale_in, scale_out, softmax_out = ctx.saved_tensors
     if softmax_out is not None:
         grad = softmax_out * (grad - (grad * softmax_out).sum(dim=-1, keepdim=True))
-    grad_values = torch.ops.lightning_deeplab.lattice_filter(
-        grad, *lattice, scale_out, scale_in, None, not ctx.reverse
-    )
+    grad_values = torch.ops.lightning_deeplab.lattice_filter(grad, *lattice, scale_out, scale_in, None, not ctx.reverse)
     grad_addend = grad if ctx.has_addend else None
     return (grad_values,) + (None,) * 8 + (grad_addend, None, None)
 

@@ -5,6 +5,7 @@ names the argument, before any kernel runs. Settings are checked once (in a laye
 Data-dependent checks (NaN/Inf, value ranges) read values back to the host. They run on CPU
 tensors always and on other devices only when asked (`check_values=True`), as one
 synchronisation; the kernels still refuse non-finite or out-of-range lattice features."""
+
 from __future__ import annotations
 
 import math
@@ -95,9 +96,7 @@ def check_kernel_normalization(name: str, normalization: str) -> None:
 def check_unary_and_image(unary: torch.Tensor, image: torch.Tensor) -> None:
     """Shapes, dtypes and devices of the CRF inputs."""
     reject_numpy("unary", unary, "torch.from_numpy(unary)[None] ([C, H, W] -> [1, C, H, W])")
-    reject_numpy(
-        "image", image, "torch.from_numpy(image).permute(2, 0, 1)[None] ([H, W, 3] uint8 -> [1, 3, H, W])"
-    )
+    reject_numpy("image", image, "torch.from_numpy(image).permute(2, 0, 1)[None] ([H, W, 3] uint8 -> [1, 3, H, W])")
     for name, tensor in (("unary", unary), ("image", image)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -186,9 +185,7 @@ def check_finite_compatibility(name: str, compatibility: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
-def check_lattice_range(
-    height: int, width: int, pos_xy_std: float, bi_xy_std: float, bi_rgb_std: float
-) -> None:
+def check_lattice_range(height: int, width: int, pos_xy_std: float, bi_xy_std: float, bi_rgb_std: float) -> None:
     """Refuses standard deviations so small (or images so large) that lattice coordinates
     would leave the range the kernels resolve (pydensecrf's int16 keys overflow far sooner)."""
     max_x, max_y = float(width - 1), float(height - 1)
@@ -199,9 +196,7 @@ def check_lattice_range(
             f"coordinates would reach {position:.0f} >= 2^18; use pos_xy_std >= "
             f"{pos_xy_std * position / _ELEVATED_LIMIT:.3g}"
         )
-    bilateral = elevated_bound(
-        [max_x / bi_xy_std, max_y / bi_xy_std] + [255.0 / bi_rgb_std] * 3
-    )
+    bilateral = elevated_bound([max_x / bi_xy_std, max_y / bi_xy_std] + [255.0 / bi_rgb_std] * 3)
     if bilateral >= _ELEVATED_LIMIT:
         raise ValueError(
             f"bi_xy_std={bi_xy_std} / bi_rgb_std={bi_rgb_std} are too small for a "

@@ -9,6 +9,7 @@ with pixel n = y*W + x and features in (x, y[, r, g, b]) order. `position_featur
 Features are divided by their standard deviation in float32, exactly as pydensecrf does, so
 the lattices (and the CRF output) match it.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,7 @@ def _pixel_grid(height: int, width: int, device: torch.device) -> tuple[torch.Te
     return xs.reshape(-1), ys.reshape(-1)
 
 
-def position_features(
-    batch: int, height: int, width: int, xy_std: float, device: torch.device
-) -> torch.Tensor:
+def position_features(batch: int, height: int, width: int, xy_std: float, device: torch.device) -> torch.Tensor:
     """Smoothness-kernel features (x / xy_std, y / xy_std): [B, H*W, 2] float32."""
     xs, ys = _pixel_grid(height, width, device)
     std = torch.tensor(xy_std, dtype=torch.float32, device=device)

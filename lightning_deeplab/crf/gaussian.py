@@ -15,6 +15,7 @@ label's message, a [C, C] matrix M_k mixes the labels (A += w_k * msg @ M_k).
 pydensecrf's `compat` maps as: a number w -> weight w; a 1-D v -> compatibility -v; a 2-D
 X -> compatibility -(X + X.T) / 2 (pydensecrf subtracts the compatibility-applied messages).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,17 +58,13 @@ def check_kernel_settings(
     check.check_kernel_normalization(f"{name}.normalization", normalization)
     if compatibility is not None:
         if not isinstance(compatibility, torch.Tensor):
-            raise TypeError(
-                f"{name}.compatibility must be None or a torch.Tensor, got {type(compatibility).__name__}"
-            )
+            raise TypeError(f"{name}.compatibility must be None or a torch.Tensor, got {type(compatibility).__name__}")
         if not compatibility.is_floating_point():
             raise TypeError(f"{name}.compatibility must be floating point, got {compatibility.dtype}")
         if compatibility.dim() not in (1, 2) or (
             compatibility.dim() == 2 and compatibility.shape[0] != compatibility.shape[1]
         ):
-            raise ValueError(
-                f"{name}.compatibility must be [C] or [C, C], got shape {tuple(compatibility.shape)}"
-            )
+            raise ValueError(f"{name}.compatibility must be [C] or [C, C], got shape {tuple(compatibility.shape)}")
         check.check_finite_compatibility(f"{name}.compatibility", compatibility)
 
 

@@ -1,5 +1,6 @@
 """The permutohedral lattice as a Python object: build it once from features, filter through
 it as often as needed (the mean-field loop filters every iteration)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional

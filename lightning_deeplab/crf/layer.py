@@ -6,6 +6,7 @@ Settings are validated once, here; a call checks only its inputs. Constant setti
 non-persistent buffers (they follow `.to(device)` but stay out of checkpoints, so a
 checkpoint evaluated with other CRF settings uses the new ones); trainable ones are
 parameters."""
+
 from __future__ import annotations
 
 from typing import Literal, Optional, Sequence, Union
@@ -153,7 +154,9 @@ class GaussianCRF(nn.Module):
         self.num_kernels = count
         for index in range(count):
             weight = weights[index]
-            weight = weight.detach().clone().float() if isinstance(weight, torch.Tensor) else torch.tensor(float(weight))
+            weight = (
+                weight.detach().clone().float() if isinstance(weight, torch.Tensor) else torch.tensor(float(weight))
+            )
             _register_setting(self, f"weight_{index}", weight.reshape(()), self.trainable)
             compatibility = compatibilities[index]
             if compatibility is not None:

@@ -10,6 +10,7 @@ where K_k is the lattice filter (each pixel included) and norm_k = 1 / sqrt(K_k(
 compatibility matrix M [C, C] the message sum is multiplied by M on the label axis
 (A = -U + (sum_k ...) @ M); M = identity is the Potts model of the two forms above.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence, Union
@@ -121,13 +122,14 @@ def mean_field(
         for index, kernel in enumerate(kernels):
             if kernel.weight is None:
                 messages = kernel.lattice.filter(
-                    q, scale_in=kernel.scale_in, scale_out=kernel.scale_out, addend=messages,
+                    q,
+                    scale_in=kernel.scale_in,
+                    scale_out=kernel.scale_out,
+                    addend=messages,
                     softmax=fused and index == len(kernels) - 1,
                 )
             else:
-                term = kernel.weight * kernel.lattice.filter(
-                    q, scale_in=kernel.scale_in, scale_out=kernel.scale_out
-                )
+                term = kernel.weight * kernel.lattice.filter(q, scale_in=kernel.scale_in, scale_out=kernel.scale_out)
                 messages = term if messages is None else messages + term
         if fused:
             q = messages
@@ -284,8 +286,17 @@ def dense_crf(
     if compatibility is not None:
         check.check_compatibility_matrix(compatibility)
     return refine(
-        unary, image, iterations, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization,
-        compatibility, check_values,
+        unary,
+        image,
+        iterations,
+        pos_w,
+        pos_xy_std,
+        bi_w,
+        bi_xy_std,
+        bi_rgb_std,
+        normalization,
+        compatibility,
+        check_values,
     )
 
 
@@ -308,9 +319,7 @@ def refine(
     batch, classes, height, width = unary.shape
     if compatibility is not None:
         if compatibility.shape != (classes, classes):
-            raise ValueError(
-                f"compatibility must be [C, C] = [{classes}, {classes}], got {tuple(compatibility.shape)}"
-            )
+            raise ValueError(f"compatibility must be [C, C] = [{classes}, {classes}], got {tuple(compatibility.shape)}")
         if compatibility.device != unary.device:
             raise ValueError(f"compatibility is on {compatibility.device} but unary is on {unary.device}")
     check.check_lattice_range(height, width, pos_xy_std, bi_xy_std, bi_rgb_std)

@@ -1,4 +1,5 @@
 """Unary energies for the dense CRF, from class probabilities or raw network scores."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Datasets, augmentation and the LightningDataModule."""
+
 # Imported on first use (PEP 562), so that `python -m lightning_deeplab.data.sbd --help` and the
 # `deeplab` command list need neither torch nor albumentations: name -> submodule defining it.
 _EXPORTS: dict[str, str] = {

@@ -6,6 +6,7 @@ problem of every sample is collected, so one error lists them all (file and list
 Pixel values (class ids out of range, truncated data) are only seen when a sample is decoded;
 those errors name the file too.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,7 @@ class BadSamples(ValueError):
         self.problems = list(problems)
         super().__init__(
             f"{len(self.problems)} problem(s) found in the data before training (fix them, or "
-            "turn the check off with --data.check_files false for a trusted dataset):\n"
-            + "\n".join(self.problems)
+            "turn the check off with --data.check_files false for a trusted dataset):\n" + "\n".join(self.problems)
         )
 
 

@@ -11,6 +11,7 @@ made by the official ``createTrainIdLabelImgs.py`` are present they are used as 
 (values 0-18 and 255). The ``test`` split's labels are not public (the released test PNGs are
 placeholders): its samples carry masks of 255 only, so it serves prediction, never evaluation.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -69,9 +70,7 @@ def resolve_cityscapes_root(root: Union[str, Path]) -> Path:
     for candidate in (root, root / "cityscapes"):
         if (candidate / IMAGE_DIR).is_dir():
             return candidate
-    raise FileNotFoundError(
-        f"no Cityscapes tree under {root}: expected {root / IMAGE_DIR}/ and {root / LABEL_DIR}/"
-    )
+    raise FileNotFoundError(f"no Cityscapes tree under {root}: expected {root / IMAGE_DIR}/ and {root / LABEL_DIR}/")
 
 
 def find_cityscapes_samples(root: Path, split: str, labelled: bool = True) -> list[LabelledImage]:

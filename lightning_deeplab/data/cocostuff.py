@@ -16,6 +16,7 @@ COCO-Stuff 10k v1.1 (``dataset: cocostuff10k``; reading it needs scipy)::
 The 182 ids include 11 thing ids that COCO never annotated (e.g. 12 "street sign"); the 171
 used ids map to class indices 0-170 in id order, the unused ids and "unlabeled" to 255.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,6 +63,7 @@ COCO_STUFF_ID_NAMES: tuple[str, ...] = (
 
 #: Thing ids defined by COCO but never annotated: no pixel carries them.
 COCO_STUFF_UNUSED_IDS: frozenset[int] = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91})
+
 
 #: COCO-Stuff id (1-182) -> class index (0-170), or 255 for the unused ids.
 def _id_to_class() -> dict[int, int]:

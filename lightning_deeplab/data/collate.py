@@ -1,4 +1,5 @@
 """Batching samples of different sizes: pad to the largest, with values that never count."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -34,8 +35,7 @@ def pad_collate(samples: Sequence[dict], pad_rgb: Sequence[float] = PAD_MEAN_RGB
         image, mask = sample["image"], sample["mask"]
         if image.shape[-2:] != mask.shape[-2:]:
             raise ValueError(
-                f"sample {sample['name']!r}: image {tuple(image.shape)} and mask "
-                f"{tuple(mask.shape)} differ in size"
+                f"sample {sample['name']!r}: image {tuple(image.shape)} and mask {tuple(mask.shape)} differ in size"
             )
     images = pad_images([s["image"] for s in samples], pad_rgb)
     masks = torch.full((len(samples), *images.shape[-2:]), IGNORE_INDEX, dtype=torch.long)

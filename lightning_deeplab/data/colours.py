@@ -1,4 +1,5 @@
 """Building a 256-entry palette from a dataset's own class colours."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence

@@ -1,5 +1,6 @@
 """The LightningDataModule: one dataset (by registry name), the training augmentation, and
 loaders whose evaluation side is exact under DDP."""
+
 from __future__ import annotations
 
 from functools import partial

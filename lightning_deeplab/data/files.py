@@ -1,4 +1,5 @@
 """Reading image/label file pairs into samples: shared by every dataset that stores files."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

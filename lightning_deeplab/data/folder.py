@@ -15,6 +15,7 @@ absolute or relative to ``root``) with one ``<image path> <mask path>`` pair per
 to ``root`` or absolute. Colour (RGB) masks are refused: convert them to index PNGs first.
 Classes without a colour get the VOC colour map's entry; 255 is drawn cream.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

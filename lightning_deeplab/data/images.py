@@ -8,6 +8,7 @@ Names (the output file names) are the paths below the folder without their exten
 images that would get the same name (``x.jpg`` and ``x.png``) are both kept: the first in
 sorted order is ``x``, the next keeps its extension (``x.png``), so no output overwrites another.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Every reader checks that the files of a split exist when the split is opened (cheap: no file is
 decoded), so a wrong root or a stale list fails before training starts.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The PASCAL VOC colour map: the palette that label PNGs and colour predictions are written with."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Dataset names -> the classes that read them. Adding a dataset: a module with a
 :class:`SegmentationSource` subclass, plus one entry here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

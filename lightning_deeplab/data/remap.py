@@ -1,4 +1,5 @@
 """Mapping the label values a dataset stores (raw ids) to contiguous class indices."""
+
 from __future__ import annotations
 
 from pathlib import Path

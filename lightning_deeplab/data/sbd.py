@@ -20,6 +20,7 @@ Output, in the VOC tree:
 Every file is written to a temporary name and renamed into place, and ``train_aug.txt`` is
 written last: an interrupted run never leaves a list that names labels not yet written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -141,8 +142,9 @@ def _convert_one(job: tuple[str, Path, Path, Path]) -> None:
     write_index_png(target, label)
 
 
-def _missing_inputs(sbd: Path, voc: Path, sbd_ids: dict[str, dict[str, int]], voc_ids: dict[str, dict[str, int]],
-                    to_copy: Sequence[str]) -> list[str]:
+def _missing_inputs(
+    sbd: Path, voc: Path, sbd_ids: dict[str, dict[str, int]], voc_ids: dict[str, dict[str, int]], to_copy: Sequence[str]
+) -> list[str]:
     """Every listed file that does not exist, named with the list (and line) that named it."""
     from .voc import IMAGE_DIR, LABEL_DIR, SPLIT_DIR
 

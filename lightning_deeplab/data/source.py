@@ -1,4 +1,5 @@
 """What every dataset kind provides to the DataModule: class names, a palette, and its splits."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -9,6 +9,7 @@ Generation is deterministic for a seed and idempotent: the tree is built in a te
 beside its final place, finished with a marker file, and moved into place in one rename, so an
 interrupted run never leaves a tree that looks complete.
 """
+
 from __future__ import annotations
 
 import json

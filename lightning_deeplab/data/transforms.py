@@ -4,6 +4,7 @@ Random scale (image bilinear, mask nearest) -> pad to the crop (image with the m
 the ignore index, bottom/right like the original data layer) -> random crop -> horizontal flip.
 No normalisation here: the model normalises its own input, so images stay RGB 0-255.
 """
+
 from __future__ import annotations
 
 import random

@@ -1,11 +1,12 @@
 """PASCAL VOC 2012 segmentation (with the SBD "train_aug" labels), read from the official layout.
 
-    VOCdevkit/VOC2012/
-        JPEGImages/<id>.jpg
-        SegmentationClass/<id>.png      palette PNGs: pixel values are class indices, 255 on borders
-        SegmentationClassAug/<id>.png   grayscale class indices (SBD-derived), used by train_aug
-        ImageSets/Segmentation/<split>.txt
+VOCdevkit/VOC2012/
+    JPEGImages/<id>.jpg
+    SegmentationClass/<id>.png      palette PNGs: pixel values are class indices, 255 on borders
+    SegmentationClassAug/<id>.png   grayscale class indices (SBD-derived), used by train_aug
+    ImageSets/Segmentation/<split>.txt
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,8 +61,7 @@ def read_split_list(split_file: Path, voc_root: Path, label_dir: str) -> list[La
             name = image.stem
         else:
             raise ValueError(
-                f"{split_file}:{lineno}: expected an image id or an 'image label' path pair, "
-                f"got {' '.join(fields)!r}"
+                f"{split_file}:{lineno}: expected an image id or an 'image label' path pair, got {' '.join(fields)!r}"
             )
         where = f"{split_file}:{lineno}"
         checks += [(f"{where}: image", image), (f"{where}: label", label)]

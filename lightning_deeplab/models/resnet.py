@@ -37,7 +37,6 @@ RESNET_SPECS: dict[str, tuple[type[Union[BasicBlock, Bottleneck]], tuple[int, in
 STAGE_DILATIONS = {"layer3": 2, "layer4": 4}
 
 
-
 class ResNetBackbone(nn.Module):
     """A ResNet without its classifier, output stride 8, returning the ``layer4`` features.
 

@@ -106,7 +106,7 @@ def load_into(model: nn.Module, backbone: nn.Module, state: Mapping[str, Tensor]
             f"{_listing(state)}, the model expects e.g. {_listing(targets['model'])}"
         )
     expected = targets[target]
-    stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     missing = [k for k in expected if k not in stripped and not k.endswith(_BN_COUNTER)]
     unknown = [k for k in stripped if k not in expected and not k.endswith(_BN_COUNTER)]
     unused = [k for k in unknown if target == "backbone" and k.startswith(CLASSIFIER_PREFIXES)]

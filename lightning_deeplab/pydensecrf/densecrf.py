@@ -11,6 +11,7 @@ Unlike pydensecrf, bad input is refused with a ValueError naming the argument (w
 NaN/Inf, features beyond the lattice's range) instead of crashing later; non-contiguous,
 read-only and float64 arrays are accepted (copied to float32).
 """
+
 from __future__ import annotations
 
 import enum
@@ -156,14 +157,11 @@ class DenseCRF:
         unary = _float_array("u (unary energy)", u, 2)
         if unary.shape != (self._labels, self._points):
             raise ValueError(
-                f"u (unary energy) must be [n_labels, n_points] = [{self._labels}, {self._points}], "
-                f"got {unary.shape}"
+                f"u (unary energy) must be [n_labels, n_points] = [{self._labels}, {self._points}], got {unary.shape}"
             )
         self._unary = unary
 
-    def addPairwiseEnergy(
-        self, features, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC
-    ) -> None:
+    def addPairwiseEnergy(self, features, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC) -> None:
         """A Gaussian pairwise term over features [d, n_points] (already divided by their
         standard deviations; d from 1 to 16)."""
         feats = _float_array("features", features, 2)
@@ -181,7 +179,9 @@ class DenseCRF:
         # pydensecrf's int16 lattice keys wrap far sooner; here the range is checked.
         _validation.check_feature_values("features", torch.from_numpy(feats).T.unsqueeze(0))
         weight, compatibility = _compatibility(compat, self._labels)
-        self._pairwise.append(_Pairwise(feats, weight, compatibility, _NORMALIZATION_NAMES[NormalizationType(normalization)]))
+        self._pairwise.append(
+            _Pairwise(feats, weight, compatibility, _NORMALIZATION_NAMES[NormalizationType(normalization)])
+        )
         self._kernels = None
 
     # -- inference -----------------------------------------------------------------------

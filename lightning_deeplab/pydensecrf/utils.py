@@ -1,5 +1,6 @@
 """pydensecrf's `utils`: unary energies from probabilities or labels, and pairwise features
 of images and volumes of any dimension, with pydensecrf's shapes and dtypes (float32)."""
+
 from __future__ import annotations
 
 import logging

@@ -112,7 +112,7 @@ def caffemodel(caffe_blobs: dict[str, list[np.ndarray]], tmp_path_factory) -> Pa
         encoded = [blob(a, legacy_dims=legacy, packed=not unpacked) for a in arrays]
         layers.append(layer(name, _caffe_type(name), encoded))
         if name.startswith("res") and name.endswith("branch2c"):
-            layers.append(layer(name[:-len("_branch2c")], "Eltwise"))
+            layers.append(layer(name[: -len("_branch2c")], "Eltwise"))
     for name in ("conv1", "bn_conv1", "fc1_voc12_c2"):
         for suffix in ("res075", "res05"):
             layers.append(layer(f"{name}_{suffix}", _caffe_type(name), [blob(a) for a in caffe_blobs[name]]))
@@ -350,10 +350,15 @@ def _constant_layers(backbone: str) -> tuple[list[CaffeLayer], dict[str, float]]
         layers.append(CaffeLayer(unit.batch_norm, "BatchNorm", statistics, 0))
         affine = (constant((channels,), -number), constant((channels,), number + 0.5))
         layers.append(CaffeLayer(unit.scale, "Scale", affine, 0))
-        values.update({
-            f"{conv}.weight": number, f"{norm}.running_mean": number, f"{norm}.running_var": 2 * number + 2,
-            f"{norm}.weight": -number, f"{norm}.bias": number + 0.5,
-        })
+        values.update(
+            {
+                f"{conv}.weight": number,
+                f"{norm}.running_mean": number,
+                f"{norm}.running_var": 2 * number + 2,
+                f"{norm}.weight": -number,
+                f"{norm}.bias": number + 0.5,
+            }
+        )
     return layers, values
 
 
@@ -368,7 +373,7 @@ def test_resnet101_names_cover_every_backbone_tensor_and_land_in_place() -> None
         backbone_keys = set(DeepLabV2("resnet101", msc_scales=None, style="caffe").backbone.state_dict())
     assert set(state) == backbone_keys
     for module_key, value in values.items():
-        key = module_key[len("backbone."):]
+        key = module_key[len("backbone.") :]
         assert torch.all(state[key] == value), key
     # the places that tell the conventions apart
     unit_of = {u.conv: u.conv_module for u in resnet_units("resnet101")}

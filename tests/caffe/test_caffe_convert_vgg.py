@@ -188,4 +188,6 @@ def test_unmapped_layers_are_reported_by_name_and_missing_ones_named(largefov) -
         convert_layers([x for x in layers if x.name != "conv3_2"])
     undecimated = (CaffeBlob((4096, 25088), np.zeros((4096, 25088), np.float32), 0),) * 2  # VGG's own fc6
     with pytest.raises(ValueError, match="'fc6' blob 0 has shape \\(4096, 25088\\)"):
-        convert_layers([CaffeLayer(x.name, x.type, undecimated, 0) if x.name == "fc6" and x.blobs else x for x in layers])
+        convert_layers(
+            [CaffeLayer(x.name, x.type, undecimated, 0) if x.name == "fc6" and x.blobs else x for x in layers]
+        )

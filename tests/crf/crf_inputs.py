@@ -1,5 +1,6 @@
 """Test inputs for the dense CRF: real photos shipped with scikit-image, DeepLab-like noisy
 class probabilities, and the pydensecrf2 reference called the way DeepLab ports call it."""
+
 from __future__ import annotations
 
 import numpy as np

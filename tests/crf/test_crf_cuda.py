@@ -7,6 +7,7 @@ excepted: each back end's libm exp, to about 1 ulp). A whole `dense_crf` also ru
 softmax and rsqrt, whose CPU and CUDA versions differ in the last bit, so it is compared within
 a tolerance; the mean-field iterations from the same start are bitwise equal.
 """
+
 import os
 import shutil
 import subprocess
@@ -48,7 +49,10 @@ def _fused_iterations(neg_unary, kernels, q, iterations):
         messages = neg_unary
         for index, kernel in enumerate(kernels):
             messages = kernel.lattice.filter(
-                q, scale_in=kernel.scale_in, scale_out=kernel.scale_out, addend=messages,
+                q,
+                scale_in=kernel.scale_in,
+                scale_out=kernel.scale_out,
+                addend=messages,
                 softmax=index == len(kernels) - 1,
             )
         q = messages
@@ -57,8 +61,12 @@ def _fused_iterations(neg_unary, kernels, q, iterations):
 
 def _to(kernels, device):
     return [
-        type(k)(type(k.lattice)(*(t.to(device) for t in k.lattice)),
-                None if k.scale_in is None else k.scale_in.to(device), k.scale_out.to(device), k.weight)
+        type(k)(
+            type(k.lattice)(*(t.to(device) for t in k.lattice)),
+            None if k.scale_in is None else k.scale_in.to(device),
+            k.scale_out.to(device),
+            k.weight,
+        )
         for k in kernels
     ]
 
@@ -94,8 +102,9 @@ def test_cuda_filter_is_bitwise_the_cpu_filter(dtype, reverse, softmax):
     addend = torch.randn(2, 3000, 21, dtype=dtype) * 30
     cpu = build_lattice(features).filter(values, reverse, scale_in, scale_out, addend, softmax=softmax)
     gpu_lattice = build_lattice(features.to(CUDA))
-    gpu = gpu_lattice.filter(values.to(CUDA), reverse, scale_in.to(CUDA), scale_out.to(CUDA), addend.to(CUDA),
-                             softmax=softmax).cpu()
+    gpu = gpu_lattice.filter(
+        values.to(CUDA), reverse, scale_in.to(CUDA), scale_out.to(CUDA), addend.to(CUDA), softmax=softmax
+    ).cpu()
     if softmax and dtype == torch.float64:
         torch.testing.assert_close(gpu, cpu, rtol=1e-14, atol=1e-15)  # each side's libm exp: a few ulp
     else:
@@ -279,13 +288,17 @@ def test_cuda_mean_field_loop_replays_in_a_cuda_graph():
     # outside; the normalisation and every iteration after it are captured.
     unary, image = _photo_batch(64, 80, batch=2)
     unary, image = unary.to(CUDA), image.to(CUDA)
-    lattices = [build_lattice(position_features(2, 64, 80, 1.0, CUDA)),
-                build_lattice(bilateral_features(image, 67.0, 3.0))]
+    lattices = [
+        build_lattice(position_features(2, 64, 80, 1.0, CUDA)),
+        build_lattice(bilateral_features(image, 67.0, 3.0)),
+    ]
     neg_unary = -pixels_last(unary).contiguous()
 
     def loop():
-        kernels = [make_kernel(lattices[0], 3.0, "symmetric", torch.float32),
-                   make_kernel(lattices[1], 4.0, "symmetric", torch.float32)]
+        kernels = [
+            make_kernel(lattices[0], 3.0, "symmetric", torch.float32),
+            make_kernel(lattices[1], 4.0, "symmetric", torch.float32),
+        ]
         return mean_field(neg_unary, kernels, iterations=10)
 
     expected = loop()

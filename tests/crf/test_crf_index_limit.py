@@ -2,6 +2,7 @@
 build): at most 2^31 - 1 (pixel, vertex) entries B * N * (d+1) per call, so every index fits
 int32 and the CUDA hash table (<= 2^32 slots) fits uint32 slot indices. Expanded tensors give
 the shapes without the memory: the check runs before anything is read."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """The just-in-time fallback: without lightning_deeplab._C the operators are compiled from
 csrc/ by torch.utils.cpp_extension, logged, and compute what the built module computes."""
+
 import os
 import subprocess
 import sys
@@ -24,11 +25,15 @@ print("source:", _ops.OPS_SOURCE)
 
 @pytest.mark.slow
 def test_operators_compile_just_in_time_when_the_module_is_missing(tmp_path):
-    env = dict(os.environ, LIGHTNING_DEEPLAB_FORCE_JIT="1", FORCE_CPU="1",
-               TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    env = dict(
+        os.environ, LIGHTNING_DEEPLAB_FORCE_JIT="1", FORCE_CPU="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions")
+    )
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "q.pt")],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "source: jit" in result.stdout

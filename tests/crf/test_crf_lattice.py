@@ -1,5 +1,6 @@
 """The permutohedral-lattice operators: accuracy against an exact Gaussian filter, structure,
 adjointness, determinism, batching and the operator registrations."""
+
 import pytest
 import torch
 
@@ -60,7 +61,7 @@ def test_structure_of_the_lattice():
     assert lattice.offsets[0].max() < counts[0] <= lattice.offsets[1].min()
     nb = lattice.neighbors
     first = nb[:, : counts[0]]
-    second = nb[:, counts[0]:]
+    second = nb[:, counts[0] :]
     assert ((first == -1) | (first < counts[0])).all()
     assert ((second == -1) | (second >= counts[0])).all()
     # Neighbour relation is symmetric along each axis: n1(n2(v)) == v.
@@ -73,7 +74,7 @@ def test_structure_of_the_lattice():
     assert ptr[0] == 0 and ptr[-1] == 2 * 300 * (d + 1) and (ptr[1:] > ptr[:-1]).all()
     flat = lattice.offsets.reshape(-1, d + 1)
     for v in range(0, lattice.num_vertices, 37):
-        pixels = lattice.splat_pixel[ptr[v]:ptr[v + 1]].long()
+        pixels = lattice.splat_pixel[ptr[v] : ptr[v + 1]].long()
         assert (pixels[1:] > pixels[:-1]).all()
         assert ((flat[pixels] == v).sum(-1) == 1).all()
 
@@ -177,9 +178,7 @@ def test_softmax_flag_is_the_softmax_of_the_filter():
     small = build_lattice(torch.randn(2, 40, 2))
     values64 = torch.rand(2, 40, 3, dtype=torch.float64, requires_grad=True)
     addend64 = torch.randn(2, 40, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda v, a: lattice_filter(v, small, addend=a, softmax=True), (values64, addend64)
-    )
+    assert torch.autograd.gradcheck(lambda v, a: lattice_filter(v, small, addend=a, softmax=True), (values64, addend64))
 
 
 def test_results_do_not_depend_on_the_thread_count():

@@ -1,5 +1,6 @@
 """The DenseCRF layer and its functional form: outputs, autograd, batching, dtypes, layouts,
 trainable parameters and torch.compile."""
+
 import pytest
 import torch
 
@@ -115,8 +116,16 @@ def test_gradcheck_through_all_iterations(normalization):
     pos_w = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
 
     def run(u, m, w):
-        return dense_crf(u, image, iterations=3, pos_w=w, bi_xy_std=5.0, bi_rgb_std=20.0,
-                         normalization=normalization, compatibility=m)
+        return dense_crf(
+            u,
+            image,
+            iterations=3,
+            pos_w=w,
+            bi_xy_std=5.0,
+            bi_rgb_std=20.0,
+            normalization=normalization,
+            compatibility=m,
+        )
 
     assert torch.autograd.gradcheck(run, (unary, compat, pos_w))
 

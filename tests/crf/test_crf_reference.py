@@ -1,5 +1,6 @@
 """Agreement with pydensecrf2 (Kraehenbuehl's C++ dense CRF) on real photos with a
 DeepLab-like noisy unary: max |q - q_ref| <= 1e-4 and the same argmax on >= 99.99% of pixels."""
+
 import numpy as np
 import pytest
 import torch
@@ -35,8 +36,14 @@ def _compare(photos, params, classes=21, seed=0, **kwargs):
     probs = noisy_probs(len(photos), classes, height, width, seed)
     pos_w, pos_xy, bi_w, bi_xy, bi_rgb = params
     q = dense_crf(
-        unary_from_softmax(probs), image_tensor(*photos), pos_w=pos_w, pos_xy_std=pos_xy,
-        bi_w=bi_w, bi_xy_std=bi_xy, bi_rgb_std=bi_rgb, **kwargs,
+        unary_from_softmax(probs),
+        image_tensor(*photos),
+        pos_w=pos_w,
+        pos_xy_std=pos_xy,
+        bi_w=bi_w,
+        bi_xy_std=bi_xy,
+        bi_rgb_std=bi_rgb,
+        **kwargs,
     )
     assert q.dtype == torch.float32
     ref_kwargs = {k: v for k, v in kwargs.items() if k in ("iterations", "normalization")}

@@ -1,4 +1,5 @@
 """Every bad input to the CRF fails with a ValueError/TypeError naming what is wrong."""
+
 import pytest
 import torch
 
@@ -6,7 +7,9 @@ from lightning_deeplab.crf import DenseCRF, dense_crf, unary_from_logits, unary_
 
 
 def _good(batch=1, classes=3, height=6, width=7):
-    return torch.rand(batch, classes, height, width), torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8)
+    return torch.rand(batch, classes, height, width), torch.randint(
+        0, 256, (batch, 3, height, width), dtype=torch.uint8
+    )
 
 
 def _with_value(tensor, value):
@@ -49,7 +52,13 @@ BAD_INPUTS = [
     (unary, image, {"normalization": "before"}, ValueError, "normalization must be one of"),
     (unary, image, {"compatibility": torch.eye(4)}, ValueError, r"compatibility must be \[C, C\]"),
     (unary, image, {"compatibility": torch.eye(3, dtype=torch.long)}, TypeError, "compatibility must be floating"),
-    (unary, image, {"compatibility": _with_value(torch.eye(3), float("nan"))}, ValueError, "compatibility contains NaN"),
+    (
+        unary,
+        image,
+        {"compatibility": _with_value(torch.eye(3), float("nan"))},
+        ValueError,
+        "compatibility contains NaN",
+    ),
     # Lattice coordinates beyond the resolvable range (pydensecrf's int16 keys wrap far sooner).
     (unary, image, {"pos_xy_std": 1e-5}, ValueError, "pos_xy_std=1e-05 is too small"),
     (unary, image, {"bi_rgb_std": 1e-4}, ValueError, "bi_rgb_std=0.0001 are too small"),

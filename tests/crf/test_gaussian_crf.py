@@ -1,6 +1,7 @@
 """The torch API with any Gaussian kernels (`gaussian_crf`, `GaussianCRF`, the N-d feature
 helpers): DeepLab's `dense_crf` is an instance of it, it matches pydensecrf2 on volumes and
 every compatibility form, is batched and differentiable, and refuses bad input clearly."""
+
 import subprocess
 import sys
 import warnings
@@ -65,8 +66,11 @@ def _reference_volume(sm, volume, compat):
     d = ref_dcrf.DenseCRF(volume.size, classes)
     d.setUnaryEnergy(ref_utils.unary_from_softmax(sm))
     d.addPairwiseEnergy(ref_utils.create_pairwise_gaussian(sdims=(1, 1, 1), shape=volume.shape), compat=compat)
-    d.addPairwiseEnergy(ref_utils.create_pairwise_bilateral(sdims=(3, 3, 3), schan=(15,), img=volume, chdim=-1),
-                        compat=5, normalization=ref_dcrf.NORMALIZE_AFTER)
+    d.addPairwiseEnergy(
+        ref_utils.create_pairwise_bilateral(sdims=(3, 3, 3), schan=(15,), img=volume, chdim=-1),
+        compat=5,
+        normalization=ref_dcrf.NORMALIZE_AFTER,
+    )
     return np.array(d.inference(5)).reshape(sm.shape)
 
 
@@ -84,10 +88,14 @@ def test_a_volume_matches_pydensecrf_with_every_compatibility_form(form):
         "matrix": (matrix, 1.0, torch.from_numpy(-(matrix + matrix.T) / 2)),
     }[form]
     unary = unary_from_softmax(probs)  # [B, C, D, H, W]
-    q = gaussian_crf(unary, [
-        (position_features_nd((depth, height, width), 1.0), weight, ours),
-        (bilateral_features_nd(torch.from_numpy(volumes)[:, None], 3.0, 15.0), 5.0, None, "after"),
-    ], iterations=5)
+    q = gaussian_crf(
+        unary,
+        [
+            (position_features_nd((depth, height, width), 1.0), weight, ours),
+            (bilateral_features_nd(torch.from_numpy(volumes)[:, None], 3.0, 15.0), 5.0, None, "after"),
+        ],
+        iterations=5,
+    )
     assert q.shape == probs.shape
     for b in range(2):
         reference = _reference_volume(probs[b].numpy(), volumes[b], compat)
@@ -109,8 +117,10 @@ def test_batched_equals_one_at_a_time_and_features_broadcast():
     position = position_features_nd((4, 5, 6), 2.0)  # batch 1, shared by all volumes
     batch = gaussian_crf(unary, [(position, 2.0), (bilateral_features_nd(intensity, 3.0, 20.0), 3.0)])
     for b in range(2):
-        single = gaussian_crf(unary[b:b + 1], [(position, 2.0), (bilateral_features_nd(intensity[b:b + 1], 3.0, 20.0), 3.0)])
-        torch.testing.assert_close(batch[b:b + 1], single, atol=1e-6, rtol=0)
+        single = gaussian_crf(
+            unary[b : b + 1], [(position, 2.0), (bilateral_features_nd(intensity[b : b + 1], 3.0, 20.0), 3.0)]
+        )
+        torch.testing.assert_close(batch[b : b + 1], single, atol=1e-6, rtol=0)
 
 
 def test_gradients_reach_unary_weights_and_compatibility():
@@ -139,22 +149,25 @@ def test_settings_stay_out_of_checkpoints_unless_trainable():
 unary, position = torch.rand(1, 3, 4, 5), position_features_nd((4, 5), 1.0)
 
 
-@pytest.mark.parametrize("args, error, message", [
-    ((unary, (position, 1.0)), TypeError, r"kernels\[0\] must be a PairwiseKernel"),
-    ((unary, position), TypeError, "kernels must be a list"),
-    ((unary[0, 0], [(position, 1.0)]), ValueError, r"unary must be a non-empty \[B, C, \*spatial\]"),
-    ((unary, [(position[:, :, :3], 1.0)]), ValueError, r"kernels\[0\].features must be \[1 or 1, d, 20\]"),
-    ((unary, [(position.expand(2, -1, -1, -1), 1.0)]), ValueError, r"kernels\[0\].features must be"),
-    ((unary, [(position.long(), 1.0)]), TypeError, "must be floating point"),
-    ((unary, [(position.to("meta"), 1.0)]), ValueError, "features is on meta but unary is on cpu"),
-    ((unary, [(position, float("nan"))]), ValueError, r"kernels\[0\].weight must be finite"),
-    ((unary, [(position, 1.0, torch.ones(4))]), ValueError, r"compatibility must be \[C\] or \[C, C\] with C = 3"),
-    ((unary, [(position, 1.0, torch.ones(3, 2))]), ValueError, r"compatibility must be \[C\] or \[C, C\]"),
-    ((unary, [(position, 1.0, None, "mean")]), ValueError, r"normalization must be one of"),
-    ((unary, [(position * float("inf"), 1.0)]), ValueError, "features contains NaN or Inf"),
-    ((unary, [(position * 1e6, 1.0)]), ValueError, "too large for the lattice"),
-    ((unary.numpy(), [(position, 1.0)]), TypeError, "got a NumPy array; convert it with torch.from_numpy"),
-])
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        ((unary, (position, 1.0)), TypeError, r"kernels\[0\] must be a PairwiseKernel"),
+        ((unary, position), TypeError, "kernels must be a list"),
+        ((unary[0, 0], [(position, 1.0)]), ValueError, r"unary must be a non-empty \[B, C, \*spatial\]"),
+        ((unary, [(position[:, :, :3], 1.0)]), ValueError, r"kernels\[0\].features must be \[1 or 1, d, 20\]"),
+        ((unary, [(position.expand(2, -1, -1, -1), 1.0)]), ValueError, r"kernels\[0\].features must be"),
+        ((unary, [(position.long(), 1.0)]), TypeError, "must be floating point"),
+        ((unary, [(position.to("meta"), 1.0)]), ValueError, "features is on meta but unary is on cpu"),
+        ((unary, [(position, float("nan"))]), ValueError, r"kernels\[0\].weight must be finite"),
+        ((unary, [(position, 1.0, torch.ones(4))]), ValueError, r"compatibility must be \[C\] or \[C, C\] with C = 3"),
+        ((unary, [(position, 1.0, torch.ones(3, 2))]), ValueError, r"compatibility must be \[C\] or \[C, C\]"),
+        ((unary, [(position, 1.0, None, "mean")]), ValueError, r"normalization must be one of"),
+        ((unary, [(position * float("inf"), 1.0)]), ValueError, "features contains NaN or Inf"),
+        ((unary, [(position * 1e6, 1.0)]), ValueError, "too large for the lattice"),
+        ((unary.numpy(), [(position, 1.0)]), TypeError, "got a NumPy array; convert it with torch.from_numpy"),
+    ],
+)
 def test_bad_input_is_refused(args, error, message):
     with pytest.raises(error, match=message):
         gaussian_crf(*args)

@@ -1,5 +1,6 @@
 """`lightning_deeplab.pydensecrf` against pydensecrf2 itself: the same script with one word of
 the imports changed gives the same marginals (max |dQ| <= 1e-4, argmax on >= 99.99% of points)."""
+
 import numpy as np
 import pytest
 import torch
@@ -131,7 +132,9 @@ def test_volume_with_gaussian_and_intensity_bilateral_matches_pydensecrf():
         d = module.DenseCRF(depth * height * width, classes)
         d.setUnaryEnergy(util.unary_from_softmax(sm))
         d.addPairwiseEnergy(util.create_pairwise_gaussian(sdims=(1, 1, 1), shape=(depth, height, width)), compat=3)
-        d.addPairwiseEnergy(util.create_pairwise_bilateral(sdims=(3, 3, 3), schan=(15,), img=volume, chdim=-1), compat=5)
+        d.addPairwiseEnergy(
+            util.create_pairwise_bilateral(sdims=(3, 3, 3), schan=(15,), img=volume, chdim=-1), compat=5
+        )
         return d.inference(5)
 
     ours = run(dcrf, utils)
@@ -164,12 +167,16 @@ def test_utils_match_pydensecrf():
         (utils.unary_from_softmax(sm, scale=0.7, clip=None), ref_utils.unary_from_softmax(sm, scale=0.7, clip=None)),
         (utils.softmax_to_unary(sm, 0.9), ref_utils.softmax_to_unary(sm, 0.9)),
         (utils.unary_from_labels(labels, CLASSES, 0.7), ref_utils.unary_from_labels(labels, CLASSES, 0.7)),
-        (utils.unary_from_labels(labels - 1 + (labels == 0), CLASSES, 0.6, zero_unsure=False),
-         ref_utils.unary_from_labels(labels - 1 + (labels == 0), CLASSES, 0.6, zero_unsure=False)),
+        (
+            utils.unary_from_labels(labels - 1 + (labels == 0), CLASSES, 0.6, zero_unsure=False),
+            ref_utils.unary_from_labels(labels - 1 + (labels == 0), CLASSES, 0.6, zero_unsure=False),
+        ),
         (utils.compute_unary(labels, CLASSES), ref_utils.compute_unary(labels, CLASSES)),
         (utils.create_pairwise_gaussian((2.5, 3), (7, 9)), ref_utils.create_pairwise_gaussian((2.5, 3), (7, 9))),
-        (utils.create_pairwise_bilateral((4, 5), 13, photo("coffee", 9, 11), chdim=2),
-         ref_utils.create_pairwise_bilateral((4, 5), 13, photo("coffee", 9, 11), chdim=2)),
+        (
+            utils.create_pairwise_bilateral((4, 5), 13, photo("coffee", 9, 11), chdim=2),
+            ref_utils.create_pairwise_bilateral((4, 5), 13, photo("coffee", 9, 11), chdim=2),
+        ),
     ]:
         assert ours.dtype == ref.dtype and ours.shape == ref.shape
         np.testing.assert_array_equal(ours, ref)
@@ -237,25 +244,43 @@ NAN_UNARY = np.zeros((CLASSES, HEIGHT * WIDTH), np.float32)
 NAN_UNARY[1, 7] = np.nan
 
 
-@pytest.mark.parametrize("call, message", [
-    # The shape mismatch that crashes pydensecrf: a unary of another size than declared.
-    (lambda d: d.setUnaryEnergy(np.zeros((CLASSES, HEIGHT * WIDTH + 1), np.float32)), r"u \(unary energy\) must be"),
-    (lambda d: d.setUnaryEnergy(np.zeros((CLASSES + 1, HEIGHT * WIDTH), np.float32)), r"n_labels, n_points\] = \[5, 2240\]"),
-    (lambda d: d.setUnaryEnergy(np.zeros(HEIGHT * WIDTH, np.float32)), "must be 2-D"),
-    (lambda d: d.setUnaryEnergy(NAN_UNARY), "contains NaN or Inf"),
-    (lambda d: d.addPairwiseEnergy(np.zeros((2, 10), np.float32), compat=3), r"features must be \[d, n_points\]"),
-    (lambda d: d.addPairwiseEnergy(np.zeros((17, HEIGHT * WIDTH), np.float32), compat=3), "1 to 16 rows"),
-    (lambda d: d.addPairwiseGaussian(sxy=3, compat=np.ones(CLASSES + 1, np.float32)), "compat vector must have n_labels = 5"),
-    (lambda d: d.addPairwiseGaussian(sxy=3, compat=np.ones((3, 3), np.float32)), "compat matrix must be"),
-    (lambda d: d.addPairwiseGaussian(sxy=3, compat=np.ones((5, 5, 5))), "compat must be a number, a 1-D or a 2-D"),
-    (lambda d: d.addPairwiseGaussian(sxy=0, compat=3), "sxy must be finite and > 0"),
-    (lambda d: d.addPairwiseGaussian(sxy=(1, 2, 3), compat=3), "sxy must be a number or 2 numbers"),
-    (lambda d: d.addPairwiseGaussian(sxy=3, compat=3, normalization=7), "normalization must be"),
-    (lambda d: d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=np.zeros((HEIGHT, WIDTH), np.uint8), compat=3), r"rgbim must be \[height, width, 3\]"),
-    (lambda d: d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=np.zeros((HEIGHT, WIDTH, 3)), compat=3), "rgbim must be uint8"),
-    (lambda d: d.inference(-1), "iterations must be >= 0"),
-    (lambda d: d.stepInference(np.zeros((CLASSES, 3), np.float32), None, None), r"Q must be a float32 array"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        # The shape mismatch that crashes pydensecrf: a unary of another size than declared.
+        (
+            lambda d: d.setUnaryEnergy(np.zeros((CLASSES, HEIGHT * WIDTH + 1), np.float32)),
+            r"u \(unary energy\) must be",
+        ),
+        (
+            lambda d: d.setUnaryEnergy(np.zeros((CLASSES + 1, HEIGHT * WIDTH), np.float32)),
+            r"n_labels, n_points\] = \[5, 2240\]",
+        ),
+        (lambda d: d.setUnaryEnergy(np.zeros(HEIGHT * WIDTH, np.float32)), "must be 2-D"),
+        (lambda d: d.setUnaryEnergy(NAN_UNARY), "contains NaN or Inf"),
+        (lambda d: d.addPairwiseEnergy(np.zeros((2, 10), np.float32), compat=3), r"features must be \[d, n_points\]"),
+        (lambda d: d.addPairwiseEnergy(np.zeros((17, HEIGHT * WIDTH), np.float32), compat=3), "1 to 16 rows"),
+        (
+            lambda d: d.addPairwiseGaussian(sxy=3, compat=np.ones(CLASSES + 1, np.float32)),
+            "compat vector must have n_labels = 5",
+        ),
+        (lambda d: d.addPairwiseGaussian(sxy=3, compat=np.ones((3, 3), np.float32)), "compat matrix must be"),
+        (lambda d: d.addPairwiseGaussian(sxy=3, compat=np.ones((5, 5, 5))), "compat must be a number, a 1-D or a 2-D"),
+        (lambda d: d.addPairwiseGaussian(sxy=0, compat=3), "sxy must be finite and > 0"),
+        (lambda d: d.addPairwiseGaussian(sxy=(1, 2, 3), compat=3), "sxy must be a number or 2 numbers"),
+        (lambda d: d.addPairwiseGaussian(sxy=3, compat=3, normalization=7), "normalization must be"),
+        (
+            lambda d: d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=np.zeros((HEIGHT, WIDTH), np.uint8), compat=3),
+            r"rgbim must be \[height, width, 3\]",
+        ),
+        (
+            lambda d: d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=np.zeros((HEIGHT, WIDTH, 3)), compat=3),
+            "rgbim must be uint8",
+        ),
+        (lambda d: d.inference(-1), "iterations must be >= 0"),
+        (lambda d: d.stepInference(np.zeros((CLASSES, 3), np.float32), None, None), r"Q must be a float32 array"),
+    ],
+)
 def test_bad_input_is_a_clear_value_error(call, message):
     d = dcrf.DenseCRF2D(WIDTH, HEIGHT, CLASSES)
     with pytest.raises((ValueError, TypeError), match=message):

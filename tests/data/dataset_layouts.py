@@ -1,5 +1,6 @@
 """Writers of small Cityscapes, COCO-Stuff, folder-dataset and SBD trees in their exact real
 layouts (shared by the dataset tests)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,9 @@ def cityscapes_stem(city: str, index: int) -> str:
     return f"{city}_{index:06d}_000019"
 
 
-def write_cityscapes(root: Path, split: str, labels: dict[str, dict[str, np.ndarray]],
-                     train_ids: Optional[dict[str, np.ndarray]] = None) -> Path:
+def write_cityscapes(
+    root: Path, split: str, labels: dict[str, dict[str, np.ndarray]], train_ids: Optional[dict[str, np.ndarray]] = None
+) -> Path:
     """``labels``: city -> {stem: raw label-id map}; writes ``leftImg8bit`` images of the same
     size and ``gtFine`` ``*_labelIds.png`` (and ``*_labelTrainIds.png`` for the stems in
     ``train_ids``). Returns ``root``."""

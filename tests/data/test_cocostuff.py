@@ -90,7 +90,7 @@ def test_10k_mat_ids_map_to_the_same_classes(tmp_path):
     sample = CocoStuff10k(root, "train")[0]
     assert sample["name"] == name and sample["mask"].dtype == torch.int64
     assert sample["mask"].reshape(-1)[: len(ids)].tolist() == [0, IGNORE_INDEX, 11, 80, 170, IGNORE_INDEX]
-    assert torch.all(sample["mask"].reshape(-1)[len(ids):] == IGNORE_INDEX)  # the zeros: unlabeled
+    assert torch.all(sample["mask"].reshape(-1)[len(ids) :] == IGNORE_INDEX)  # the zeros: unlabeled
 
 
 def test_10k_labels_stored_as_matlab_doubles(tmp_path):

@@ -1,4 +1,5 @@
 """Every registered dataset through the DataModule, and one through `deeplab validate`."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """`deeplab validate` with the VOC config (pretrained: imagenet) and a checkpoint never fetches
 weights: the checkpoint brings them, and initial weights load only when fitting from scratch."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Bad data fails at ``setup``, before training: every problem of every split, with its file and
 list line, in one error; 16-bit images are scaled, not clipped; padding follows the model's style."""
+
 from __future__ import annotations
 
 from pathlib import Path

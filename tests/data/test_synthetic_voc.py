@@ -125,6 +125,7 @@ def test_coarse_predictions_miss_boundaries_that_a_dense_crf_recovers(demo_sized
     most of that error, because the object edges are colour edges."""
     import pydensecrf.densecrf as dcrf  # a test dependency (`make install`): never skipped
     import torch
+
     images, labels = load_split(demo_sized_tree, "val")
     n = len(SYNTHETIC_CLASSES)
     onehot = torch.from_numpy(np.stack([labels == c for c in range(n)], 1).astype(np.float32))
@@ -150,7 +151,9 @@ def test_deterministic_for_a_seed(small_tree, tmp_path):
     again = generate_synthetic_voc(tmp_path / "again", **SMALL)
     assert tree_bytes(again) == tree_bytes(small_tree)
     other = generate_synthetic_voc(tmp_path / "other", **{**SMALL, "seed": 4})
-    assert (other / "JPEGImages/train_00000.jpg").read_bytes() != (small_tree / "JPEGImages/train_00000.jpg").read_bytes()
+    assert (other / "JPEGImages/train_00000.jpg").read_bytes() != (
+        small_tree / "JPEGImages/train_00000.jpg"
+    ).read_bytes()
 
 
 def test_idempotent_and_regenerated_when_parameters_change(tmp_path):

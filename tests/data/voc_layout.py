@@ -1,4 +1,5 @@
 """Writers of small PASCAL VOC trees in the exact official layout (shared by the data tests)."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ def block_label(height: int, width: int, cls: int = 15) -> np.ndarray:
     return label
 
 
-def write_voc_tree(root: Path, sizes: dict[str, tuple[int, int]], splits: dict[str, object],
-                   aug_labels: Optional[dict] = None) -> Path:
+def write_voc_tree(
+    root: Path, sizes: dict[str, tuple[int, int]], splits: dict[str, object], aug_labels: Optional[dict] = None
+) -> Path:
     """Write ``root/VOCdevkit/VOC2012``: a flat JPEG image per id, its palette label (a class-15
     block with a 255 rim) and its grayscale Aug label, and the split lists (id lists or raw
     text). Returns ``root``."""

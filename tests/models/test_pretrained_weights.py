@@ -35,7 +35,9 @@ def torchvision_resnet18(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 @pytest.mark.parametrize("norm", ["frozen", "bn"])
 def test_torchvision_state_dict_loads_into_the_pytorch_style_backbone(torchvision_resnet18, norm: str) -> None:
     path, reference = torchvision_resnet18
-    model = pretrained_model(DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch", norm=norm), str(path))
+    model = pretrained_model(
+        DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch", norm=norm), str(path)
+    )
     backbone = model.backbone.state_dict()
     for key in ("conv1.weight", "layer3.1.conv2.weight", "layer4.0.downsample.1.running_mean", "bn1.running_var"):
         assert torch.equal(backbone[key], reference[key]), key

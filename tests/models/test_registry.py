@@ -1,4 +1,5 @@
 """Every name list of the networks derives from the one registry."""
+
 import inspect
 import typing
 
@@ -47,7 +48,10 @@ def test_factories_build_the_named_networks(name):
     with torch.device("meta"):
         model = FACTORIES[name](num_classes=7, style="pytorch")
     assert (model.backbone_name, model.head_name, model.msc_scales, model.num_classes) == (
-        backbone, head, msc_scales, 7
+        backbone,
+        head,
+        msc_scales,
+        7,
     )
     assert model.style == "pytorch"
     assert "pretrained" not in inspect.signature(DeepLabV2).parameters  # weights: load_pretrained()

@@ -132,8 +132,16 @@ def _executed_layers(model: nn.Module, side: int = 65) -> list[tuple]:
 
     def describe(module: nn.Module, *_):
         if isinstance(module, nn.Conv2d):
-            calls.append(("conv", module.kernel_size[0], module.stride[0], module.padding[0], module.dilation[0],
-                          module.out_channels))
+            calls.append(
+                (
+                    "conv",
+                    module.kernel_size[0],
+                    module.stride[0],
+                    module.padding[0],
+                    module.dilation[0],
+                    module.out_channels,
+                )
+            )
         elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
             kind = "max" if isinstance(module, nn.MaxPool2d) else "ave"
             calls.append((kind, module.kernel_size, module.stride, module.padding, 1, None))
