@@ -30,8 +30,15 @@ ext = Extension(
 )
 
 setup(
-    # configs/ ships inside the package as lightning_deeplab/configs (the demo finds it there).
-    packages=find_packages(include=["lightning_deeplab", "lightning_deeplab.*"]) + ["lightning_deeplab.configs"],
+    # configs/ ships inside the package as lightning_deeplab/configs (the demo finds it there);
+    # the kernel sources are data packages, so the just-in-time build finds them in any install.
+    packages=find_packages(include=["lightning_deeplab", "lightning_deeplab.*"])
+    + [
+        "lightning_deeplab.configs",
+        "lightning_deeplab.csrc",
+        "lightning_deeplab.csrc.cpu",
+        "lightning_deeplab.csrc.cuda",
+    ],
     package_dir={"lightning_deeplab.configs": "configs"},
     package_data={"lightning_deeplab.configs": ["*.yaml"]},
     ext_modules=[ext],
