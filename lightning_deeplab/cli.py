@@ -16,6 +16,7 @@ from typing import Any, Optional
 from pytorch_lightning.callbacks import (
     BasePredictionWriter,
     LearningRateMonitor,
+    ProgressBar,
     ThroughputMonitor,
 )
 from jsonargparse import DefaultHelpFormatter, Namespace
@@ -37,6 +38,7 @@ from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
 from .predict import SegmentationWriter
+from .progress import StepProgressBar
 from .reporting import default_reporting
 
 #: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
@@ -220,6 +222,10 @@ class DeepLabCLI(LightningCLI):
         if self.subcommand in (None, "fit", "validate", "test"):
             every_n = self._get(self.config_init, "checkpoint_every_n_steps", default=DEFAULT_CHECKPOINT_EVERY_N_STEPS)
             kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False, every_n)
+            if config.get("enable_progress_bar") is not False and not any(
+                isinstance(cb, ProgressBar) for cb in callbacks
+            ):
+                kwargs["callbacks"].append(StepProgressBar())
         elif self.subcommand == "predict":
             kwargs["callbacks"] = self._prediction_writer(callbacks)
         return super().instantiate_trainer(**kwargs)
