@@ -17,6 +17,8 @@ CHECKPOINT_DIR = "checkpoints"
 #: File names of that ModelCheckpoint: the best one (``best-step<N>.ckpt``) and the last one.
 BEST_PATTERN = "best-step*.ckpt"
 LAST_NAME = "last.ckpt"
+#: `--ckpt_path` values Lightning resolves itself (not files).
+LIGHTNING_CKPT_PATHS = ("hpc", "registry")
 #: Init arguments of the network that the data decides (the CLI links them), never the checkpoint.
 LINKED_MODEL_ARGS = ("num_classes",)
 
@@ -25,10 +27,15 @@ class CheckpointConfigError(ValueError):
     """A checkpoint that cannot be found, or that contradicts the configuration."""
 
 
+class MissingCheckpoint(CheckpointConfigError, FileNotFoundError):
+    """A ``--ckpt_path`` that names no file."""
+
+
 def resolve_ckpt_path(ckpt_path: Optional[str], root_dir: str) -> Optional[str]:
     """``ckpt_path`` as a file: ``"last"`` -> ``<root_dir>/checkpoints/last.ckpt``, ``"best"`` ->
     the best ``best-step*.ckpt`` there (by the monitored score its ModelCheckpoint state saved);
-    any other value must name an existing file."""
+    Lightning's own ``"hpc"`` / ``"registry[:...]"`` pass through; any other value must name an
+    existing file (:class:`MissingCheckpoint` when it does not)."""
     if ckpt_path is None:
         return None
     folder = os.path.join(root_dir, CHECKPOINT_DIR)
@@ -42,15 +49,17 @@ def resolve_ckpt_path(ckpt_path: Optional[str], root_dir: str) -> Optional[str]:
         if not candidates:
             raise CheckpointConfigError(f"--ckpt_path best: no best checkpoint, no {BEST_PATTERN} in {folder}")
         return max(candidates, key=_saved_score) if len(candidates) > 1 else candidates[0]
+    if ckpt_path in LIGHTNING_CKPT_PATHS or ckpt_path.startswith("registry:"):
+        return ckpt_path
     if not os.path.isfile(ckpt_path):
-        raise CheckpointConfigError(f"--ckpt_path: checkpoint {ckpt_path} does not exist")
+        raise MissingCheckpoint(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     return ckpt_path
 
 
 def _saved_score(path: str) -> float:
     """The monitored score the checkpoint callback (ModelCheckpoint or a subclass) saved into
     ``path`` (-inf when it holds none)."""
-    callbacks = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
+    callbacks = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
     for key, state in callbacks.items():
         # state keys are "<class name>{<its settings>}"
         if str(key).split("{")[0].endswith("Checkpoint") and state.get("current_score") is not None:
@@ -61,7 +70,7 @@ def _saved_score(path: str) -> float:
 
 def saved_model_config(ckpt_path: str) -> Optional[dict[str, Any]]:
     """The ``class_path``/``init_args`` of the network a checkpoint was trained with, if saved."""
-    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
     model = hparams.get("model")
     if isinstance(model, Mapping) and "class_path" in model:
         return {"class_path": model["class_path"], "init_args": dict(model.get("init_args") or {})}

@@ -139,18 +139,6 @@ def exit_code_of(exception: BaseException) -> Optional[int]:
     return None
 
 
-#: `--ckpt_path` values that name no file: Lightning's and the run folder's own.
-SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
-
-
-def check_ckpt_path(ckpt_path: Optional[str]) -> None:
-    """Refuses a `--ckpt_path` that names no readable file, before anything else starts."""
-    if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry:"):
-        return
-    if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-
-
 def validation_interval_in_batches(trainer_config: dict[str, Any]) -> Optional[int]:
     """The batch count Lightning needs to validate every ``val_check_interval`` optimizer steps,
     or None when nothing needs changing.

@@ -25,12 +25,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from .checkpoint_config import (
     CHECKPOINT_DIR,
     CheckpointConfigError,
+    MissingCheckpoint,
     merge_architecture,
     resolve_ckpt_path,
     saved_model_config,
 )
 from .checkpointing import (
-    DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, check_ckpt_path, exit_code_of, read_wandb_run_id,
+    DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, exit_code_of, read_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
 from .command import EXTRA_COMMANDS, main
@@ -186,14 +187,15 @@ class DeepLabCLI(LightningCLI):
         given = self._given.get(subcommand) if subcommand else self._given
         root_dir = section.get("trainer.default_root_dir") or os.getcwd()
         ckpt_path = section.get("ckpt_path") if subcommand else self.ckpt_path
-        check_ckpt_path(ckpt_path)  # a missing file: one plain error, before data and logger
         try:
             ckpt_path = resolve_ckpt_path(ckpt_path, root_dir)
-            saved = saved_model_config(ckpt_path) if ckpt_path else None
+            saved = saved_model_config(ckpt_path) if ckpt_path and os.path.isfile(ckpt_path) else None
             if saved is not None:
                 given_model = given.get("model.model") if given is not None else None
                 given_model = given_model.as_dict() if isinstance(given_model, Namespace) else given_model
                 merge_architecture(section.model.model, given_model, saved, ckpt_path)
+        except MissingCheckpoint:
+            raise  # a missing file: the command's one-line error, before data and logger
         except CheckpointConfigError as err:
             self.parser.error(str(err))
         if subcommand:
