@@ -34,7 +34,7 @@ from .checkpointing import (
     DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, exit_code_of, read_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
-from .command import EXTRA_COMMANDS, main
+from .command import command_list, main
 from .data import SegmentationDataModule
 from .loggers import default_logger
 from .module import DeepLabV2Module
@@ -49,9 +49,8 @@ PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks use
 MONITOR = "val/mIoU"
 
 HELP_DESCRIPTION = (
-    "DeepLab v2: train, evaluate and predict with a YAML config.\n\nOther commands "
-    "(`deeplab <command> --help` for their options):\n"
-    + "\n".join(f"  deeplab {name:<14} {summary}" for name, (_, summary) in EXTRA_COMMANDS.items())
+    "DeepLab v2: train, evaluate and predict with a YAML config.\n\nCommands "
+    "(`deeplab <command> --help` for their options):\n" + "\n".join(command_list())
 )
 
 
