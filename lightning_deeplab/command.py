@@ -35,6 +35,12 @@ TRACEBACK_ENV = "DEEPLAB_TRACEBACK"
 USAGE_ERROR = 2
 
 
+def command_list() -> list[str]:
+    """One line per command, name and description (the command's help and the CLI's)."""
+    summaries = {**TRAINER_COMMANDS, **{name: summary for name, (_, summary) in EXTRA_COMMANDS.items()}}
+    return [f"  {name:<14} {summary}" for name, summary in summaries.items()]
+
+
 def usage() -> str:
     lines = [
         "usage: deeplab <command> [options]   (deeplab <command> --help for its options)",
@@ -42,10 +48,10 @@ def usage() -> str:
         "DeepLab v2: train, evaluate and predict with a YAML config (--config FILE).",
         "",
         "commands:",
+        *command_list(),
+        "",
+        f"Set {TRACEBACK_ENV}=1 to see the traceback of an error.",
     ]
-    lines += [f"  {name:<14} {summary}" for name, summary in TRAINER_COMMANDS.items()]
-    lines += [f"  {name:<14} {summary}" for name, (_, summary) in EXTRA_COMMANDS.items()]
-    lines += ["", f"Set {TRACEBACK_ENV}=1 to see the traceback of an error."]
     return "\n".join(lines)
 
 
