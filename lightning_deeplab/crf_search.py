@@ -222,7 +222,6 @@ def _format(result: Mapping[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`deeplab crf-search`; returns the exit status."""
     from .cli import DeepLabCLI
-    from .reporting import crf_settings
 
     args, rest = _parser().parse_known_args(argv)
     if args.num_images < 1:
@@ -255,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     grid = {key: getattr(args, key) for key in GRID_KEYS}
     total = math.prod(len(v) for v in grid.values())
-    base = crf_settings(module.crf)
+    base = module.crf.settings()
     print(f"CRF grid search: {len(samples)} image(s) of split {split!r}, {source}, {total} setting(s) on {device}")
     done = itertools.count(1)
 

@@ -39,13 +39,6 @@ def scores_path(trainer: pl.Trainer, stage: str) -> str:
     return os.path.join(trainer.default_root_dir, f"{stage}-scores.json")
 
 
-def crf_settings(crf: torch.nn.Module) -> dict[str, Any]:
-    """The settings a :class:`~lightning_deeplab.crf.DenseCRF` runs with, as plain values."""
-    names = ("iterations", "pos_w", "pos_xy_std", "bi_w", "bi_xy_std", "bi_rgb_std", "normalization")
-    values = {name: getattr(crf, name) for name in names}
-    return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
-
-
 class ScoresReport(pl.Callback):
     """After ``validate`` and ``test``: print the scores (with and without the CRF) as a table
     and save them, with the inference and CRF settings used, as JSON (see :func:`scores_path`)."""
@@ -66,7 +59,7 @@ class ScoresReport(pl.Callback):
         title += f", checkpoint {checkpoint}" if checkpoint else ""
         print("\n" + format_scores_table(report, title=title) + "\n", flush=True)
         path = scores_path(trainer, stage)
-        crf = crf_settings(pl_module.crf) if pl_module.hparams.eval_crf else None
+        crf = pl_module.crf.settings() if pl_module.hparams.eval_crf else None
         write_json(path, {"stage": stage, "checkpoint": checkpoint, "inference": pl_module.inference.to_dict(),
                           "crf": crf, **report})  # fmt: skip
         print(f"scores saved to {path}", flush=True)

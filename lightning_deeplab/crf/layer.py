@@ -90,13 +90,21 @@ class DenseCRF(nn.Module):
             self.check_values,
         )
 
+    def settings(self) -> dict:
+        """The settings this layer runs with, as plain values (the weights' current values)."""
+        return {
+            "iterations": self.iterations,
+            "pos_w": float(self.pos_w.detach()),
+            "pos_xy_std": self.pos_xy_std,
+            "bi_w": float(self.bi_w.detach()),
+            "bi_xy_std": self.bi_xy_std,
+            "bi_rgb_std": self.bi_rgb_std,
+            "normalization": self.normalization,
+        }
+
     def extra_repr(self) -> str:
-        return (
-            f"iterations={self.iterations}, pos_w={float(self.pos_w):g}, "
-            f"pos_xy_std={self.pos_xy_std:g}, bi_w={float(self.bi_w):g}, "
-            f"bi_xy_std={self.bi_xy_std:g}, bi_rgb_std={self.bi_rgb_std:g}, "
-            f"normalization={self.normalization!r}, trainable={self.trainable}"
-        )
+        shown = (f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.settings().items())
+        return ", ".join(shown) + f", trainable={self.trainable}"
 
 
 def _register_setting(module: nn.Module, name: str, value: Optional[torch.Tensor], trainable: bool) -> None:
