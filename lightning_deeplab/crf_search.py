@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .constants import IGNORE_INDEX
+from .devices import DEVICE_HELP, resolve_device
 from .fileio import write_json
 from .metrics import scores_from_confusion
 from .viz import image_to_uint8
@@ -201,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
             default=list(default),
             help=f"values to try (default: {' '.join(f'{v:g}' for v in default)})",
         )
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--output", default=None, help="JSON of all results (default: beside the checkpoint, or ./crf-search.json)"
     )
@@ -227,10 +228,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.num_images < 1:
         print(f"error: --num_images must be >= 1, got {args.num_images}", file=sys.stderr)
         return 2
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     # Initial weights load only when fitting, so nothing is fetched here; the checkpoint brings
     # the weights and, where the configuration does not say it, the architecture.
     cli = DeepLabCLI(args=[*rest, "--trainer.logger", "false"], run=False, ckpt_path=args.ckpt_path)

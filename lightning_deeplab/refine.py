@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .devices import DEVICE_HELP, resolve_device
+
 #: Folders below ``--output_dir``: the refined label maps and (optionally) probabilities.
 LABELS_DIR, PROBABILITIES_DIR = "labels", "probabilities"
 #: Probabilities may overshoot [0, 1] by this much (float16 rounding) before they are refused.
@@ -79,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"also write the refined marginals as float16 {PROBABILITIES_DIR}/<name>.npy",
     )
-    parser.add_argument(
-        "--device", default="auto", help="'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N' (default: auto)"
-    )
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--batch_size", type=_positive_int, default=8, help="arrays of the same size refined together (default: 8)"
     )
@@ -197,22 +197,6 @@ class Refiner:
             self.written += 1
 
 
-def _device(text: str):
-    import torch
-
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise ValueError(f"--device {text!r}: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {text}: no CUDA device is available (use --device cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")
-    return device
-
-
 def _existing_labels(output_dir: Path) -> list[Path]:
     return sorted(p for folder in (LABELS_DIR, PROBABILITIES_DIR) for p in (output_dir / folder).rglob("*")
                   if p.is_file())  # fmt: skip
@@ -240,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     settings = {name: getattr(args, name) for name in CRF_OPTIONS if getattr(args, name) is not None}
     try:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         crf = DenseCRF(**settings).to(device)
         arrays = find_arrays(args.probabilities)
         images = dict(find_predict_images(args.images))
