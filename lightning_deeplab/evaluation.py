@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .constants import PAD_MEAN_RGB
+from .constants import PAD_MEAN_RGB, PAD_MEAN_RGB_BY_STYLE
 from .metrics import DEFAULT_MIOU_OVER, scores_from_confusion
 from .models.msc import scaled_size
 
@@ -126,15 +126,21 @@ def padded_side(side: int, minimum: int = 0) -> int:
     return (target - 1 + OUTPUT_STRIDE - 1) // OUTPUT_STRIDE * OUTPUT_STRIDE + 1
 
 
-def pad_image(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """``image`` [B, 3, H, W] padded at the bottom/right with the mean colour to ``size``."""
+def pad_colour(model: Model) -> tuple[float, ...]:
+    """The mean colour (RGB 0-255) of ``model``'s input normalisation (its ``style``; the Caffe
+    mean for a model without one): padded pixels normalise to ~0, as in training."""
+    return PAD_MEAN_RGB_BY_STYLE.get(getattr(model, "style", None), PAD_MEAN_RGB)
+
+
+def pad_image(image: Tensor, size: tuple[int, int], pad_rgb: Sequence[float] = PAD_MEAN_RGB) -> Tensor:
+    """``image`` [B, 3, H, W] padded at the bottom/right with the mean colour ``pad_rgb`` to ``size``."""
     height, width = image.shape[-2:]
     if (height, width) == tuple(size):
         return image
     if size[0] < height or size[1] < width:
         raise ValueError(f"cannot pad an image of {height}x{width} to the smaller {size[0]}x{size[1]}")
     padded = torch.empty((*image.shape[:-2], *size), dtype=image.dtype, device=image.device)
-    padded[:] = torch.tensor(PAD_MEAN_RGB, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    padded[:] = torch.tensor(tuple(pad_rgb), dtype=image.dtype, device=image.device).view(3, 1, 1)
     padded[..., :height, :width] = image
     return padded
 
@@ -160,7 +166,7 @@ def whole_logits(model: Model, image: Tensor, pad_to: Optional[tuple[int, int]] 
     height, width = image.shape[-2:]
     minimum = pad_to or (0, 0)
     size = (padded_side(height, minimum[0]), padded_side(width, minimum[1]))
-    logits = upsample_aligned(model(pad_image(image, size)), size)
+    logits = upsample_aligned(model(pad_image(image, size, pad_colour(model))), size)
     return logits[..., :height, :width]
 
 
@@ -179,7 +185,7 @@ def slide_logits(model: Model, image: Tensor, window: tuple[int, int], stride: t
     _check_image(image)
     height, width = image.shape[-2:]
     size = (max(height, window[0]), max(width, window[1]))
-    padded = pad_image(image, size)
+    padded = pad_image(image, size, pad_colour(model))
     total: Optional[Tensor] = None
     count = torch.zeros((1, 1, *size), dtype=torch.float32, device=image.device)
     for top in window_starts(size[0], window[0], stride[0]):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_deeplab.constants import PAD_MEAN_RGB
+from lightning_deeplab.constants import PAD_MEAN_RGB, PAD_MEAN_RGB_BY_STYLE
 from lightning_deeplab.evaluation import (
     InferenceConfig,
     format_scores_table,
@@ -115,6 +115,20 @@ def test_padding_is_the_mean_colour_and_is_cropped_away_for_odd_sizes(network):
     mean = torch.tensor(PAD_MEAN_RGB).view(1, 3, 1, 1)
     assert torch.allclose(seen[..., 37:, :], mean.expand(2, 3, 20, 57))
     assert torch.allclose(seen[..., :, 45:], mean.expand(2, 3, 57, 12))
+
+
+@pytest.mark.parametrize("style", ["caffe", "pytorch"])
+def test_whole_and_sliding_inference_pad_with_the_mean_colour_of_the_models_style(network, style):
+    recorder = RecordingModel(network)
+    recorder.style = style  # what DeepLabV2 says of its normalisation
+    image = image_batch(1, 20, 30)
+    mean = torch.tensor(PAD_MEAN_RGB_BY_STYLE[style]).view(1, 3, 1, 1)
+    whole_logits(recorder, image, (33, 33))
+    slide_logits(recorder, image, (25, 33), (16, 16))
+    for seen in recorder.inputs:
+        assert torch.equal(seen[..., :20, :30], image)
+        assert torch.allclose(seen[..., 20:, :], mean.expand(1, 3, seen.shape[-2] - 20, seen.shape[-1]))
+    assert PAD_MEAN_RGB_BY_STYLE["caffe"] != PAD_MEAN_RGB_BY_STYLE["pytorch"]
 
 
 def test_sliding_window_pads_an_image_smaller_than_the_window(network):
