@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
@@ -15,6 +15,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..constants import PAD_MEAN_RGB_BY_STYLE
+from ..models.registry import StyleName
 from .check import BadSamples, split_problems
 from .collate import pad_collate
 from .files import LabelledImage
@@ -99,7 +100,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         synthetic_image_size: Union[int, tuple[int, int]] = (120, 160),
         synthetic_seed: int = 0,
         predict_path: Optional[Union[str, Path]] = None,
-        pad_style: Literal["caffe", "pytorch"] = "caffe",
+        pad_style: StyleName = "caffe",
         check_files: bool = True,
     ) -> None:
         super().__init__()
