@@ -13,7 +13,7 @@ from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from .constants import IGNORE_INDEX
-from .crf import DenseCRF
+from .crf import DenseCRF, unary_from_softmax
 from .evaluation import InferenceConfig, infer_probabilities, scores_report
 from .metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
 from .models import load_pretrained
@@ -182,8 +182,6 @@ class DeepLabV2Module(pl.LightningModule):
 
     def refine_probabilities(self, probs: Tensor, image: Tensor) -> Tensor:
         """Dense-CRF marginals from class probabilities at the image size and the batch's RGB image."""
-        from .crf import unary_from_softmax
-
         return self.crf(unary_from_softmax(probs.float()), image_to_uint8(image))
 
     def _evaluate(self, stage: str, batch: dict[str, Any]) -> dict[str, Optional[Tensor]]:
