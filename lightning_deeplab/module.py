@@ -3,31 +3,27 @@ evaluation step (scores with and without the dense CRF). Reporting lives in :mod
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
-import torch
 import torch.nn.functional as F
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from .constants import IGNORE_INDEX
 from .crf import DenseCRF, unary_from_softmax
-from .evaluation import InferenceConfig, infer_probabilities, scores_report
+from .crf_training import CRFTrainingLoss, check_crf_training_options, crf_parameter_group, reconcile_crf_state
+from .evaluation import InferenceConfig, infer_probabilities, pad_colour, scores_report
 from .metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
 from .models import load_pretrained
+from .optimization import poly_lr_factor, sgd_with_poly
 from .viz import image_to_uint8
 
 #: The stages that are scored, each without and with the CRF.
 EVALUATION_STAGES = ("val", "test")
 
 
-def poly_lr_factor(step: int, max_steps: int, power: float = 0.9) -> float:
-    """The paper's "poly" policy: lr = base * (1 - step / max_steps) ** power, 0 after the end."""
-    if max_steps <= 0:
-        raise ValueError(f"max_steps must be positive for the poly schedule, got {max_steps}")
-    return max(0.0, 1.0 - min(step, max_steps) / max_steps) ** power
+__all__ = ["DeepLabV2Module", "poly_lr_factor", "resize_labels"]
 
 
 def resize_labels(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -67,6 +63,19 @@ class DeepLabV2Module(pl.LightningModule):
         class_names: one per class (the CLI links the dataset's).
         miou_over: the classes mIoU and mean accuracy average over (see
             :mod:`~lightning_deeplab.metrics`): ``"all"`` as DeepLab's official evaluation.
+        train_with_crf: train through the CRF (CRF-as-RNN, :mod:`~lightning_deeplab.crf_training`):
+            the fused logits (and every MSC output with ``crf_per_scale``), upsampled to the
+            crop, go through ``crf`` with the crop's image (padding left out), and the
+            cross-entropy of its marginals times ``crf_loss_weight`` is added to the loss, with
+            ``crf_train_iterations`` mean-field iterations (default: the CRF's own). A CRF built
+            with ``trainable=True`` learns pos_w, bi_w and its compatibility (``"potts"`` starts
+            it at the identity) in an optimiser group of its own at ``lr * crf_lr_mult``,
+            without weight decay.
+
+    Checkpoints hold the CRF's learned parameters, which validate, test, predict and
+    ``deeplab crf`` then use; the CRF's fixed settings (iterations, standard deviations,
+    normalization, whether it learns) always come from the configuration, never from a
+    checkpoint.
     """
 
     def __init__(
@@ -85,6 +94,11 @@ class DeepLabV2Module(pl.LightningModule):
         eval_crf: bool = True,
         class_names: Optional[list[str]] = None,
         miou_over: Literal[MIOU_OVER] = DEFAULT_MIOU_OVER,  # type: ignore[valid-type]
+        train_with_crf: bool = False,
+        crf_loss_weight: float = 1.0,
+        crf_train_iterations: Optional[int] = None,
+        crf_lr_mult: float = 1.0,
+        crf_per_scale: bool = False,
     ) -> None:
         super().__init__()
         num_classes = getattr(model, "num_classes", None)
@@ -94,6 +108,7 @@ class DeepLabV2Module(pl.LightningModule):
             raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
         if loss_resolution not in ("logits", "image"):
             raise ValueError(f"loss_resolution must be 'logits' or 'image', got {loss_resolution!r}")
+        check_crf_training_options(train_with_crf, crf_loss_weight, crf_train_iterations, crf_lr_mult, crf_per_scale)
         cli_hparams = _given_hyperparameters.get() is not None  # LightningCLI gives the YAML's parts
         self.save_hyperparameters(ignore=None if cli_hparams else ["model", "crf", "inference"])
         self.inference = InferenceConfig.from_value(inference)
@@ -103,6 +118,11 @@ class DeepLabV2Module(pl.LightningModule):
             self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
         self.model = model
         self.crf = crf if crf is not None else DenseCRF()
+        self.crf.set_num_classes(num_classes)  # makes a "potts" compatibility, checks a matrix
+        self.crf_loss = (
+            CRFTrainingLoss(pad_colour(model), crf_loss_weight, crf_train_iterations, crf_per_scale)
+            if train_with_crf else None
+        )  # fmt: skip
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # One confusion matrix per stage and per refinement, summed over the whole split.
@@ -119,6 +139,7 @@ class DeepLabV2Module(pl.LightningModule):
     # (resumed, or a module from load_from_checkpoint) keeps its weights and fetches nothing.
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._weights_restored = True
+        reconcile_crf_state(checkpoint["state_dict"], self.crf)  # learned CRF values only
 
     def on_fit_start(self) -> None:
         if self.hparams.pretrained and not self._weights_restored:
@@ -145,7 +166,10 @@ class DeepLabV2Module(pl.LightningModule):
         return losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        losses = self.training_losses(self.model.forward_multi(batch["image"]), batch["mask"])
+        outputs = self.model.forward_multi(batch["image"])
+        losses = self.training_losses(outputs, batch["mask"])
+        if self.crf_loss is not None:
+            losses.update(self.crf_loss(self.crf, outputs, list(losses), batch["image"], batch["mask"]))
         loss = sum(losses.values())
         batch_size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -163,16 +187,11 @@ class DeepLabV2Module(pl.LightningModule):
             "head_bias": (hp.lr * hp.head_bias_lr_mult, 0.0),
         }
         param_groups = [{"name": name, "params": groups[name], "lr": lr, "weight_decay": wd}
-                        for name, (lr, wd) in settings.items() if groups[name]]  # fmt: skip
-        optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+                        for name, (lr, wd) in settings.items()]  # fmt: skip
+        crf_group = crf_parameter_group(self.crf, hp.train_with_crf, hp.lr * hp.crf_lr_mult)
+        param_groups += [crf_group] if crf_group is not None else []
         max_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(max_steps):
-            raise ValueError("the poly schedule needs a finite length: set trainer.max_steps or trainer.max_epochs")
-        max_steps = int(max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: poly_lr_factor(step, max_steps, hp.poly_power)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return sgd_with_poly(param_groups, hp.lr, hp.momentum, hp.weight_decay, max_steps, hp.poly_power)
 
     # --------------------------------------------------------------------------- evaluation
     def predict_probabilities(self, image: Tensor) -> Tensor:

@@ -31,12 +31,18 @@ class DenseCRF(nn.Module):
         bi_w, bi_xy_std, bi_rgb_std: appearance kernel weight, spatial and colour (0-255)
             standard deviations.
         normalization: "symmetric" (matches pydensecrf) or "after" (the 2011 Caffe variant).
-        compatibility: optional [C, C] label compatibility (identity = Potts); see `dense_crf`.
+        compatibility: optional [C, C] label compatibility (identity = Potts; see `dense_crf`),
+            a tensor or a nested list of numbers, or "potts": the C x C identity, the usual
+            start of a learned compatibility, made once the class count is known (`num_classes`
+            or `set_num_classes`).
+        num_classes: the number of labels C, when known at construction (checked against a
+            given matrix; needed by "potts" before the first call).
         trainable: make pos_w, bi_w (and the compatibility) nn.Parameters.
         check_values: data-dependent input checks (see `dense_crf`): None = on CPU only.
 
-    Call with unary [B, C, H, W] energies and image [B, 3, H, W] uint8 RGB; returns the
-    marginals [B, C, H, W] (float32, or float64 for a float64 unary).
+    Call with unary [B, C, H, W] energies and image [B, 3, H, W] uint8 RGB (and optionally
+    another iteration count, e.g. fewer in training); returns the marginals [B, C, H, W]
+    (float32, or float64 for a float64 unary).
     """
 
     def __init__(
@@ -48,7 +54,8 @@ class DenseCRF(nn.Module):
         bi_xy_std: float = defaults.BI_XY_STD,
         bi_rgb_std: float = defaults.BI_RGB_STD,
         normalization: Literal[check.NORMALIZATIONS] = defaults.NORMALIZATION,
-        compatibility: Optional[torch.Tensor] = None,
+        compatibility: Union[Literal["potts"], list[list[float]], torch.Tensor, None] = None,
+        num_classes: Optional[int] = None,
         trainable: bool = False,
         check_values: Optional[bool] = None,
     ) -> None:
@@ -64,22 +71,54 @@ class DenseCRF(nn.Module):
         self.normalization = normalization
         self.trainable = bool(trainable)
         self.check_values = check.check_flag("check_values", check_values)
-        if compatibility is not None:
-            check.check_compatibility_matrix(compatibility)
-            compatibility = compatibility.detach().clone().to(torch.float32)
+        # "potts" waits for the class count; any other value is a matrix from here on.
+        self._potts_pending = isinstance(compatibility, str)
+        if self._potts_pending:
+            if compatibility != "potts":
+                raise ValueError(f'compatibility must be "potts", a [C, C] matrix or None, got {compatibility!r}')
+            compatibility = None
+        elif compatibility is not None:
+            compatibility = _compatibility_matrix(compatibility)
         self._register("pos_w", torch.tensor(float(pos_w)))
         self._register("bi_w", torch.tensor(float(bi_w)))
         self._register("compatibility", compatibility)
+        if num_classes is not None:
+            self.set_num_classes(num_classes)
+
+    def set_num_classes(self, num_classes: int) -> None:
+        """Tells the layer its label count: makes a "potts" compatibility (the identity), or
+        checks that a given matrix has that size. Idempotent."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if self._potts_pending:
+            identity = torch.eye(num_classes, dtype=self.pos_w.dtype, device=self.pos_w.device)
+            delattr(self, "compatibility")  # the placeholder buffer (None)
+            self._register("compatibility", identity)
+            self._potts_pending = False
+        elif self.compatibility is not None and self.compatibility.shape[0] != num_classes:
+            raise ValueError(
+                f"the CRF's compatibility is {tuple(self.compatibility.shape)} but there are {num_classes} classes"
+            )
 
     def _register(self, name: str, value: Optional[torch.Tensor]) -> None:
         _register_setting(self, name, value, self.trainable)
 
-    def forward(self, unary: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Refines unary energies [B, C, H, W] with the CRF; returns marginals [B, C, H, W]."""
+    def forward(self, unary: torch.Tensor, image: torch.Tensor, iterations: Optional[int] = None) -> torch.Tensor:
+        """Refines unary energies [B, C, H, W] with the CRF (``iterations`` mean-field
+        iterations instead of the layer's own, when given); returns marginals [B, C, H, W]."""
+        if self._potts_pending:
+            raise ValueError(
+                'compatibility="potts" needs the number of classes: give DenseCRF(num_classes=C) '
+                "or call set_num_classes(C) before the first call"
+            )
+        if iterations is None:
+            iterations = self.iterations
+        else:
+            check.check_iterations(iterations)
         return refine(
             unary,
             image,
-            self.iterations,
+            iterations,
             self.pos_w,
             self.pos_xy_std,
             self.bi_w,
@@ -100,11 +139,37 @@ class DenseCRF(nn.Module):
             "bi_xy_std": self.bi_xy_std,
             "bi_rgb_std": self.bi_rgb_std,
             "normalization": self.normalization,
+            "compatibility": "potts" if self._potts_pending else _as_list(self.compatibility),
         }
 
     def extra_repr(self) -> str:
-        shown = (f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.settings().items())
+        settings = self.settings()
+        matrix = settings.pop("compatibility")
+        shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in settings.items()]
+        if matrix is not None:
+            shown.append(
+                f"compatibility={matrix!r}"
+                if isinstance(matrix, str)
+                else f"compatibility=[{len(matrix)}, {len(matrix)}]"
+            )
         return ", ".join(shown) + f", trainable={self.trainable}"
+
+
+def _as_list(matrix: Optional[torch.Tensor]) -> Optional[list[list[float]]]:
+    return None if matrix is None else matrix.detach().cpu().tolist()
+
+
+def _compatibility_matrix(value: Union[Sequence[Sequence[float]], torch.Tensor]) -> torch.Tensor:
+    """A [C, C] compatibility given as a tensor or a nested list, as a float32 copy."""
+    if not isinstance(value, torch.Tensor):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise TypeError(f"compatibility must be a tensor or a [C, C] list of numbers, got {type(value).__name__}")
+        try:
+            value = torch.tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"compatibility is not a [C, C] list of numbers: {err}") from err
+    check.check_compatibility_matrix(value)
+    return value.detach().clone().to(torch.float32)
 
 
 def _register_setting(module: nn.Module, name: str, value: Optional[torch.Tensor], trainable: bool) -> None:

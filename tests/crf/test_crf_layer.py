@@ -175,3 +175,39 @@ def test_torch_compile_traces_the_layer():
         unary.requires_grad_(True)
         compiled(unary, image).sum().backward()
     assert unary.grad is not None
+
+
+def test_potts_compatibility_waits_for_the_class_count():
+    unary, image = _inputs(classes=4)
+    crf = DenseCRF(compatibility="potts", trainable=True)
+    assert {name for name, _ in crf.named_parameters()} == {"pos_w", "bi_w"}
+    with pytest.raises(ValueError, match="needs the number of classes"):
+        crf(unary, image)
+    crf.set_num_classes(4)
+    assert torch.equal(crf.compatibility, torch.eye(4)) and isinstance(crf.compatibility, torch.nn.Parameter)
+    crf.set_num_classes(4)  # idempotent
+    with pytest.raises(ValueError, match=r"compatibility is \(4, 4\) but there are 5 classes"):
+        crf.set_num_classes(5)
+    torch.testing.assert_close(crf(unary, image).detach(), DenseCRF()(unary, image), rtol=0, atol=2e-6)
+    assert torch.equal(DenseCRF(compatibility="potts", num_classes=3).compatibility, torch.eye(3))
+    with pytest.raises(ValueError, match='"potts"'):
+        DenseCRF(compatibility="pots")
+
+
+def test_compatibility_as_a_nested_list():
+    crf = DenseCRF(compatibility=[[1, 0.5], [0.5, 1]], num_classes=2)
+    assert torch.equal(crf.compatibility, torch.tensor([[1, 0.5], [0.5, 1]]))
+    assert crf.settings()["compatibility"] == [[1, 0.5], [0.5, 1]]
+    with pytest.raises(ValueError, match="square"):
+        DenseCRF(compatibility=[[1, 0.5]])
+    with pytest.raises(ValueError, match="list of numbers"):
+        DenseCRF(compatibility=[[1, "a"], [0, 1]])
+
+
+def test_iterations_given_per_call():
+    unary, image = _inputs(classes=3)
+    crf = DenseCRF(iterations=5)
+    assert torch.equal(crf(unary, image, iterations=2), DenseCRF(iterations=2)(unary, image))
+    assert not torch.equal(crf(unary, image, iterations=2), crf(unary, image))
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        crf(unary, image, iterations=-1)

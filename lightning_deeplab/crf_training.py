@@ -1,0 +1,168 @@
+"""Training through the dense CRF (CRF-as-RNN, Zheng et al. 2015) for DeepLab v2.
+
+The network's logits, upsampled to the crop, are the CRF's unary; the cross-entropy of the
+mean-field marginals log Q (ignore label excluded) is added to the training loss, so the
+gradient reaches the network through every mean-field iteration and, with a trainable CRF,
+its kernel weights and compatibility matrix.
+
+Padding: training crops are padded (bottom/right, or left after the flip) with the mean colour
+of the model's style and the ignore label. The CRF runs per sample on the bounding box of the
+pixels that are not padding, so padded pixels are not in the lattice at all and cannot pass
+labels into the image (a zero unary weight would still let their marginals, which follow
+their neighbours, carry messages). Padding is told from an ignore border inside the image by
+the pad colour, exact and non-integer (no pixel of a 0-255 image carries it), together with
+the ignore label.
+
+Plain torch: nothing here knows about Lightning.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any, MutableMapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .constants import IGNORE_INDEX
+from .crf import DenseCRF, unary_from_logits
+from .viz import image_to_uint8
+
+#: Key prefix of the CRF layer's entries in the LightningModule's state dict.
+CRF_PREFIX = "crf."
+
+Box = tuple[int, int, int, int]  # top, bottom, left, right (bottom and right exclusive)
+
+
+def check_crf_training_options(
+    train_with_crf: bool, loss_weight: float, iterations: Optional[int], lr_mult: float, per_scale: bool
+) -> None:
+    """Validates the module's CRF-training options, naming the one that is wrong."""
+    if not isinstance(train_with_crf, bool):
+        raise TypeError(f"train_with_crf must be true or false, got {train_with_crf!r}")
+    if not train_with_crf and (per_scale or iterations is not None):
+        raise ValueError("crf_per_scale and crf_train_iterations take effect only with train_with_crf: true")
+    for name, value in (("crf_loss_weight", loss_weight), ("crf_lr_mult", lr_mult)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if iterations is not None and (
+        isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1
+    ):
+        raise ValueError(f"crf_train_iterations must be a positive int or null, got {iterations!r}")
+
+
+def unpadded_boxes(
+    image: Tensor, mask: Tensor, pad_rgb: Sequence[float], ignore_index: int = IGNORE_INDEX
+) -> list[Optional[Box]]:
+    """Per sample of ``image`` [B, 3, H, W] (float 0-255) and ``mask`` [B, H, W], the bounding
+    box of the pixels that are not padding (None when all are). Padding: the ignore label and
+    exactly the pad colour."""
+    pad_colour = torch.tensor(tuple(pad_rgb), dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    real = ~((mask == ignore_index) & (image == pad_colour).all(dim=1))
+    rows, cols = real.any(dim=2).cpu(), real.any(dim=1).cpu()
+    boxes: list[Optional[Box]] = []
+    for b in range(image.shape[0]):
+        r, c = rows[b].nonzero()[:, 0], cols[b].nonzero()[:, 0]
+        boxes.append((int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1) if len(r) else None)
+    return boxes
+
+
+def crf_cross_entropy(
+    crf: DenseCRF,
+    logits: Tensor,
+    image: Tensor,
+    mask: Tensor,
+    pad_rgb: Sequence[float],
+    iterations: Optional[int] = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """Mean cross-entropy, over the batch's labelled pixels, of the CRF marginals of ``logits``
+    [B, C, h, w] upsampled (bilinear) to ``image`` [B, 3, H, W] (float RGB 0-255, padded with
+    ``pad_rgb`` and the ignore label as the training transform pads), against ``mask`` [B, H, W].
+    ``iterations`` overrides the CRF's own count. Padding never enters the CRF."""
+    size = tuple(image.shape[-2:])
+    if logits.dtype != torch.float64:
+        logits = logits.float()  # the CRF runs in float32 even under mixed precision
+    colours = image_to_uint8(image)  # what evaluation's CRF reads
+    boxes = unpadded_boxes(image, mask, pad_rgb, ignore_index)
+    if boxes[0] is not None and all(box == boxes[0] for box in boxes):
+        groups = [(slice(None), boxes[0])]  # the usual case: one batched call
+    else:
+        groups = [(slice(b, b + 1), box) for b, box in enumerate(boxes) if box is not None]
+    total, count = logits.new_zeros(()), 0
+    with torch.autocast(logits.device.type, enabled=False):
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        for samples, (top, bottom, left, right) in groups:
+            region = (samples, slice(None), slice(top, bottom), slice(left, right))
+            target = mask[samples, top:bottom, left:right]
+            q = crf(unary_from_logits(logits[region]), colours[region], iterations=iterations)
+            log_q = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))
+            total = total + F.nll_loss(log_q, target, ignore_index=ignore_index, reduction="sum")
+            count += int((target != ignore_index).sum())
+    return total / max(count, 1)
+
+
+class CRFTrainingLoss:
+    """The CRF term of the training loss, configured once from the module's options."""
+
+    def __init__(
+        self, pad_rgb: Sequence[float], weight: float = 1.0, iterations: Optional[int] = None, per_scale: bool = False
+    ) -> None:
+        self.pad_rgb = tuple(float(v) for v in pad_rgb)
+        self.weight = float(weight)
+        self.iterations = iterations
+        self.per_scale = per_scale
+
+    def __call__(
+        self, crf: DenseCRF, outputs: Sequence[Tensor], names: Sequence[str], image: Tensor, mask: Tensor
+    ) -> dict[str, Tensor]:
+        """Weighted CRF losses, named ``crf_<output>``, of the fused output (the last) or, with
+        ``per_scale``, of every output of ``forward_multi``."""
+        chosen = list(zip(names, outputs)) if self.per_scale else [(names[-1], outputs[-1])]
+        return {
+            f"crf_{name}": self.weight * crf_cross_entropy(crf, logits, image, mask, self.pad_rgb, self.iterations)
+            for name, logits in chosen
+        }
+
+
+def crf_parameter_group(crf: nn.Module, train_with_crf: bool, lr: float) -> Optional[dict[str, Any]]:
+    """The optimiser group of the CRF's learned parameters (no weight decay: it would pull the
+    kernel weights and the compatibility towards 0), or None when the CRF learns nothing."""
+    params = [p for p in crf.parameters() if p.requires_grad]
+    if not params:
+        return None
+    if not train_with_crf:
+        raise ValueError(
+            "model.crf.init_args.trainable is true but model.train_with_crf is false: nothing would "
+            "train the CRF's parameters; set train_with_crf: true, or trainable: false"
+        )
+    return {"name": "crf", "params": params, "lr": lr, "weight_decay": 0.0}
+
+
+def reconcile_crf_state(state: MutableMapping[str, Tensor], crf: nn.Module) -> None:
+    """A checkpoint's state dict, before it is loaded into a module with ``crf``: the CRF's
+    learned parameters come from the checkpoint where it has them, everything else about the
+    CRF from the configuration (constants are not saved). Learned values that the configured
+    CRF does not learn (``trainable`` off, or no compatibility) are dropped with a warning; a
+    learned parameter the checkpoint lacks (a first-stage checkpoint) keeps its configured
+    start value."""
+    learned = {CRF_PREFIX + name: value for name, value in crf.named_parameters()}
+    unused = sorted(key for key in state if key.startswith(CRF_PREFIX) and key not in learned)
+    if unused:
+        warnings.warn(
+            f"the checkpoint holds learned CRF values ({', '.join(unused)}) that the configured CRF does "
+            "not learn (crf trainable: false, or no compatibility): the configuration's values are used",
+            stacklevel=2,
+        )
+        for key in unused:
+            del state[key]
+    for key, value in learned.items():
+        saved = state.get(key)
+        if saved is not None and saved.shape != value.shape:
+            raise ValueError(
+                f"the checkpoint's learned {key} is {tuple(saved.shape)} but the configured CRF's is "
+                f"{tuple(value.shape)}"
+            )
+        state.setdefault(key, value.detach().clone())
