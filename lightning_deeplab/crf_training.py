@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .constants import IGNORE_INDEX
-from .crf import DenseCRF, unary_from_logits
+from .crf import DenseCRF, unary_from_softmax
 from .viz import image_to_uint8
 
 #: Key prefix of the CRF layer's entries in the LightningModule's state dict.
@@ -97,7 +97,9 @@ def crf_cross_entropy(
         for samples, (top, bottom, left, right) in groups:
             region = (samples, slice(None), slice(top, bottom), slice(left, right))
             target = mask[samples, top:bottom, left:right]
-            q = crf(unary_from_logits(logits[region]), colours[region], iterations=iterations)
+            # the unary evaluation gives the CRF (clipped -log softmax), so it learns for that
+            unary = unary_from_softmax(torch.softmax(logits[region], dim=1))
+            q = crf(unary, colours[region], iterations=iterations)
             log_q = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))
             total = total + F.nll_loss(log_q, target, ignore_index=ignore_index, reduction="sum")
             count += int((target != ignore_index).sum())
@@ -139,6 +141,23 @@ def crf_parameter_group(crf: nn.Module, train_with_crf: bool, lr: float) -> Opti
             "train the CRF's parameters; set train_with_crf: true, or trainable: false"
         )
     return {"name": "crf", "params": params, "lr": lr, "weight_decay": 0.0}
+
+
+def learned_crf_values(ckpt_path: str) -> dict[str, Tensor]:
+    """The CRF values a checkpoint learned (``pos_w``, ``bi_w``, ``compatibility``, those it has),
+    for a CRF built outside the LightningModule (``deeplab crf --ckpt``)."""
+    try:
+        content = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ValueError(f"--ckpt {ckpt_path}: not a readable checkpoint ({err})") from err
+    state = content.get("state_dict") if isinstance(content, dict) else None
+    learned = {key[len(CRF_PREFIX) :]: value for key, value in (state or {}).items() if key.startswith(CRF_PREFIX)}
+    if not learned:
+        raise ValueError(
+            f"--ckpt {ckpt_path} holds no learned CRF values (it was not trained with train_with_crf and a "
+            "trainable CRF); give the CRF settings as options instead"
+        )
+    return learned
 
 
 def reconcile_crf_state(state: MutableMapping[str, Tensor], crf: nn.Module) -> None:

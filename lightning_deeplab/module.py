@@ -114,6 +114,8 @@ class DeepLabV2Module(pl.LightningModule):
         self.inference = InferenceConfig.from_value(inference)
         if not cli_hparams:  # plain values only, so checkpoints load without unpickling classes
             self.hparams.update(model=part_config(model), inference=self.inference.to_dict())
+            if crf is not None:
+                self.hparams["crf"] = part_config(crf)
             # load_from_checkpoint rebuilds the parts from class_path/init_args as LightningCLI does
             self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
         self.model = model

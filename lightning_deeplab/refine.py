@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     crf = parser.add_argument_group("CRF settings (default: the paper's, as lightning_deeplab.crf.DenseCRF)")
     for name, (kind, text) in CRF_OPTIONS.items():
         crf.add_argument(f"--{name}", type=kind, default=None, help=text)
+    crf.add_argument(
+        "--ckpt",
+        type=Path,
+        metavar="PATH",
+        help="take the CRF values a checkpoint learned (train_with_crf with a trainable CRF: pos_w, bi_w, "
+        "compatibility); the other settings come from the options above",
+    )
     parser.add_argument(
         "--save_probabilities",
         action="store_true",
@@ -224,6 +231,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     settings = {name: getattr(args, name) for name in CRF_OPTIONS if getattr(args, name) is not None}
     try:
+        if args.ckpt is not None:
+            from .crf_training import learned_crf_values
+
+            learned = learned_crf_values(str(args.ckpt))
+            given = sorted(set(learned) & set(settings))
+            if given:
+                raise ValueError(f"--{given[0]} is learned in --ckpt {args.ckpt}: leave the option out")
+            settings.update(learned)
         device = resolve_device(args.device)
         crf = DenseCRF(**settings).to(device)
         arrays = find_arrays(args.probabilities)
@@ -242,6 +257,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # the class count of most arrays is the reference (ties: the first one's)
     counts = Counter(shape[0] for shape in shapes.values())
     classes = max(counts, key=counts.get, default=None)
+    matrix = crf.compatibility
+    if matrix is not None and classes is not None and matrix.shape[0] != classes:
+        parser.error(f"--ckpt {args.ckpt}: its learned compatibility is {tuple(matrix.shape)}, the arrays have {classes} classes")
     progress = tqdm(total=len(arrays), desc="dense CRF", unit="image", disable=None)
     progress.update(len(arrays) - len(shapes))
     by_size: dict[tuple[int, int], list] = defaultdict(list)

@@ -1,7 +1,7 @@
 """What an evaluation reports beyond the logged scalars, as callbacks the CLI adds by default:
 the scores table and JSON (:class:`ScoresReport`), the wandb per-class table and example images
-(:class:`WandbReport`), the training FLOPs that ThroughputMonitor reads (:class:`TrainingFlops`)
-and the release of the CPU CRF's scratch memory after an evaluation (:class:`ReleaseCRFBuffers`).
+(:class:`WandbReport`), the training FLOPs that ThroughputMonitor reads (:class:`TrainingFlops`), the learned CRF
+weights while they train (:class:`LearnedCRFLog`) and the release of the CPU CRF's scratch memory after an evaluation (:class:`ReleaseCRFBuffers`).
 
 Each reads the module's :attr:`~lightning_deeplab.module.DeepLabV2Module.scores` after its
 evaluation epoch has ended (``on_validation_end`` runs after the module's epoch-end hook).
@@ -161,9 +161,29 @@ class ReleaseCRFBuffers(pl.Callback):
             release_cached_buffers()
 
 
+class LearnedCRFLog(pl.Callback):
+    """While a trainable CRF learns (``train_with_crf``): its kernel weights, and the mean
+    diagonal and off-diagonal of its compatibility, logged every ``log_every_n_steps``."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        crf = getattr(pl_module, "crf", None)
+        if crf is None or not any(True for _ in crf.parameters()) or trainer.global_step % trainer.log_every_n_steps:
+            return
+        values = {"crf/pos_w": crf.pos_w.detach(), "crf/bi_w": crf.bi_w.detach()}
+        matrix = crf.compatibility
+        if matrix is not None:
+            diagonal = matrix.detach().diagonal()
+            values["crf/compatibility_diagonal"] = diagonal.mean()
+            if matrix.shape[0] > 1:
+                off = (matrix.detach().sum() - diagonal.sum()) / (matrix.numel() - matrix.shape[0])
+                values["crf/compatibility_off_diagonal"] = off
+        pl_module.log_dict({k: v.float() for k, v in values.items()}, on_step=True, on_epoch=False)
+
+
 def default_reporting(with_logger: bool = True) -> list[pl.Callback]:
     """The reporting callbacks the CLI adds to fit, validate and test."""
     callbacks: list[pl.Callback] = [ScoresReport(), ReleaseCRFBuffers()]
     if with_logger:
-        callbacks += [TrainingFlops(), WandbReport()]
+        callbacks += [TrainingFlops(), WandbReport(), LearnedCRFLog()]
     return callbacks

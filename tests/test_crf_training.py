@@ -23,6 +23,7 @@ from lightning_deeplab.data.synthetic import render_sample
 from lightning_deeplab.data.transforms import seed_transform
 from lightning_deeplab.models import DeepLabV2
 from lightning_deeplab.module import DeepLabV2Module
+from lightning_deeplab.reporting import LearnedCRFLog
 from tiny_run import REPO, tiny_args
 
 NUM_CLASSES = 4
@@ -270,15 +271,26 @@ def test_learned_crf_weights_survive_the_checkpoint_and_are_used_in_evaluation(t
     batch = synthetic_batch(batch=2, size=(32, 32))
     loader = DataLoader([{"image": batch["image"][i], "mask": batch["mask"][i]} for i in range(2)], batch_size=2)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                         callbacks=[LearnedCRFLog()])  # fmt: skip
     trainer.fit(module, loader)
     learned = {name: p.detach().clone() for name, p in module.crf.named_parameters()}
+    # the weights as they were logged after the last step
+    assert float(trainer.logged_metrics["crf/pos_w"]) == float(learned["pos_w"])
+    assert float(trainer.logged_metrics["crf/compatibility_diagonal"]) == pytest.approx(
+        float(learned["compatibility"].diagonal().mean())
+    )
     assert float(learned["pos_w"]) != 3.0 and not torch.equal(learned["compatibility"], torch.eye(NUM_CLASSES))
     path = tmp_path / "stage2.ckpt"
     trainer.save_checkpoint(path)
     saved = torch.load(path, weights_only=False)["state_dict"]
     assert {k for k in saved if k.startswith("crf.")} == {f"crf.{name}" for name in LEARNED}
 
+    # rebuilt from the checkpoint alone: the CRF it was built with, and what it learned
+    alone = DeepLabV2Module.load_from_checkpoint(path)
+    assert alone.crf.trainable and alone.crf.iterations == 3
+    for name, value in learned.items():
+        assert torch.equal(getattr(alone.crf, name).detach(), value)
     # the fixed settings from the (new) configuration, the learned ones from the checkpoint
     configured = DenseCRF(iterations=4, bi_xy_std=20.0, compatibility="potts", trainable=True)
     loaded = DeepLabV2Module.load_from_checkpoint(path, crf=configured)

@@ -148,3 +148,31 @@ def test_help_imports_no_torch():
            "print(sorted({'torch', 'numpy', 'pytorch_lightning'} & set(sys.modules)))"  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_crf_a_checkpoint_learned(predicted, tmp_path, capsys):
+    gen = torch.Generator().manual_seed(0)
+    matrix = torch.eye(6) + 0.2 * torch.rand(6, 6, generator=gen)
+    learned = {"crf.pos_w": torch.tensor(2.5), "crf.bi_w": torch.tensor(7.0), "crf.compatibility": matrix}
+    ckpt = tmp_path / "stage2.ckpt"
+    torch.save({"state_dict": {"model.head.weight": torch.zeros(1), **learned}}, ckpt)
+    probabilities, images = str(predicted / "predicted" / "probabilities"), str(predicted / "images")
+    common = ["crf", "--probabilities", probabilities, "--images", images, "--device", "cpu"]
+    assert main([*common, "--output_dir", str(tmp_path / "out"), "--ckpt", str(ckpt), "--bi_xy_std", "40"]) == 0
+    for name in SIZES:
+        probs = np.load(predicted / "predicted" / "probabilities" / f"{name}.npy")
+        expected = in_process(probs, predicted / "images" / f"{name}.png", pos_w=2.5, bi_w=7.0, bi_xy_std=40.0,
+                              compatibility=matrix)  # fmt: skip
+        assert np.array_equal(np.array(Image.open(tmp_path / "out" / "labels" / f"{name}.png")), expected.argmax(0))
+    capsys.readouterr()
+    # a learned value given again, a checkpoint that learned nothing, a matrix of another size
+    plain = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": {"model.head.weight": torch.zeros(1)}}, plain)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {**learned, "crf.compatibility": torch.eye(4)}}, other)
+    for extra, pattern in [(["--ckpt", str(ckpt), "--bi_w", "3"], "--bi_w is learned in --ckpt"),
+                           (["--ckpt", str(plain)], "holds no learned CRF values"),
+                           (["--ckpt", str(other)], "(4, 4), the arrays have 6 classes")]:  # fmt: skip
+        with pytest.raises(SystemExit) as caught:
+            main([*common, "--output_dir", str(tmp_path / "refused"), *extra])
+        assert caught.value.code == 2 and pattern in capsys.readouterr().err

@@ -82,6 +82,15 @@ class DenseCRF(nn.Module):
         self._register("pos_w", torch.tensor(float(pos_w)))
         self._register("bi_w", torch.tensor(float(bi_w)))
         self._register("compatibility", compatibility)
+        #: The arguments this layer was built with, as plain values (what a checkpoint's
+        #: hyperparameters keep to rebuild it; learned values are in its state dict).
+        self.init_args = {
+            **{key: value for key, value in self.settings().items() if key != "compatibility"},
+            "compatibility": "potts" if self._potts_pending else _as_list(compatibility),
+            "num_classes": num_classes,
+            "trainable": self.trainable,
+            "check_values": self.check_values,
+        }
         if num_classes is not None:
             self.set_num_classes(num_classes)
 
