@@ -213,6 +213,7 @@ def _load_weights(module: Any, path: str) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+    module.on_load_checkpoint(checkpoint)  # as Lightning does: learned CRF values reconciled
     module.load_state_dict(checkpoint["state_dict"])
 
 

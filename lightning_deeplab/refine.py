@@ -259,7 +259,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     classes = max(counts, key=counts.get, default=None)
     matrix = crf.compatibility
     if matrix is not None and classes is not None and matrix.shape[0] != classes:
-        parser.error(f"--ckpt {args.ckpt}: its learned compatibility is {tuple(matrix.shape)}, the arrays have {classes} classes")
+        parser.error(
+            f"--ckpt {args.ckpt}: its learned compatibility is {tuple(matrix.shape)}, the arrays have {classes} classes"
+        )
     progress = tqdm(total=len(arrays), desc="dense CRF", unit="image", disable=None)
     progress.update(len(arrays) - len(shapes))
     by_size: dict[tuple[int, int], list] = defaultdict(list)

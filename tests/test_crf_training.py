@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.cli import main as deeplab
 from lightning_deeplab.constants import IGNORE_INDEX, PAD_MEAN_RGB_BY_STYLE
 from lightning_deeplab.crf import DenseCRF, dense_crf, unary_from_logits, unary_from_softmax
 from lightning_deeplab.crf_training import crf_cross_entropy, unpadded_boxes
@@ -343,3 +344,9 @@ def test_second_stage_from_the_command_line(tmp_path):
         report = json.load(f)
     assert report["crf"]["pos_w"] == pytest.approx(learned_pos_w)
     assert len(report["crf"]["compatibility"]) == 6 and report["crf"]["iterations"] == 10
+    # the grid search starts from the learned CRF
+    search = os.path.join(str(tmp_path), "search.json")
+    grid = ["--bi_w", "5", "--bi_xy_std", "30", "--bi_rgb_std", "13", "--num_images", "2", "--device", "cpu"]
+    assert deeplab(["crf-search", *stage2, "--ckpt_path", "last", *grid, "--output", search]) == 0
+    with open(search) as f:
+        assert json.load(f)["crf"]["pos_w"] == pytest.approx(learned_pos_w)

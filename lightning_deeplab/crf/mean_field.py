@@ -13,9 +13,11 @@ compatibility matrix M [C, C] the message sum is multiplied by M on the label ax
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from . import _validation as check
 from .features import bilateral_features, position_features
@@ -103,41 +105,62 @@ def mean_field(
     iterations: int,
     compatibility: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Runs the mean-field loop on -U [B, N, C]; returns Q [B, N, C]."""
-    q = torch.softmax(neg_unary, dim=-1)
+    """Runs the mean-field loop on -U [B, N, C]; returns Q [B, N, C].
+
+    When a gradient is wanted, each iteration is recomputed in the backward from its input Q
+    (activation checkpointing): the backward keeps one Q per iteration instead of the five or
+    so [B, N, C] arrays an iteration makes, for one more forward pass per iteration."""
     if any(kernel.compatibility is not None for kernel in kernels):
         if compatibility is not None:
             raise ValueError("give the compatibility per kernel or for all kernels, not both")
-        for _ in range(iterations):
-            messages = neg_unary
-            for term in pairwise_terms(q, kernels):
-                messages = messages + term
-            q = torch.softmax(messages, dim=-1)
-        return q
-    # Potts with constant weights: the filters add their messages straight onto -U (in the
-    # reference's order) and the last one applies the softmax itself.
-    fused = compatibility is None and bool(kernels) and all(kernel.weight is None for kernel in kernels)
+        step = partial(_iteration_per_kernel, neg_unary, kernels)
+    else:
+        step = partial(_iteration, neg_unary, kernels, compatibility)
+    q = torch.softmax(neg_unary, dim=-1)
+    recompute = torch.is_grad_enabled() and _any_requires_grad(neg_unary, kernels, compatibility)
     for _ in range(iterations):
-        messages = neg_unary if compatibility is None else None
-        for index, kernel in enumerate(kernels):
-            if kernel.weight is None:
-                messages = kernel.lattice.filter(
-                    q,
-                    scale_in=kernel.scale_in,
-                    scale_out=kernel.scale_out,
-                    addend=messages,
-                    softmax=fused and index == len(kernels) - 1,
-                )
-            else:
-                term = kernel.weight * kernel.lattice.filter(q, scale_in=kernel.scale_in, scale_out=kernel.scale_out)
-                messages = term if messages is None else messages + term
-        if fused:
-            q = messages
-            continue
-        if compatibility is not None:
-            messages = neg_unary + messages @ compatibility
-        q = torch.softmax(messages, dim=-1)
+        q = checkpoint(step, q, use_reentrant=False) if recompute else step(q)
     return q
+
+
+def _any_requires_grad(neg_unary: torch.Tensor, kernels: Sequence[Kernel], compatibility) -> bool:
+    tensors = [neg_unary, compatibility, *(t for kernel in kernels for t in (kernel.weight, kernel.compatibility))]
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def _iteration_per_kernel(neg_unary: torch.Tensor, kernels: Sequence[Kernel], q: torch.Tensor) -> torch.Tensor:
+    """One mean-field update with a compatibility per kernel."""
+    messages = neg_unary
+    for term in pairwise_terms(q, kernels):
+        messages = messages + term
+    return torch.softmax(messages, dim=-1)
+
+
+def _iteration(
+    neg_unary: torch.Tensor, kernels: Sequence[Kernel], compatibility: Optional[torch.Tensor], q: torch.Tensor
+) -> torch.Tensor:
+    """One mean-field update with one compatibility (or Potts) for all kernels. Potts with
+    constant weights: the filters add their messages straight onto -U (in the reference's
+    order) and the last one applies the softmax itself."""
+    fused = compatibility is None and bool(kernels) and all(kernel.weight is None for kernel in kernels)
+    messages = neg_unary if compatibility is None else None
+    for index, kernel in enumerate(kernels):
+        if kernel.weight is None:
+            messages = kernel.lattice.filter(
+                q,
+                scale_in=kernel.scale_in,
+                scale_out=kernel.scale_out,
+                addend=messages,
+                softmax=fused and index == len(kernels) - 1,
+            )
+        else:
+            term = kernel.weight * kernel.lattice.filter(q, scale_in=kernel.scale_in, scale_out=kernel.scale_out)
+            messages = term if messages is None else messages + term
+    if fused:
+        return messages
+    if compatibility is not None:
+        messages = neg_unary + messages @ compatibility
+    return torch.softmax(messages, dim=-1)
 
 
 def pixels_last(scores: torch.Tensor) -> torch.Tensor:

@@ -211,3 +211,24 @@ def test_iterations_given_per_call():
     assert not torch.equal(crf(unary, image, iterations=2), crf(unary, image))
     with pytest.raises(ValueError, match="iterations must be >= 0"):
         crf(unary, image, iterations=-1)
+
+
+def test_the_backward_keeps_about_one_marginal_per_iteration():
+    unary, image = _inputs(classes=5, height=24, width=32)
+    marginal = unary.numel() * 4
+    crf = DenseCRF(compatibility="potts", num_classes=5, trainable=True)
+
+    def saved(iterations: int) -> int:
+        storages = {}
+
+        def pack(tensor):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            q = crf(unary.clone().requires_grad_(True), image, iterations=iterations)
+        q.sum().backward()  # the recomputed iterations still give a gradient
+        return sum(storages.values())
+
+    per_iteration = (saved(6) - saved(2)) / 4 / marginal
+    assert 0.5 < per_iteration < 1.5
