@@ -1,6 +1,6 @@
-// CPU Gaussian filtering through a permutohedral lattice: splat (an ordered scatter, each
-// thread owning a range of vertices: no atomics), d+1 blur passes, slice (optionally fused
-// with the mean-field softmax). Every stage is parallel over vertices or pixels and sums in
+// CPU Gaussian filtering through a permutohedral lattice: splat (a gather over each
+// vertex's CSR list, each thread owning a range of vertices: no atomics), d+1 blur passes,
+// slice (optionally fused with the mean-field softmax). Every stage is parallel over vertices or pixels and sums in
 // a fixed order, so results do not depend on the thread count.
 //
 // The loops are bound by memory traffic and latency, not arithmetic: the rows needed a few
@@ -57,29 +57,26 @@ struct FilterArgs {
 // Vertex v lives in row v+1 of a buffer with `stride` (>= C) values per row; row 0 is zero
 // and stands for a missing neighbour (index -1).
 //
-// The splat walks the pixels in order and scatters into the vertices, which is cache
-// friendly: vertices are numbered by first use, so consecutive pixels hit recent vertices.
-// Each thread owns a range of vertices and skips entries outside it, so there are no write
-// conflicts and every vertex sums its pixels in increasing pixel order, whatever the number
-// of threads. Vertex `begin` is first used by pixel splat_pixel[splat_ptr[begin]]; no
-// earlier pixel touches the range.
+// The splat gathers each vertex's pixels through its CSR list (increasing pixel order):
+// every thread owns a range of vertices, so there are no write conflicts, every vertex sums
+// its pixels in the same order whatever the number of threads, and no thread scans pixels
+// it does not use (a scatter over pixels with owned vertex ranges makes every thread read
+// the image from its range's first pixel on, so its cost grows with the thread count).
 template <typename T>
 void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
-  const int d1 = a.d + 1;
+  constexpr int64_t kAhead = 16;  // CSR entries ahead whose pixel rows are prefetched
+  const int64_t entries = a.splat_ptr[a.M];
   std::fill(buf, buf + stride, T(0));
-  at::parallel_for(0, a.M, 4096, [&](int64_t begin, int64_t end) {
-    std::fill(buf + (begin + 1) * stride, buf + (end + 1) * stride, T(0));
-    const int64_t first_pixel = a.splat_pixel[a.splat_ptr[begin]];
-    for (int64_t p = first_pixel; p < a.P; ++p) {
-      const int32_t* __restrict__ vertex = a.offsets + p * d1;
-      const T* __restrict__ x = a.in + p * a.C;
-      const T s = a.scale_in != nullptr ? a.scale_in[p] : T(1);
-      for (int r = 0; r < d1; ++r) {
-        const int64_t v = vertex[r];
-        if (v < begin || v >= end) continue;
-        T w = static_cast<T>(a.weights[p * d1 + r]);
-        if (a.scale_in != nullptr) w *= s;
-        T* __restrict__ row = buf + (v + 1) * stride;
+  at::parallel_for(0, a.M, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      T* __restrict__ row = buf + (v + 1) * stride;
+      std::fill(row, row + stride, T(0));
+      for (int64_t e = a.splat_ptr[v]; e < a.splat_ptr[v + 1]; ++e) {
+        if (e + kAhead < entries) prefetch_row(a.in + static_cast<int64_t>(a.splat_pixel[e + kAhead]) * a.C, a.C);
+        const int64_t p = a.splat_pixel[e];
+        T w = static_cast<T>(a.splat_weight[e]);
+        if (a.scale_in != nullptr) w *= a.scale_in[p];
+        const T* __restrict__ x = a.in + p * a.C;
         for (int64_t c = 0; c < a.C; ++c) row[c] += w * x[c];
       }
     }
