@@ -19,7 +19,7 @@ import torch
 
 from . import _validation as check
 from .features import bilateral_features, position_features
-from .lattice import Lattice, build_lattice
+from .lattice import Lattice, build_lattice, lattice_filter_add_
 
 Weight = Union[float, torch.Tensor]
 
@@ -117,6 +117,8 @@ def mean_field(
     # Potts with constant weights: the filters add their messages straight onto -U (in the
     # reference's order) and the last one applies the softmax itself.
     fused = compatibility is None and bool(kernels) and all(kernel.weight is None for kernel in kernels)
+    if fused and len(kernels) > 1 and in_place_allowed(neg_unary):
+        return potts_in_place(q, neg_unary, kernels, iterations)
     for _ in range(iterations):
         messages = neg_unary if compatibility is None else None
         for index, kernel in enumerate(kernels):
@@ -137,6 +139,29 @@ def mean_field(
         if compatibility is not None:
             messages = neg_unary + messages @ compatibility
         q = torch.softmax(messages, dim=-1)
+    return q
+
+
+def in_place_allowed(neg_unary: torch.Tensor) -> bool:
+    """Whether the Potts loop may add the filters onto its messages in place: on the CPU
+    (the in-place filter is a CPU kernel) and when nothing needs a gradient."""
+    return neg_unary.device.type == "cpu" and not (torch.is_grad_enabled() and neg_unary.requires_grad)
+
+
+def potts_in_place(
+    q: torch.Tensor, neg_unary: torch.Tensor, kernels: Sequence[Kernel], iterations: int
+) -> torch.Tensor:
+    """The fused Potts loop of `mean_field` with every filter after the first added onto the
+    messages in place: the same operations in the same order (bitwise the same Q), one
+    [B, N, C] array fewer alive at a time."""
+    first, *rest = kernels
+    for _ in range(iterations):
+        messages = first.lattice.filter(q, scale_in=first.scale_in, scale_out=first.scale_out, addend=neg_unary)
+        for index, kernel in enumerate(rest):
+            lattice_filter_add_(
+                messages, q, kernel.lattice, kernel.scale_in, kernel.scale_out, softmax=index == len(rest) - 1
+            )
+        q = messages
     return q
 
 

@@ -8,6 +8,7 @@
 // measured slower: more bytes to move).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -166,22 +167,10 @@ void filter_cpu_kernel(const FilterArgs<T>& a, T* buf_a, T* buf_b, int64_t strid
   slice(a, src, stride);
 }
 
-at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& offsets_arg,
-                              const at::Tensor& weights_arg, const at::Tensor& neighbors_arg,
-                              const at::Tensor& splat_ptr_arg, const at::Tensor& splat_pixel_arg,
-                              const at::Tensor& splat_weight_arg,
-                              const std::optional<at::Tensor>& scale_in_arg,
-                              const std::optional<at::Tensor>& scale_out_arg,
-                              const std::optional<at::Tensor>& addend_arg, bool reverse,
-                              bool softmax) {
-  const FilterInputs in = prepare_filter_inputs(values_arg, offsets_arg, weights_arg, neighbors_arg,
-                                               splat_ptr_arg, splat_pixel_arg, splat_weight_arg,
-                                               scale_in_arg, scale_out_arg, addend_arg);
-
+// Runs the filter of `in` into `out` ([P, C], contiguous; it may be the addend itself).
+void run_filter(const FilterInputs& in, at::Tensor& out, bool reverse, bool softmax) {
   const int64_t P = in.P, C = in.C, M = in.M;
-  at::Tensor out = empty_pooled(in.values.sizes(), in.values.options());
-  if (P == 0 || C == 0) return out;
-
+  if (P == 0 || C == 0) return;
   AT_DISPATCH_FLOATING_TYPES(in.values.scalar_type(), "lattice_filter_cpu", [&] {
     using T = scalar_t;
     const int64_t stride = C;  // values per lattice row
@@ -206,11 +195,47 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
                        softmax};
     filter_cpu_kernel<T>(args, buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
   });
+}
+
+at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& offsets_arg,
+                              const at::Tensor& weights_arg, const at::Tensor& neighbors_arg,
+                              const at::Tensor& splat_ptr_arg, const at::Tensor& splat_pixel_arg,
+                              const at::Tensor& splat_weight_arg,
+                              const std::optional<at::Tensor>& scale_in_arg,
+                              const std::optional<at::Tensor>& scale_out_arg,
+                              const std::optional<at::Tensor>& addend_arg, bool reverse,
+                              bool softmax) {
+  const FilterInputs in = prepare_filter_inputs(values_arg, offsets_arg, weights_arg, neighbors_arg,
+                                               splat_ptr_arg, splat_pixel_arg, splat_weight_arg,
+                                               scale_in_arg, scale_out_arg, addend_arg);
+  at::Tensor out = empty_pooled(in.values.sizes(), in.values.options());
+  run_filter(in, out, reverse, softmax);
   return out;
+}
+
+// In place: addend <- addend + scale_out * K(scale_in * values) [softmax]. The slice reads
+// each addend row before it writes the same row, so the output needs no array of its own
+// (the mean-field loop then rotates one [P, C] array fewer).
+void lattice_filter_add_cpu(at::Tensor& addend, const at::Tensor& values_arg,
+                            const at::Tensor& offsets_arg, const at::Tensor& weights_arg,
+                            const at::Tensor& neighbors_arg, const at::Tensor& splat_ptr_arg,
+                            const at::Tensor& splat_pixel_arg, const at::Tensor& splat_weight_arg,
+                            const std::optional<at::Tensor>& scale_in_arg,
+                            const std::optional<at::Tensor>& scale_out_arg, bool reverse,
+                            bool softmax) {
+  TORCH_CHECK_VALUE(addend.is_contiguous(), "lattice_filter_add_: addend must be contiguous");
+  at::assert_no_overlap(addend, values_arg);
+  const FilterInputs in = prepare_filter_inputs(values_arg, offsets_arg, weights_arg, neighbors_arg,
+                                               splat_ptr_arg, splat_pixel_arg, splat_weight_arg,
+                                               scale_in_arg, scale_out_arg, addend);
+  run_filter(in, addend, reverse, softmax);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lightning_deeplab, CPU, m) { m.impl("lattice_filter", &lattice_filter_cpu); }
+TORCH_LIBRARY_IMPL(lightning_deeplab, CPU, m) {
+  m.impl("lattice_filter", &lattice_filter_cpu);
+  m.impl("lattice_filter_add_", &lattice_filter_add_cpu);
+}
 
 }  // namespace lightning_deeplab
