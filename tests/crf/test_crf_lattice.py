@@ -200,6 +200,27 @@ def test_results_do_not_depend_on_the_thread_count():
     assert torch.equal(one, many)
 
 
+@pytest.mark.parametrize("batch", [2, 3])
+def test_image_parallel_and_vertex_parallel_filters_agree(batch):
+    # On two threads a batch of 2 is filtered one image per thread, a batch of 3 pass by
+    # pass over all vertices; both must give the one-thread (and the per-image) results.
+    features = torch.randn(batch, 2000, 5) * 3
+    values = torch.rand(batch, 2000, 7)
+    lattice = build_lattice(features)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = lattice.filter(values, softmax=True)
+        torch.set_num_threads(2)
+        two = lattice.filter(values, softmax=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    for b in range(batch):
+        alone = build_lattice(features[b : b + 1]).filter(values[b : b + 1], softmax=True)
+        assert torch.equal(alone[0], one[b])
+
+
 def test_scales_and_addend():
     lattice = build_lattice(torch.randn(2, 80, 5) * 2)
     values = torch.rand(2, 80, 3, dtype=torch.float64)

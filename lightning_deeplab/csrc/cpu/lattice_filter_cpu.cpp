@@ -53,6 +53,9 @@ struct FilterArgs {
   const float* splat_weight;    // [E]
   bool reverse;
   bool softmax;                 // softmax over C of every output row
+  // The vertices [v_begin, v_end) and pixels [p_begin, p_end) this call works on: the
+  // whole batch, or one image of it (images own contiguous ranges of both).
+  int64_t v_begin, v_end, p_begin, p_end;
 };
 
 // Vertex v lives in row v+1 of a buffer with `stride` (>= C) values per row; row 0 is zero
@@ -67,8 +70,7 @@ template <typename T>
 void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
   constexpr int64_t kAhead = 16;  // CSR entries ahead whose pixel rows are prefetched
   const int64_t entries = a.splat_ptr[a.M];
-  std::fill(buf, buf + stride, T(0));
-  at::parallel_for(0, a.M, 1024, [&](int64_t begin, int64_t end) {
+  at::parallel_for(a.v_begin, a.v_end, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
       T* __restrict__ row = buf + (v + 1) * stride;
       std::fill(row, row + stride, T(0));
@@ -87,7 +89,7 @@ void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
 template <typename T>
 void blur_axis(const FilterArgs<T>& a, int axis, const T* src, T* dst, int64_t stride) {
   const int32_t* nb = a.neighbors + static_cast<int64_t>(axis) * a.M * 2;
-  at::parallel_for(0, a.M, 512, [&](int64_t begin, int64_t end) {
+  at::parallel_for(a.v_begin, a.v_end, 512, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
       if (v + kPrefetchAhead < end) {
         prefetch_row(src + (static_cast<int64_t>(nb[2 * (v + kPrefetchAhead)]) + 1) * stride, stride);
@@ -129,7 +131,7 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
   constexpr int kWidth = 32 / sizeof(T);
   const int d1 = a.d + 1;
   const T alpha = static_cast<T>(lattice::slice_alpha(a.d));
-  at::parallel_for(0, a.P, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(a.p_begin, a.p_end, 256, [&](int64_t begin, int64_t end) {
     const T* rows[lattice::kMaxDim + 1];
     T w[lattice::kMaxDim + 1];
     for (int64_t p = begin; p < end; ++p) {
@@ -157,7 +159,6 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
 template <typename T>
 void filter_cpu_kernel(const FilterArgs<T>& a, T* buf_a, T* buf_b, int64_t stride) {
   splat(a, buf_a, stride);
-  std::fill(buf_b, buf_b + stride, T(0));
   T* src = buf_a;
   T* dst = buf_b;
   for (int step = 0; step <= a.d; ++step) {
@@ -165,6 +166,56 @@ void filter_cpu_kernel(const FilterArgs<T>& a, T* buf_a, T* buf_b, int64_t strid
     std::swap(src, dst);
   }
   slice(a, src, stride);
+}
+
+// First vertex of image b: vertex v belongs to the image of its first pixel, and images
+// own increasing ranges of vertices (every vertex has at least one pixel).
+template <typename T>
+int64_t image_vertex_begin(const FilterArgs<T>& a, int64_t N, int64_t b) {
+  int64_t lo = 0, hi = a.M;
+  while (lo < hi) {
+    const int64_t v = lo + (hi - lo) / 2;
+    if (a.splat_pixel[a.splat_ptr[v]] / N < b) {
+      lo = v + 1;
+    } else {
+      hi = v;
+    }
+  }
+  return lo;
+}
+
+// Whether a batch is filtered one image per thread (each thread then runs every pass of
+// its images alone: no barrier between passes, and a working set of one image) rather
+// than every pass in parallel over the batch's vertices: when the images share the
+// threads out evenly, or are many more than the threads.
+bool parallel_over_images(int64_t B) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && B >= threads && (B % threads == 0 || B >= 4 * threads);
+}
+
+// The filter of `a`, whole batch at once or image by image.
+template <typename T>
+void filter_batch(const FilterArgs<T>& a, int64_t B, T* buf_a, T* buf_b, int64_t stride) {
+  // Row 0 of both buffers reads as a missing neighbour.
+  std::fill(buf_a, buf_a + stride, T(0));
+  std::fill(buf_b, buf_b + stride, T(0));
+  if (!parallel_over_images(B)) {
+    filter_cpu_kernel<T>(a, buf_a, buf_b, stride);
+    return;
+  }
+  const int64_t N = a.P / B;
+  // The passes inside run on their caller's thread (at::parallel_for does not nest), and
+  // compute every vertex and pixel exactly as the batch-wide passes do.
+  at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      FilterArgs<T> image = a;
+      image.v_begin = image_vertex_begin(a, N, b);
+      image.v_end = b + 1 < B ? image_vertex_begin(a, N, b + 1) : a.M;
+      image.p_begin = b * N;
+      image.p_end = (b + 1) * N;
+      filter_cpu_kernel<T>(image, buf_a, buf_b, stride);
+    }
+  });
 }
 
 // Runs the filter of `in` into `out` ([P, C], contiguous; it may be the addend itself).
@@ -192,8 +243,12 @@ void run_filter(const FilterInputs& in, at::Tensor& out, bool reverse, bool soft
                        in.splat_pixel.data_ptr<int32_t>(),
                        in.splat_weight.data_ptr<float>(),
                        reverse,
-                       softmax};
-    filter_cpu_kernel<T>(args, buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
+                       softmax,
+                       0,
+                       M,
+                       0,
+                       P};
+    filter_batch<T>(args, in.values.size(0), buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
   });
 }
 
