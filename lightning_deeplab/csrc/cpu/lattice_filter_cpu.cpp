@@ -1,7 +1,8 @@
 // CPU Gaussian filtering through a permutohedral lattice: splat (a gather over each
 // vertex's CSR list, each thread owning a range of vertices: no atomics), d+1 blur passes,
-// slice (optionally fused with the mean-field softmax). Every stage is parallel over vertices or pixels and sums in
-// a fixed order, so results do not depend on the thread count.
+// slice (optionally fused with the mean-field softmax). Every stage is parallel over
+// vertices or pixels (or a batch over its images) and sums in a fixed order, so results
+// do not depend on the thread count.
 //
 // The loops are bound by memory traffic and latency, not arithmetic: the rows needed a few
 // iterations ahead are prefetched, and rows stay unpadded (padding them to whole vectors
