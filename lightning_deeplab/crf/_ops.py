@@ -117,6 +117,10 @@ def _lattice_filter_fake(
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
 
+def _lattice_filter_add_fake(addend, values, *lattice_and_options) -> None:
+    torch._check(values.shape == addend.shape, lambda: "lattice_filter_add_: addend must match values")
+
+
 def _lattice_filter_setup_context(ctx, inputs, output) -> None:
     _values, *lattice, scale_in, scale_out, addend, reverse = inputs[:11]
     softmax = inputs[11] if len(inputs) > 11 else False
@@ -141,6 +145,7 @@ def _register_python_rules() -> None:
     """Fake implementations and autograd rules, registered once the operators exist."""
     torch.library.register_fake("lightning_deeplab::build_lattice", _build_lattice_fake)
     torch.library.register_fake("lightning_deeplab::lattice_filter", _lattice_filter_fake)
+    torch.library.register_fake("lightning_deeplab::lattice_filter_add_", _lattice_filter_add_fake)
     torch.library.register_autograd(
         "lightning_deeplab::lattice_filter",
         _lattice_filter_backward,

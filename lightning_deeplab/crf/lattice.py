@@ -87,6 +87,34 @@ def lattice_filter(
     )
 
 
+def lattice_filter_add_(
+    addend: torch.Tensor,
+    values: torch.Tensor,
+    lattice: Lattice,
+    scale_in: Optional[torch.Tensor] = None,
+    scale_out: Optional[torch.Tensor] = None,
+    softmax: bool = False,
+) -> torch.Tensor:
+    """`lattice_filter(values, lattice, False, scale_in, scale_out, addend, softmax)` written
+    into `addend` (contiguous, CPU) instead of a new tensor; returns `addend`. Not
+    differentiable: for inference, where it saves one [B, N, C] array."""
+    operators().lattice_filter_add_(
+        addend,
+        values,
+        lattice.offsets,
+        lattice.weights,
+        lattice.neighbors,
+        lattice.splat_ptr,
+        lattice.splat_pixel,
+        lattice.splat_weight,
+        scale_in,
+        scale_out,
+        False,
+        softmax,
+    )
+    return addend
+
+
 def release_cached_buffers() -> int:
     """Returns the large CPU buffers that the CRF keeps for reuse between filters and calls
     (at most 1 GiB; about what one call at the largest size used) to the system. Returns the

@@ -34,6 +34,13 @@ TORCH_LIBRARY(lightning_deeplab, m) {
       "lattice_filter(Tensor values, Tensor offsets, Tensor weights, Tensor neighbors, "
       "Tensor splat_ptr, Tensor splat_pixel, Tensor splat_weight, Tensor? scale_in, "
       "Tensor? scale_out, Tensor? addend, bool reverse, bool softmax=False) -> Tensor");
+  // The same filter added onto `addend` in place (and its softmax over C, if asked):
+  // addend <- [softmax](addend + scale_out * K(scale_in * values)). CPU only, no autograd:
+  // the mean-field loop's inference path, which then needs one [B, N, C] array fewer.
+  m.def(
+      "lattice_filter_add_(Tensor(a!) addend, Tensor values, Tensor offsets, Tensor weights, "
+      "Tensor neighbors, Tensor splat_ptr, Tensor splat_pixel, Tensor splat_weight, "
+      "Tensor? scale_in, Tensor? scale_out, bool reverse, bool softmax=False) -> ()");
   // Frees the large CPU buffers kept for reuse (cpu/buffer_pool.h); returns the bytes freed.
   m.def("release_cached_buffers() -> int",
         [] { return lightning_deeplab::BufferPool::instance().release_all(); });

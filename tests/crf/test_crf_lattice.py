@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lightning_deeplab.crf import build_lattice, lattice_filter, release_cached_buffers
+from lightning_deeplab.crf.lattice import lattice_filter_add_
 from lightning_deeplab.crf.features import bilateral_features, position_features
 
 
@@ -199,6 +200,27 @@ def test_results_do_not_depend_on_the_thread_count():
     assert torch.equal(one, many)
 
 
+@pytest.mark.parametrize("batch", [2, 3])
+def test_image_parallel_and_vertex_parallel_filters_agree(batch):
+    # On two threads a batch of 2 is filtered one image per thread, a batch of 3 pass by
+    # pass over all vertices; both must give the one-thread (and the per-image) results.
+    features = torch.randn(batch, 2000, 5) * 3
+    values = torch.rand(batch, 2000, 7)
+    lattice = build_lattice(features)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = lattice.filter(values, softmax=True)
+        torch.set_num_threads(2)
+        two = lattice.filter(values, softmax=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    for b in range(batch):
+        alone = build_lattice(features[b : b + 1]).filter(values[b : b + 1], softmax=True)
+        assert torch.equal(alone[0], one[b])
+
+
 def test_scales_and_addend():
     lattice = build_lattice(torch.randn(2, 80, 5) * 2)
     values = torch.rand(2, 80, 3, dtype=torch.float64)
@@ -229,3 +251,35 @@ def test_release_cached_buffers():
     # ...which keeps them after use, until released.
     assert release_cached_buffers() > 0
     assert release_cached_buffers() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("softmax", [False, True])
+def test_filter_added_in_place_is_bitwise_the_filter_with_addend(dtype, softmax):
+    lattice = build_lattice(torch.randn(2, 3000, 5) * 3)
+    values = torch.rand(2, 3000, 21, dtype=dtype)
+    scale_in, scale_out = torch.rand(2, 3000, dtype=dtype) + 0.5, torch.rand(2, 3000, dtype=dtype) + 0.5
+    addend = torch.randn(2, 3000, 21, dtype=dtype) * 30
+    expected = lattice.filter(values, scale_in=scale_in, scale_out=scale_out, addend=addend, softmax=softmax)
+    target = addend.clone()
+    got = lattice_filter_add_(target, values, lattice, scale_in, scale_out, softmax=softmax)
+    assert got is target
+    assert torch.equal(target, expected)
+
+
+def test_filter_added_in_place_refuses_an_addend_that_overlaps_the_values():
+    lattice = build_lattice(torch.randn(1, 50, 2))
+    values = torch.rand(1, 50, 3)
+    with pytest.raises(RuntimeError, match="single memory location"):
+        lattice_filter_add_(values, values, lattice)
+    with pytest.raises(ValueError, match="contiguous"):
+        lattice_filter_add_(torch.rand(1, 3, 50).transpose(1, 2), values, lattice)
+
+
+def test_opcheck_lattice_filter_add():
+    lattice = build_lattice(torch.randn(2, 60, 3))
+    values = torch.rand(2, 60, 4)
+    scale = torch.rand(2, 60) + 0.5
+    for softmax in (False, True):
+        args = (torch.rand(2, 60, 4), values, *lattice[:6], scale, scale, False, softmax)
+        torch.library.opcheck(torch.ops.lightning_deeplab.lattice_filter_add_.default, args)

@@ -151,6 +151,17 @@ def test_fused_and_differentiable_paths_agree():
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=2e-6)
 
 
+def test_in_place_inference_loop_is_bitwise_the_differentiable_one():
+    # Without a gradient the Potts loop adds the appearance filter onto the messages in
+    # place; with one (unary requires grad) it keeps the functional filters.
+    unary, image = _inputs(batch=2, classes=5, height=30, width=40)
+    with torch.no_grad():
+        in_place = dense_crf(unary, image)
+    tracked = dense_crf(unary.clone().requires_grad_(True), image)
+    assert tracked.requires_grad
+    assert torch.equal(in_place, tracked.detach())
+
+
 def test_not_trainable_keeps_weights_as_buffers():
     crf = DenseCRF(compatibility=torch.eye(3))
     assert list(crf.parameters()) == []

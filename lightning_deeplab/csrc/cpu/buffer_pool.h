@@ -40,7 +40,7 @@ class BufferPool {
       const std::lock_guard<std::mutex> lock(mutex_);
       auto best = blocks_.end();
       for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
-        if (it->bytes >= bytes && it->bytes <= 2 * bytes &&
+        if (it->bytes >= bytes && it->bytes <= 4 * bytes &&
             (best == blocks_.end() || it->bytes < best->bytes)) {
           best = it;
         }

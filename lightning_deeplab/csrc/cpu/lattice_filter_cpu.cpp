@@ -1,13 +1,15 @@
-// CPU Gaussian filtering through a permutohedral lattice: splat (an ordered scatter, each
-// thread owning a range of vertices: no atomics), d+1 blur passes, slice (optionally fused
-// with the mean-field softmax). Every stage is parallel over vertices or pixels and sums in
-// a fixed order, so results do not depend on the thread count.
+// CPU Gaussian filtering through a permutohedral lattice: splat (a gather over each
+// vertex's CSR list, each thread owning a range of vertices: no atomics), d+1 blur passes,
+// slice (optionally fused with the mean-field softmax). Every stage is parallel over
+// vertices or pixels (or a batch over its images) and sums in a fixed order, so results
+// do not depend on the thread count.
 //
 // The loops are bound by memory traffic and latency, not arithmetic: the rows needed a few
 // iterations ahead are prefetched, and rows stay unpadded (padding them to whole vectors
 // measured slower: more bytes to move).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -52,34 +54,33 @@ struct FilterArgs {
   const float* splat_weight;    // [E]
   bool reverse;
   bool softmax;                 // softmax over C of every output row
+  // The vertices [v_begin, v_end) and pixels [p_begin, p_end) this call works on: the
+  // whole batch, or one image of it (images own contiguous ranges of both).
+  int64_t v_begin, v_end, p_begin, p_end;
 };
 
 // Vertex v lives in row v+1 of a buffer with `stride` (>= C) values per row; row 0 is zero
 // and stands for a missing neighbour (index -1).
 //
-// The splat walks the pixels in order and scatters into the vertices, which is cache
-// friendly: vertices are numbered by first use, so consecutive pixels hit recent vertices.
-// Each thread owns a range of vertices and skips entries outside it, so there are no write
-// conflicts and every vertex sums its pixels in increasing pixel order, whatever the number
-// of threads. Vertex `begin` is first used by pixel splat_pixel[splat_ptr[begin]]; no
-// earlier pixel touches the range.
+// The splat gathers each vertex's pixels through its CSR list (increasing pixel order):
+// every thread owns a range of vertices, so there are no write conflicts, every vertex sums
+// its pixels in the same order whatever the number of threads, and no thread scans pixels
+// it does not use (a scatter over pixels with owned vertex ranges makes every thread read
+// the image from its range's first pixel on, so its cost grows with the thread count).
 template <typename T>
 void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
-  const int d1 = a.d + 1;
-  std::fill(buf, buf + stride, T(0));
-  at::parallel_for(0, a.M, 4096, [&](int64_t begin, int64_t end) {
-    std::fill(buf + (begin + 1) * stride, buf + (end + 1) * stride, T(0));
-    const int64_t first_pixel = a.splat_pixel[a.splat_ptr[begin]];
-    for (int64_t p = first_pixel; p < a.P; ++p) {
-      const int32_t* __restrict__ vertex = a.offsets + p * d1;
-      const T* __restrict__ x = a.in + p * a.C;
-      const T s = a.scale_in != nullptr ? a.scale_in[p] : T(1);
-      for (int r = 0; r < d1; ++r) {
-        const int64_t v = vertex[r];
-        if (v < begin || v >= end) continue;
-        T w = static_cast<T>(a.weights[p * d1 + r]);
-        if (a.scale_in != nullptr) w *= s;
-        T* __restrict__ row = buf + (v + 1) * stride;
+  constexpr int64_t kAhead = 16;  // CSR entries ahead whose pixel rows are prefetched
+  const int64_t entries = a.splat_ptr[a.M];
+  at::parallel_for(a.v_begin, a.v_end, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      T* __restrict__ row = buf + (v + 1) * stride;
+      std::fill(row, row + stride, T(0));
+      for (int64_t e = a.splat_ptr[v]; e < a.splat_ptr[v + 1]; ++e) {
+        if (e + kAhead < entries) prefetch_row(a.in + static_cast<int64_t>(a.splat_pixel[e + kAhead]) * a.C, a.C);
+        const int64_t p = a.splat_pixel[e];
+        T w = static_cast<T>(a.splat_weight[e]);
+        if (a.scale_in != nullptr) w *= a.scale_in[p];
+        const T* __restrict__ x = a.in + p * a.C;
         for (int64_t c = 0; c < a.C; ++c) row[c] += w * x[c];
       }
     }
@@ -89,7 +90,7 @@ void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
 template <typename T>
 void blur_axis(const FilterArgs<T>& a, int axis, const T* src, T* dst, int64_t stride) {
   const int32_t* nb = a.neighbors + static_cast<int64_t>(axis) * a.M * 2;
-  at::parallel_for(0, a.M, 512, [&](int64_t begin, int64_t end) {
+  at::parallel_for(a.v_begin, a.v_end, 512, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
       if (v + kPrefetchAhead < end) {
         prefetch_row(src + (static_cast<int64_t>(nb[2 * (v + kPrefetchAhead)]) + 1) * stride, stride);
@@ -131,7 +132,7 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
   constexpr int kWidth = 32 / sizeof(T);
   const int d1 = a.d + 1;
   const T alpha = static_cast<T>(lattice::slice_alpha(a.d));
-  at::parallel_for(0, a.P, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(a.p_begin, a.p_end, 256, [&](int64_t begin, int64_t end) {
     const T* rows[lattice::kMaxDim + 1];
     T w[lattice::kMaxDim + 1];
     for (int64_t p = begin; p < end; ++p) {
@@ -159,7 +160,6 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
 template <typename T>
 void filter_cpu_kernel(const FilterArgs<T>& a, T* buf_a, T* buf_b, int64_t stride) {
   splat(a, buf_a, stride);
-  std::fill(buf_b, buf_b + stride, T(0));
   T* src = buf_a;
   T* dst = buf_b;
   for (int step = 0; step <= a.d; ++step) {
@@ -169,22 +169,60 @@ void filter_cpu_kernel(const FilterArgs<T>& a, T* buf_a, T* buf_b, int64_t strid
   slice(a, src, stride);
 }
 
-at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& offsets_arg,
-                              const at::Tensor& weights_arg, const at::Tensor& neighbors_arg,
-                              const at::Tensor& splat_ptr_arg, const at::Tensor& splat_pixel_arg,
-                              const at::Tensor& splat_weight_arg,
-                              const std::optional<at::Tensor>& scale_in_arg,
-                              const std::optional<at::Tensor>& scale_out_arg,
-                              const std::optional<at::Tensor>& addend_arg, bool reverse,
-                              bool softmax) {
-  const FilterInputs in = prepare_filter_inputs(values_arg, offsets_arg, weights_arg, neighbors_arg,
-                                               splat_ptr_arg, splat_pixel_arg, splat_weight_arg,
-                                               scale_in_arg, scale_out_arg, addend_arg);
+// First vertex of image b: vertex v belongs to the image of its first pixel, and images
+// own increasing ranges of vertices (every vertex has at least one pixel).
+template <typename T>
+int64_t image_vertex_begin(const FilterArgs<T>& a, int64_t N, int64_t b) {
+  int64_t lo = 0, hi = a.M;
+  while (lo < hi) {
+    const int64_t v = lo + (hi - lo) / 2;
+    if (a.splat_pixel[a.splat_ptr[v]] / N < b) {
+      lo = v + 1;
+    } else {
+      hi = v;
+    }
+  }
+  return lo;
+}
 
+// Whether a batch is filtered one image per thread (each thread then runs every pass of
+// its images alone: no barrier between passes, and a working set of one image) rather
+// than every pass in parallel over the batch's vertices: when the images share the
+// threads out evenly, or are many more than the threads.
+bool parallel_over_images(int64_t B) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && B >= threads && (B % threads == 0 || B >= 4 * threads);
+}
+
+// The filter of `a`, whole batch at once or image by image.
+template <typename T>
+void filter_batch(const FilterArgs<T>& a, int64_t B, T* buf_a, T* buf_b, int64_t stride) {
+  // Row 0 of both buffers reads as a missing neighbour.
+  std::fill(buf_a, buf_a + stride, T(0));
+  std::fill(buf_b, buf_b + stride, T(0));
+  if (!parallel_over_images(B)) {
+    filter_cpu_kernel<T>(a, buf_a, buf_b, stride);
+    return;
+  }
+  const int64_t N = a.P / B;
+  // The passes inside run on their caller's thread (at::parallel_for does not nest), and
+  // compute every vertex and pixel exactly as the batch-wide passes do.
+  at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      FilterArgs<T> image = a;
+      image.v_begin = image_vertex_begin(a, N, b);
+      image.v_end = b + 1 < B ? image_vertex_begin(a, N, b + 1) : a.M;
+      image.p_begin = b * N;
+      image.p_end = (b + 1) * N;
+      filter_cpu_kernel<T>(image, buf_a, buf_b, stride);
+    }
+  });
+}
+
+// Runs the filter of `in` into `out` ([P, C], contiguous; it may be the addend itself).
+void run_filter(const FilterInputs& in, at::Tensor& out, bool reverse, bool softmax) {
   const int64_t P = in.P, C = in.C, M = in.M;
-  at::Tensor out = empty_pooled(in.values.sizes(), in.values.options());
-  if (P == 0 || C == 0) return out;
-
+  if (P == 0 || C == 0) return;
   AT_DISPATCH_FLOATING_TYPES(in.values.scalar_type(), "lattice_filter_cpu", [&] {
     using T = scalar_t;
     const int64_t stride = C;  // values per lattice row
@@ -206,14 +244,54 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
                        in.splat_pixel.data_ptr<int32_t>(),
                        in.splat_weight.data_ptr<float>(),
                        reverse,
-                       softmax};
-    filter_cpu_kernel<T>(args, buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
+                       softmax,
+                       0,
+                       M,
+                       0,
+                       P};
+    filter_batch<T>(args, in.values.size(0), buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
   });
+}
+
+at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& offsets_arg,
+                              const at::Tensor& weights_arg, const at::Tensor& neighbors_arg,
+                              const at::Tensor& splat_ptr_arg, const at::Tensor& splat_pixel_arg,
+                              const at::Tensor& splat_weight_arg,
+                              const std::optional<at::Tensor>& scale_in_arg,
+                              const std::optional<at::Tensor>& scale_out_arg,
+                              const std::optional<at::Tensor>& addend_arg, bool reverse,
+                              bool softmax) {
+  const FilterInputs in = prepare_filter_inputs(values_arg, offsets_arg, weights_arg, neighbors_arg,
+                                               splat_ptr_arg, splat_pixel_arg, splat_weight_arg,
+                                               scale_in_arg, scale_out_arg, addend_arg);
+  at::Tensor out = empty_pooled(in.values.sizes(), in.values.options());
+  run_filter(in, out, reverse, softmax);
   return out;
+}
+
+// In place: addend <- addend + scale_out * K(scale_in * values) [softmax]. The slice reads
+// each addend row before it writes the same row, so the output needs no array of its own
+// (the mean-field loop then rotates one [P, C] array fewer).
+void lattice_filter_add_cpu(at::Tensor& addend, const at::Tensor& values_arg,
+                            const at::Tensor& offsets_arg, const at::Tensor& weights_arg,
+                            const at::Tensor& neighbors_arg, const at::Tensor& splat_ptr_arg,
+                            const at::Tensor& splat_pixel_arg, const at::Tensor& splat_weight_arg,
+                            const std::optional<at::Tensor>& scale_in_arg,
+                            const std::optional<at::Tensor>& scale_out_arg, bool reverse,
+                            bool softmax) {
+  TORCH_CHECK_VALUE(addend.is_contiguous(), "lattice_filter_add_: addend must be contiguous");
+  at::assert_no_overlap(addend, values_arg);
+  const FilterInputs in = prepare_filter_inputs(values_arg, offsets_arg, weights_arg, neighbors_arg,
+                                               splat_ptr_arg, splat_pixel_arg, splat_weight_arg,
+                                               scale_in_arg, scale_out_arg, addend);
+  run_filter(in, addend, reverse, softmax);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lightning_deeplab, CPU, m) { m.impl("lattice_filter", &lattice_filter_cpu); }
+TORCH_LIBRARY_IMPL(lightning_deeplab, CPU, m) {
+  m.impl("lattice_filter", &lattice_filter_cpu);
+  m.impl("lattice_filter_add_", &lattice_filter_add_cpu);
+}
 
 }  // namespace lightning_deeplab
