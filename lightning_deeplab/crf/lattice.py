@@ -35,6 +35,11 @@ class Lattice(NamedTuple):
         """Vertices of all images together (M)."""
         return self.neighbors.shape[1]
 
+    @property
+    def filter_tables(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the filter operators read, in their argument order."""
+        return self.offsets, self.weights, self.neighbors, self.splat_ptr, self.splat_pixel, self.splat_weight
+
     def filter(
         self,
         values: torch.Tensor,
@@ -73,12 +78,7 @@ def lattice_filter(
     Differentiable in `values` and `addend`; the scales are treated as constants."""
     return operators().lattice_filter(
         values,
-        lattice.offsets,
-        lattice.weights,
-        lattice.neighbors,
-        lattice.splat_ptr,
-        lattice.splat_pixel,
-        lattice.splat_weight,
+        *lattice.filter_tables,
         None if scale_in is None else scale_in.detach(),
         None if scale_out is None else scale_out.detach(),
         addend,
@@ -101,12 +101,7 @@ def lattice_filter_add_(
     operators().lattice_filter_add_(
         addend,
         values,
-        lattice.offsets,
-        lattice.weights,
-        lattice.neighbors,
-        lattice.splat_ptr,
-        lattice.splat_pixel,
-        lattice.splat_weight,
+        *lattice.filter_tables,
         scale_in,
         scale_out,
         False,

@@ -167,7 +167,11 @@ def _iteration(
 
 def _fused_potts(kernels: Sequence[Kernel], compatibility: Optional[torch.Tensor]) -> bool:
     """Potts with constant weights: the filters can add onto -U and apply the softmax themselves."""
-    return compatibility is None and bool(kernels) and all(kernel.weight is None for kernel in kernels)
+    return (
+        compatibility is None
+        and bool(kernels)
+        and all(kernel.weight is None and kernel.compatibility is None for kernel in kernels)
+    )
 
 
 def potts_in_place(
