@@ -50,6 +50,7 @@ class DeepLabCheckpoint(ModelCheckpoint):
         self.last_every_n_train_steps = every_n_train_steps
         self._last_step_in_last: Optional[int] = None
         self._validated_step: Optional[int] = None
+        self._training_started = False
 
     @staticmethod
     def _fitting(trainer: pl.Trainer) -> bool:
@@ -62,6 +63,10 @@ class DeepLabCheckpoint(ModelCheckpoint):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_step_in_last = trainer.global_step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._training_started = True  # the loops and optimizers are restored by now
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         n = self.last_every_n_train_steps
@@ -87,7 +92,10 @@ class DeepLabCheckpoint(ModelCheckpoint):
             self._write_last(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not self._fitting(trainer) or self._last_step_in_last == trainer.global_step:
+        # Before training starts (e.g. configure_optimizers refused the settings of a resumed
+        # run) there is nothing new to keep, and a save would replace last.ckpt with a
+        # checkpoint of step 0 holding the restored weights but no optimizer or loop state.
+        if not self._training_started or not self._fitting(trainer) or self._last_step_in_last == trainer.global_step:
             return
         # SIGTERM is broadcast to every rank, which all stop here; any other exception may have
         # stopped one rank only, and a collective save would then wait forever.

@@ -163,3 +163,19 @@ def test_checkpoint_period_is_validated():
 
     with pytest.raises(ValueError, match="checkpoint_every_n_steps"):
         DeepLabCheckpoint(every_n_train_steps=-1)
+
+
+def test_a_resume_refused_before_training_leaves_last_checkpoint_alone(data_root, tmp_path):
+    run = str(tmp_path / "run")
+    args = tiny_args(data_root, run, "--trainer.logger", "false", "--model.eval_crf", "false")
+    DeepLabCLI(args=["fit", *args, "--trainer.max_steps", "2"])
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    before = open(last, "rb").read()
+    # a trainable CRF that nothing would train: configure_optimizers refuses it, after the
+    # checkpoint's weights were restored but before its loops and optimizer were
+    with pytest.raises(ValueError, match="train_with_crf"):
+        DeepLabCLI(
+            args=["fit", *args, "--trainer.max_steps", "4", "--model.crf.trainable", "true", "--ckpt_path", last]
+        )
+    assert open(last, "rb").read() == before
+    assert load(last)["global_step"] == 2
