@@ -64,13 +64,15 @@ class DeepLabV2Module(pl.LightningModule):
         miou_over: the classes mIoU and mean accuracy average over (see
             :mod:`~lightning_deeplab.metrics`): ``"all"`` as DeepLab's official evaluation.
         train_with_crf: train through the CRF (CRF-as-RNN, :mod:`~lightning_deeplab.crf_training`):
-            the fused logits (and every MSC output with ``crf_per_scale``), upsampled to the
-            crop, go through ``crf`` with the crop's image (padding left out), and the
-            cross-entropy of its marginals times ``crf_loss_weight`` is added to the loss, with
-            ``crf_train_iterations`` mean-field iterations (default: the CRF's own). A CRF built
-            with ``trainable=True`` learns pos_w, bi_w and its compatibility (``"potts"`` starts
-            it at the identity) in an optimiser group of its own at ``lr * crf_lr_mult``,
-            without weight decay.
+            the fused logits, upsampled to the crop, go through ``crf`` with the crop's image
+            (padding left out), and the cross-entropy of its marginals is added to the loss. A
+            CRF built with ``trainable=True`` learns pos_w, bi_w and its compatibility
+            (``"potts"`` starts it at the identity).
+        crf_loss_weight: weight of that cross-entropy in the loss.
+        crf_train_iterations: mean-field iterations in training (default: the CRF's own).
+        crf_lr_mult: LR multiplier of the CRF's learned parameters (their own optimiser
+            group, without weight decay).
+        crf_per_scale: every MSC output through the CRF too, not only the fused one.
 
     Checkpoints hold the CRF's learned parameters, which validate, test, predict and
     ``deeplab crf`` then use; the CRF's fixed settings (iterations, standard deviations,
