@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from lightning_deeplab.checkpoint_config import CheckpointConfigError, resolve_ckpt_path
 from lightning_deeplab.cli import DeepLabCLI, main
-from tiny_run import tiny_args
+from tiny_run import save_untrained_checkpoint, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +21,8 @@ def trained(tmp_path_factory):
     """An (untrained) checkpoint of the demo network, saved as fit saves one: the CLI's hparams."""
     root = tmp_path_factory.mktemp("ckpt")
     args = tiny_args(str(root / "data"), str(root / "run"), "--trainer.logger", "false")
-    cli = DeepLabCLI(args=args, run=False)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    trainer.strategy.connect(cli.model)
     ckpt = root / "model.ckpt"
-    trainer.save_checkpoint(ckpt)
+    save_untrained_checkpoint(args, ckpt)
     return root, args, str(ckpt)
 
 

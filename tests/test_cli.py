@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import wandb
-import pytorch_lightning as pl
 from pytorch_lightning import Callback
 
 from lightning_deeplab.cli import DeepLabCLI, main
-from tiny_run import tiny_args
+from tiny_run import save_untrained_checkpoint, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +118,6 @@ def test_extra_commands_have_their_own_parsers(capsys):
         assert expected in capsys.readouterr().out, command
 
 
-def save_untrained_checkpoint(args: list[str], path: Path) -> DeepLabCLI:
-    cli = DeepLabCLI(args=[*args, "--trainer.logger", "false"], run=False)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    trainer.strategy.connect(cli.model)
-    trainer.save_checkpoint(path)
-    return cli
-
-
 def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(data_root, tmp_path, capsys, monkeypatch):
     import wandb
 
@@ -135,7 +126,7 @@ def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(dat
     run = str(tmp_path / "run")
     args = tiny_args(data_root, run)
     ckpt = tmp_path / "model.ckpt"
-    cli = save_untrained_checkpoint(args, ckpt)
+    cli = save_untrained_checkpoint([*args, "--trainer.logger", "false"], ckpt)
     class_names = cli.datamodule.class_names
     validated = DeepLabCLI(args=["validate", *args, "--ckpt_path", str(ckpt)])
     out = capsys.readouterr().out

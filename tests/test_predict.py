@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 
@@ -16,6 +15,7 @@ from lightning_deeplab.cli import DeepLabCLI
 from lightning_deeplab.data import VOC_PALETTE
 from lightning_deeplab.data.images import PredictImages, find_predict_images, predict_collate
 from lightning_deeplab.predict import SegmentationWriter
+from tiny_run import save_untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "synthetic.yaml")
@@ -40,10 +40,7 @@ def setup(tmp_path_factory):
     write_images(root / "images")
     base = ["--config", CONFIG, "--data.root", str(root / "unused-data-root"), "--data.num_workers", "0",
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    cli = DeepLabCLI(args=base, run=False)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    trainer.strategy.connect(cli.model)
-    trainer.save_checkpoint(root / "model.ckpt")
+    cli = save_untrained_checkpoint(base, root / "model.ckpt")
     return SimpleNamespace(root=root, images=root / "images", ckpt=str(root / "model.ckpt"), args=base,
                            num_classes=cli.model.num_classes)  # fmt: skip
 

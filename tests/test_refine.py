@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 
 from lightning_deeplab.cli import DeepLabCLI, main
 from lightning_deeplab.crf import DenseCRF, unary_from_logits, unary_from_softmax
+from tiny_run import save_untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "synthetic.yaml")
@@ -41,10 +41,7 @@ def predicted(tmp_path_factory):
         Image.fromarray(smooth_image(rng, h, w)).save(path)
     base = ["--config", CONFIG, "--data.root", str(root / "unused"), "--data.num_workers", "0",
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    cli = DeepLabCLI(args=base, run=False)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    trainer.strategy.connect(cli.model)
-    trainer.save_checkpoint(root / "model.ckpt")
+    save_untrained_checkpoint(base, root / "model.ckpt")
     DeepLabCLI(args=["predict", *base, "--ckpt_path", str(root / "model.ckpt"),
                      "--data.predict_path", str(root / "images"), "--output_dir", str(root / "predicted"),
                      "--overlay", "none", "--save_probabilities", "true"])  # fmt: skip

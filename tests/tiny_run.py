@@ -25,3 +25,17 @@ def tiny_args(data_root: str, run_dir: str, *extra: str) -> list[str]:
         "--trainer.log_every_n_steps", "1",
         *extra,
     ]  # fmt: skip
+
+
+def save_untrained_checkpoint(args: list[str], path) -> "DeepLabCLI":  # noqa: F821
+    """Build the module and data the CLI arguments ``args`` describe and save an (untrained)
+    checkpoint of it at ``path``, as fit saves one (the CLI's hyperparameters); returns the CLI."""
+    import pytorch_lightning as pl
+
+    from lightning_deeplab.cli import DeepLabCLI
+
+    cli = DeepLabCLI(args=args, run=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.strategy.connect(cli.model)
+    trainer.save_checkpoint(path)
+    return cli

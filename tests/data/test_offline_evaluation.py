@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch.hub
 import torchvision.models
 
 from lightning_deeplab.cli import DeepLabCLI
+from tiny_run import save_untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 VOC_CONFIG = str(REPO / "configs" / "deeplabv2_resnet101_voc12aug.yaml")
@@ -32,12 +32,9 @@ def test_validate_with_the_voc_config_and_a_checkpoint_fetches_nothing(make_voc,
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
             "--trainer.accelerator", "cpu", "--trainer.devices", "1",
             "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
-    cli = DeepLabCLI(args=args, run=False)
-    assert cli.model.hparams.pretrained == "imagenet"  # configured, and never loaded below
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    trainer.strategy.connect(cli.model)
     ckpt = tmp_path / "voc.ckpt"
-    trainer.save_checkpoint(ckpt)
+    cli = save_untrained_checkpoint(args, ckpt)
+    assert cli.model.hparams.pretrained == "imagenet"  # configured, and never loaded below
 
     validated = DeepLabCLI(args=["validate", *args, "--ckpt_path", str(ckpt)])
     assert "val/mIoU" in validated.trainer.callback_metrics
