@@ -257,11 +257,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # the class count of most arrays is the reference (ties: the first one's)
     counts = Counter(shape[0] for shape in shapes.values())
     classes = max(counts, key=counts.get, default=None)
-    matrix = crf.compatibility
-    if matrix is not None and classes is not None and matrix.shape[0] != classes:
-        parser.error(
-            f"--ckpt {args.ckpt}: its learned compatibility is {tuple(matrix.shape)}, the arrays have {classes} classes"
-        )
+    if crf.compatibility is not None and classes is not None:
+        try:
+            crf.set_num_classes(classes)  # a learned matrix must have the arrays' class count
+        except ValueError as err:
+            parser.error(f"--ckpt {args.ckpt}: {err}")
     progress = tqdm(total=len(arrays), desc="dense CRF", unit="image", disable=None)
     progress.update(len(arrays) - len(shapes))
     by_size: dict[tuple[int, int], list] = defaultdict(list)

@@ -169,7 +169,7 @@ def test_the_crf_a_checkpoint_learned(predicted, tmp_path, capsys):
     torch.save({"state_dict": {**learned, "crf.compatibility": torch.eye(4)}}, other)
     for extra, pattern in [(["--ckpt", str(ckpt), "--bi_w", "3"], "--bi_w is learned in --ckpt"),
                            (["--ckpt", str(plain)], "holds no learned CRF values"),
-                           (["--ckpt", str(other)], "(4, 4), the arrays have 6 classes")]:  # fmt: skip
+                           (["--ckpt", str(other)], "compatibility is (4, 4) but there are 6 classes")]:  # fmt: skip
         with pytest.raises(SystemExit) as caught:
             main([*common, "--output_dir", str(tmp_path / "refused"), *extra])
         assert caught.value.code == 2 and pattern in capsys.readouterr().err
