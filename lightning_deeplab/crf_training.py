@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Any, MutableMapping, Optional, Sequence
+from typing import Any, MutableMapping, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,54 @@ def unpadded_boxes(
     return boxes
 
 
+class CRFRegions(NamedTuple):
+    """What the CRF term needs of a batch besides the logits, found once per batch: the uint8
+    image evaluation's CRF reads, the groups of samples run together with their unpadded box,
+    and the number of labelled pixels in those boxes."""
+
+    colours: Tensor
+    groups: list[tuple[slice, Box]]
+    labelled: int
+
+
+def crf_regions(image: Tensor, mask: Tensor, pad_rgb: Sequence[float], ignore_index: int = IGNORE_INDEX) -> CRFRegions:
+    """The :class:`CRFRegions` of ``image`` [B, 3, H, W] (float RGB 0-255, padded with
+    ``pad_rgb`` and the ignore label as the training transform pads) and ``mask`` [B, H, W]."""
+    boxes = unpadded_boxes(image, mask, pad_rgb, ignore_index)
+    if boxes[0] is not None and all(box == boxes[0] for box in boxes):
+        groups = [(slice(None), boxes[0])]  # the usual case: one batched call
+    else:
+        groups = [(slice(b, b + 1), box) for b, box in enumerate(boxes) if box is not None]
+    labelled = sum(int((mask[samples, top:bottom, left:right] != ignore_index).sum())
+                   for samples, (top, bottom, left, right) in groups)  # fmt: skip
+    return CRFRegions(image_to_uint8(image), groups, labelled)
+
+
+def region_cross_entropy(
+    crf: DenseCRF,
+    logits: Tensor,
+    mask: Tensor,
+    regions: CRFRegions,
+    iterations: Optional[int] = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """`crf_cross_entropy` with the batch's regions already found."""
+    if logits.dtype != torch.float64:
+        logits = logits.float()  # the CRF runs in float32 even under mixed precision
+    total = logits.new_zeros(())
+    with torch.autocast(logits.device.type, enabled=False):
+        logits = F.interpolate(logits, size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+        for samples, (top, bottom, left, right) in regions.groups:
+            region = (samples, slice(None), slice(top, bottom), slice(left, right))
+            # the unary evaluation gives the CRF (clipped -log softmax), so it learns for that
+            unary = unary_from_softmax(torch.softmax(logits[region], dim=1))
+            q = crf(unary, regions.colours[region], iterations=iterations)
+            log_q = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))
+            target = mask[samples, top:bottom, left:right]
+            total = total + F.nll_loss(log_q, target, ignore_index=ignore_index, reduction="sum")
+    return total / max(regions.labelled, 1)
+
+
 def crf_cross_entropy(
     crf: DenseCRF,
     logits: Tensor,
@@ -82,28 +130,8 @@ def crf_cross_entropy(
     [B, C, h, w] upsampled (bilinear) to ``image`` [B, 3, H, W] (float RGB 0-255, padded with
     ``pad_rgb`` and the ignore label as the training transform pads), against ``mask`` [B, H, W].
     ``iterations`` overrides the CRF's own count. Padding never enters the CRF."""
-    size = tuple(image.shape[-2:])
-    if logits.dtype != torch.float64:
-        logits = logits.float()  # the CRF runs in float32 even under mixed precision
-    colours = image_to_uint8(image)  # what evaluation's CRF reads
-    boxes = unpadded_boxes(image, mask, pad_rgb, ignore_index)
-    if boxes[0] is not None and all(box == boxes[0] for box in boxes):
-        groups = [(slice(None), boxes[0])]  # the usual case: one batched call
-    else:
-        groups = [(slice(b, b + 1), box) for b, box in enumerate(boxes) if box is not None]
-    total, count = logits.new_zeros(()), 0
-    with torch.autocast(logits.device.type, enabled=False):
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        for samples, (top, bottom, left, right) in groups:
-            region = (samples, slice(None), slice(top, bottom), slice(left, right))
-            target = mask[samples, top:bottom, left:right]
-            # the unary evaluation gives the CRF (clipped -log softmax), so it learns for that
-            unary = unary_from_softmax(torch.softmax(logits[region], dim=1))
-            q = crf(unary, colours[region], iterations=iterations)
-            log_q = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))
-            total = total + F.nll_loss(log_q, target, ignore_index=ignore_index, reduction="sum")
-            count += int((target != ignore_index).sum())
-    return total / max(count, 1)
+    regions = crf_regions(image, mask, pad_rgb, ignore_index)
+    return region_cross_entropy(crf, logits, mask, regions, iterations, ignore_index)
 
 
 class CRFTrainingLoss:
@@ -121,10 +149,11 @@ class CRFTrainingLoss:
         self, crf: DenseCRF, outputs: Sequence[Tensor], names: Sequence[str], image: Tensor, mask: Tensor
     ) -> dict[str, Tensor]:
         """Weighted CRF losses, named ``crf_<output>``, of the fused output (the last) or, with
-        ``per_scale``, of every output of ``forward_multi``."""
+        ``per_scale``, of every output of ``forward_multi`` (the batch's regions found once)."""
         chosen = list(zip(names, outputs)) if self.per_scale else [(names[-1], outputs[-1])]
+        regions = crf_regions(image, mask, self.pad_rgb)
         return {
-            f"crf_{name}": self.weight * crf_cross_entropy(crf, logits, image, mask, self.pad_rgb, self.iterations)
+            f"crf_{name}": self.weight * region_cross_entropy(crf, logits, mask, regions, self.iterations)
             for name, logits in chosen
         }
 
