@@ -42,6 +42,18 @@ def noisy_probs(batch: int, classes: int, height: int, width: int, seed: int) ->
     return torch.softmax(scores, dim=1)
 
 
+def densecrf_constant(module, name: str):
+    """A kernel or normalisation constant of a pydensecrf module (pydensecrf2's or ours) by
+    name. pydensecrf2 built with Cython >= 3.3 keeps its cpdef enum members on the enum
+    classes only (`NormalizationType.NORMALIZE_SYMMETRIC`), not as module attributes."""
+    if hasattr(module, name):
+        return getattr(module, name)
+    for enum_type in (module.NormalizationType, module.KernelType):
+        if hasattr(enum_type, name):
+            return getattr(enum_type, name)
+    raise AttributeError(f"{module.__name__} has no constant {name}")
+
+
 def pydensecrf_marginals(
     probs: np.ndarray,
     image: np.ndarray,
@@ -58,7 +70,7 @@ def pydensecrf_marginals(
 
     pos_w, pos_xy, bi_w, bi_xy, bi_rgb = params
     classes, height, width = probs.shape
-    norm = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}[normalization]
+    norm = densecrf_constant(dcrf, {"symmetric": "NORMALIZE_SYMMETRIC", "after": "NORMALIZE_AFTER"}[normalization])
     crf = dcrf.DenseCRF2D(width, height, classes)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
     pos_compat = pos_w if compat_matrix is None else np.ascontiguousarray(-pos_w * compat_matrix, dtype=np.float32)

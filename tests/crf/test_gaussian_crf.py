@@ -25,7 +25,7 @@ from lightning_deeplab.crf import (
 )
 from lightning_deeplab.crf import _validation
 
-from crf_inputs import image_tensor, noisy_probs, photo
+from crf_inputs import densecrf_constant, image_tensor, noisy_probs, photo
 
 
 def _deeplab_kernels(image, pos_w=3.0, pos_xy=1.0, bi_w=4.0, bi_xy=67.0, bi_rgb=3.0):
@@ -69,7 +69,7 @@ def _reference_volume(sm, volume, compat):
     d.addPairwiseEnergy(
         ref_utils.create_pairwise_bilateral(sdims=(3, 3, 3), schan=(15,), img=volume, chdim=-1),
         compat=5,
-        normalization=ref_dcrf.NORMALIZE_AFTER,
+        normalization=densecrf_constant(ref_dcrf, "NORMALIZE_AFTER"),
     )
     return np.array(d.inference(5)).reshape(sm.shape)
 

@@ -10,7 +10,7 @@ import pydensecrf.utils as ref_utils
 import lightning_deeplab.pydensecrf.densecrf as dcrf
 import lightning_deeplab.pydensecrf.utils as utils
 
-from crf_inputs import noisy_probs, photo
+from crf_inputs import densecrf_constant, noisy_probs, photo
 
 HEIGHT, WIDTH, CLASSES = 40, 56, 5
 NORMALIZATIONS = ["NO_NORMALIZATION", "NORMALIZE_BEFORE", "NORMALIZE_AFTER", "NORMALIZE_SYMMETRIC"]
@@ -43,7 +43,12 @@ def readme_generic(module, util, image, sm, iterations=5):
     d.setUnaryEnergy(util.unary_from_softmax(sm))
     d.addPairwiseEnergy(util.create_pairwise_gaussian(sdims=(3, 3), shape=image.shape[:2]), compat=3)
     feats = util.create_pairwise_bilateral(sdims=(80, 80), schan=(13, 13, 13), img=image, chdim=2)
-    d.addPairwiseEnergy(feats, compat=10, kernel=module.DIAG_KERNEL, normalization=module.NORMALIZE_SYMMETRIC)
+    d.addPairwiseEnergy(
+        feats,
+        compat=10,
+        kernel=densecrf_constant(module, "DIAG_KERNEL"),
+        normalization=densecrf_constant(module, "NORMALIZE_SYMMETRIC"),
+    )
     return d.inference(iterations)
 
 
@@ -83,7 +88,7 @@ def test_every_normalization_and_kernel_type_matches_pydensecrf(normalization, k
     image, sm = photo("coffee", HEIGHT, WIDTH), probs(seed=3)
 
     def run(module, util):
-        norm, kern = getattr(module, normalization), getattr(module, kernel)
+        norm, kern = densecrf_constant(module, normalization), densecrf_constant(module, kernel)
         d = module.DenseCRF2D(WIDTH, HEIGHT, CLASSES)
         d.setUnaryEnergy(util.unary_from_softmax(sm))
         # A symmetric kernel first, then the one under test: kernels in any order, any mix.
