@@ -17,13 +17,14 @@ import argparse
 import datetime
 import os
 import sys
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from crf import cpu_name, make_photo, make_probs, median_time  # noqa: E402  (benchmarks/crf.py)
+from crf import cpu_name, interleaved_medians, make_photo, make_probs  # noqa: E402  (benchmarks/crf.py)
 
 ITERATIONS = 10
 
@@ -90,8 +91,9 @@ def main() -> None:
         f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if use_cuda else "")
     )
     print(
-        f"{ITERATIONS} iterations; median of {args.repeats} wall-clock runs, each from the NumPy "
-        "inputs to the NumPy marginals (unary, features, lattices, inference)\n"
+        f"{ITERATIONS} iterations; medians of {args.repeats} wall-clock runs, pydensecrf2 and ours in "
+        "turn within each repeat, each from the NumPy inputs to the NumPy marginals (unary, "
+        "features, lattices, inference)\n"
     )
     header = "| input | pydensecrf2 (1 core) | ours, CPU | ratio | max abs diff | argmax agree |"
     if use_cuda:
@@ -109,11 +111,18 @@ def main() -> None:
         cases.append((f"volume {args.volume}^3, C={args.volume_classes}, DenseCRF d=3 + d=4", volume_script, inputs))
 
     for label, script, inputs in cases:
-        ref_time, q_ref = median_time(lambda: script(ref_dcrf, ref_utils, *inputs), args.repeats)
-        ours_time, q = median_time(lambda: script(dcrf, utils, *inputs), args.repeats)
-        row = f"| {label} | {ref_time:.3f} s | {ours_time:.3f} s | {ref_time / ours_time:.2f}x | {compare(q, q_ref)} |"
+        # In turn within every repeat, so that load from other jobs hits both alike.
+        runs = {
+            "ref": partial(script, ref_dcrf, ref_utils, *inputs),
+            "ours": partial(script, dcrf, utils, *inputs),
+        }
         if use_cuda:
-            gpu_time, q_gpu = median_time(lambda: script(dcrf, utils, *inputs, device="cuda"), args.repeats)
+            runs["cuda"] = partial(script, dcrf, utils, *inputs, device="cuda")
+        times, outputs = interleaved_medians(runs, args.repeats)
+        ref_time, ours_time, q_ref = times["ref"], times["ours"], outputs["ref"]
+        row = f"| {label} | {ref_time:.3f} s | {ours_time:.3f} s | {ref_time / ours_time:.2f}x | {compare(outputs['ours'], q_ref)} |"
+        if use_cuda:
+            gpu_time, q_gpu = times["cuda"], outputs["cuda"]
             row += f" {1e3 * gpu_time:.1f} ms (diff {float(np.abs(q_gpu - q_ref).max()):.1e}) | {ref_time / gpu_time:.0f}x |"
         print(row, flush=True)
 
