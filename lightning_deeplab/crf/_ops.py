@@ -117,8 +117,8 @@ def _lattice_filter_fake(
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
 
-def _lattice_filter_add_fake(addend, values, *lattice_and_options) -> None:
-    torch._check(values.shape == addend.shape, lambda: "lattice_filter_add_: addend must match values")
+def _potts_mean_field_fake(q, neg_unary, *lattices_and_options) -> None:
+    torch._check(q.shape == neg_unary.shape, lambda: "potts_mean_field_: q must match neg_unary")
 
 
 def _lattice_filter_setup_context(ctx, inputs, output) -> None:
@@ -145,7 +145,7 @@ def _register_python_rules() -> None:
     """Fake implementations and autograd rules, registered once the operators exist."""
     torch.library.register_fake("lightning_deeplab::build_lattice", _build_lattice_fake)
     torch.library.register_fake("lightning_deeplab::lattice_filter", _lattice_filter_fake)
-    torch.library.register_fake("lightning_deeplab::lattice_filter_add_", _lattice_filter_add_fake)
+    torch.library.register_fake("lightning_deeplab::potts_mean_field_", _potts_mean_field_fake)
     torch.library.register_autograd(
         "lightning_deeplab::lattice_filter",
         _lattice_filter_backward,

@@ -3,7 +3,7 @@ it as often as needed (the mean-field loop filters every iteration)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -87,27 +87,29 @@ def lattice_filter(
     )
 
 
-def lattice_filter_add_(
-    addend: torch.Tensor,
-    values: torch.Tensor,
-    lattice: Lattice,
-    scale_in: Optional[torch.Tensor] = None,
-    scale_out: Optional[torch.Tensor] = None,
-    softmax: bool = False,
+def potts_mean_field_(
+    q: torch.Tensor,
+    neg_unary: torch.Tensor,
+    lattices: Sequence[Lattice],
+    scales_in: Sequence[Optional[torch.Tensor]],
+    scales_out: Sequence[Optional[torch.Tensor]],
+    iterations: int,
 ) -> torch.Tensor:
-    """`lattice_filter(values, lattice, False, scale_in, scale_out, addend, softmax)` written
-    into `addend` (contiguous, CPU) instead of a new tensor; returns `addend`. Not
-    differentiable: for inference, where it saves one [B, N, C] array."""
-    operators().lattice_filter_add_(
-        addend,
-        values,
-        *lattice.filter_tables,
-        scale_in,
-        scale_out,
-        False,
-        softmax,
+    """Runs the Potts mean-field loop in place on q = softmax(-U) [B, N, C] (contiguous, CPU):
+    `iterations` times q <- softmax(neg_unary + sum_k scale_out_k * K_k(scale_in_k * q)), the
+    kernels in order, each filter with the previous sum as its addend (bitwise what
+    `lattice_filter` computes step by step). Returns q. Not differentiable: for inference,
+    where it keeps two [B, N, C] arrays alive and runs each image on one thread when the
+    batch shares the threads out."""
+    operators().potts_mean_field_(
+        q,
+        neg_unary,
+        *([lattice.filter_tables[i] for lattice in lattices] for i in range(6)),
+        list(scales_in),
+        list(scales_out),
+        iterations,
     )
-    return addend
+    return q
 
 
 def release_cached_buffers() -> int:

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import _validation as check
 from .features import bilateral_features, position_features
-from .lattice import Lattice, build_lattice, lattice_filter_add_
+from .lattice import Lattice, build_lattice, potts_mean_field_
 
 Weight = Union[float, torch.Tensor]
 
@@ -177,18 +177,17 @@ def _fused_potts(kernels: Sequence[Kernel], compatibility: Optional[torch.Tensor
 def potts_in_place(
     q: torch.Tensor, neg_unary: torch.Tensor, kernels: Sequence[Kernel], iterations: int
 ) -> torch.Tensor:
-    """The fused Potts loop of `mean_field` with every filter after the first added onto the
-    messages in place: the same operations in the same order (bitwise the same Q), one
-    [B, N, C] array fewer alive at a time."""
-    first, *rest = kernels
-    for _ in range(iterations):
-        messages = first.lattice.filter(q, scale_in=first.scale_in, scale_out=first.scale_out, addend=neg_unary)
-        for index, kernel in enumerate(rest):
-            lattice_filter_add_(
-                messages, q, kernel.lattice, kernel.scale_in, kernel.scale_out, softmax=index == len(rest) - 1
-            )
-        q = messages
-    return q
+    """The fused Potts loop of `mean_field` in one CPU operator, in place on q = softmax(-U):
+    the same operations in the same order (bitwise the same Q), two [B, N, C] arrays alive,
+    and a batch that shares the threads out runs image by image, one thread each."""
+    return potts_mean_field_(
+        q,
+        neg_unary,
+        [kernel.lattice for kernel in kernels],
+        [kernel.scale_in for kernel in kernels],
+        [kernel.scale_out for kernel in kernels],
+        iterations,
+    )
 
 
 def pixels_last(scores: torch.Tensor) -> torch.Tensor:

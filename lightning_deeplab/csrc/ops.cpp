@@ -34,13 +34,15 @@ TORCH_LIBRARY(lightning_deeplab, m) {
       "lattice_filter(Tensor values, Tensor offsets, Tensor weights, Tensor neighbors, "
       "Tensor splat_ptr, Tensor splat_pixel, Tensor splat_weight, Tensor? scale_in, "
       "Tensor? scale_out, Tensor? addend, bool reverse, bool softmax=False) -> Tensor");
-  // The same filter added onto `addend` in place (and its softmax over C, if asked):
-  // addend <- [softmax](addend + scale_out * K(scale_in * values)). CPU only, no autograd:
-  // the mean-field loop's inference path, which then needs one [B, N, C] array fewer.
+  // The whole Potts mean-field loop with constant weights, in place on q = softmax(-U):
+  //   q <- softmax(neg_unary + sum_k scale_out_k * K_k(scale_in_k * q)), `iterations` times,
+  // each kernel given by its lattice tables and scales (lists with one entry per kernel).
+  // CPU only, no autograd: the mean-field loop's inference path, image by image on one
+  // thread each when the batch shares the threads out (no barrier between the filters).
   m.def(
-      "lattice_filter_add_(Tensor(a!) addend, Tensor values, Tensor offsets, Tensor weights, "
-      "Tensor neighbors, Tensor splat_ptr, Tensor splat_pixel, Tensor splat_weight, "
-      "Tensor? scale_in, Tensor? scale_out, bool reverse, bool softmax=False) -> ()");
+      "potts_mean_field_(Tensor(a!) q, Tensor neg_unary, Tensor[] offsets, Tensor[] weights, "
+      "Tensor[] neighbors, Tensor[] splat_ptr, Tensor[] splat_pixel, Tensor[] splat_weight, "
+      "Tensor?[] scale_in, Tensor?[] scale_out, int iterations) -> ()");
   // Frees the large CPU buffers kept for reuse (cpu/buffer_pool.h); returns the bytes freed.
   m.def("release_cached_buffers() -> int",
         [] { return lightning_deeplab::BufferPool::instance().release_all(); });

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lightning_deeplab.crf import build_lattice, lattice_filter, release_cached_buffers
-from lightning_deeplab.crf.lattice import lattice_filter_add_
+from lightning_deeplab.crf.lattice import potts_mean_field_
 from lightning_deeplab.crf.features import bilateral_features, position_features
 
 
@@ -253,33 +253,71 @@ def test_release_cached_buffers():
     assert release_cached_buffers() == 0
 
 
+def _potts_inputs(batch, pixels=1500, classes=21, dtype=torch.float32):
+    lattices = [build_lattice(torch.randn(batch, pixels, 2) * 3), build_lattice(torch.randn(batch, pixels, 5) * 3)]
+    neg_unary = -torch.rand(batch, pixels, classes, dtype=dtype) * 5
+    scales = [torch.rand(batch, pixels, dtype=dtype) + 0.5 for _ in range(4)]
+    return lattices, neg_unary, scales[:2], scales[2:]
+
+
+def _potts_step_by_step(q, neg_unary, lattices, scales_in, scales_out, iterations):
+    # The functional filters, one after the other: the first adds onto -U, the next onto
+    # that sum, the last applies the softmax.
+    for _ in range(iterations):
+        messages = neg_unary
+        for index, (lattice, scale_in, scale_out) in enumerate(zip(lattices, scales_in, scales_out)):
+            last = index == len(lattices) - 1
+            messages = lattice.filter(q, scale_in=scale_in, scale_out=scale_out, addend=messages, softmax=last)
+        q = messages
+    return q
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("softmax", [False, True])
-def test_filter_added_in_place_is_bitwise_the_filter_with_addend(dtype, softmax):
-    lattice = build_lattice(torch.randn(2, 3000, 5) * 3)
-    values = torch.rand(2, 3000, 21, dtype=dtype)
-    scale_in, scale_out = torch.rand(2, 3000, dtype=dtype) + 0.5, torch.rand(2, 3000, dtype=dtype) + 0.5
-    addend = torch.randn(2, 3000, 21, dtype=dtype) * 30
-    expected = lattice.filter(values, scale_in=scale_in, scale_out=scale_out, addend=addend, softmax=softmax)
-    target = addend.clone()
-    got = lattice_filter_add_(target, values, lattice, scale_in, scale_out, softmax=softmax)
-    assert got is target
-    assert torch.equal(target, expected)
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_potts_mean_field_is_bitwise_the_filters_step_by_step(dtype, batch, threads):
+    # Two threads: a batch of 2 runs image by image, one thread each; 1 and 3 run every
+    # pass over the batch's vertices. One thread: image by image on it.
+    lattices, neg_unary, scales_in, scales_out = _potts_inputs(batch, dtype=dtype)
+    q0 = torch.softmax(neg_unary, dim=-1)
+    expected = _potts_step_by_step(q0, neg_unary, lattices, scales_in, scales_out, 3)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q = q0.clone()
+        got = potts_mean_field_(q, neg_unary, lattices, scales_in, scales_out, 3)
+    finally:
+        torch.set_num_threads(saved)
+    assert got is q
+    assert torch.equal(q, expected)
 
 
-def test_filter_added_in_place_refuses_an_addend_that_overlaps_the_values():
-    lattice = build_lattice(torch.randn(1, 50, 2))
-    values = torch.rand(1, 50, 3)
+def test_potts_mean_field_with_one_kernel_and_without_scales():
+    lattices, neg_unary, _, _ = _potts_inputs(2)
+    q0 = torch.softmax(neg_unary, dim=-1)
+    expected = _potts_step_by_step(q0, neg_unary, lattices[1:], [None], [None], 2)
+    got = potts_mean_field_(q0.clone(), neg_unary, lattices[1:], [None], [None], 2)
+    assert torch.equal(got, expected)
+    assert torch.equal(potts_mean_field_(q0.clone(), neg_unary, lattices, [None] * 2, [None] * 2, 0), q0)
+
+
+def test_potts_mean_field_refuses_bad_arguments():
+    lattices, neg_unary, scales_in, scales_out = _potts_inputs(1, pixels=50, classes=3)
+    q = torch.softmax(neg_unary, dim=-1)
     with pytest.raises(RuntimeError, match="single memory location"):
-        lattice_filter_add_(values, values, lattice)
+        potts_mean_field_(neg_unary, neg_unary, lattices, scales_in, scales_out, 1)
     with pytest.raises(ValueError, match="contiguous"):
-        lattice_filter_add_(torch.rand(1, 3, 50).transpose(1, 2), values, lattice)
+        potts_mean_field_(torch.rand(1, 3, 50).transpose(1, 2), neg_unary, lattices, scales_in, scales_out, 1)
+    with pytest.raises(ValueError, match="one entry per kernel"):
+        potts_mean_field_(q, neg_unary, lattices, scales_in[:1], scales_out, 1)
+    with pytest.raises(ValueError, match="iterations"):
+        potts_mean_field_(q, neg_unary, lattices, scales_in, scales_out, -1)
+    with pytest.raises(ValueError, match="do not belong"):
+        potts_mean_field_(q[:, :40].contiguous(), neg_unary[:, :40].contiguous(), lattices, [None] * 2, [None] * 2, 1)
 
 
-def test_opcheck_lattice_filter_add():
-    lattice = build_lattice(torch.randn(2, 60, 3))
-    values = torch.rand(2, 60, 4)
-    scale = torch.rand(2, 60) + 0.5
-    for softmax in (False, True):
-        args = (torch.rand(2, 60, 4), values, *lattice[:6], scale, scale, False, softmax)
-        torch.library.opcheck(torch.ops.lightning_deeplab.lattice_filter_add_.default, args)
+def test_opcheck_potts_mean_field():
+    lattices, neg_unary, scales_in, scales_out = _potts_inputs(2, pixels=60, classes=4)
+    tables = [[lattice.filter_tables[i] for lattice in lattices] for i in range(6)]
+    args = (torch.softmax(neg_unary, dim=-1), neg_unary, *tables, scales_in, scales_out, 2)
+    torch.library.opcheck(torch.ops.lightning_deeplab.potts_mean_field_.default, args)

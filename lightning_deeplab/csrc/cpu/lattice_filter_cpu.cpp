@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "cpu/buffer_pool.h"
 #include "lattice.h"
@@ -269,29 +270,133 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
   return out;
 }
 
-// In place: addend <- addend + scale_out * K(scale_in * values) [softmax]. The slice reads
-// each addend row before it writes the same row, so the output needs no array of its own
-// (the mean-field loop then rotates one [P, C] array fewer).
-void lattice_filter_add_cpu(at::Tensor& addend, const at::Tensor& values_arg,
-                            const at::Tensor& offsets_arg, const at::Tensor& weights_arg,
-                            const at::Tensor& neighbors_arg, const at::Tensor& splat_ptr_arg,
-                            const at::Tensor& splat_pixel_arg, const at::Tensor& splat_weight_arg,
-                            const std::optional<at::Tensor>& scale_in_arg,
-                            const std::optional<at::Tensor>& scale_out_arg, bool reverse,
-                            bool softmax) {
-  TORCH_CHECK_VALUE(addend.is_contiguous(), "lattice_filter_add_: addend must be contiguous");
-  at::assert_no_overlap(addend, values_arg);
-  const FilterInputs in = prepare_filter_inputs(values_arg, offsets_arg, weights_arg, neighbors_arg,
-                                               splat_ptr_arg, splat_pixel_arg, splat_weight_arg,
-                                               scale_in_arg, scale_out_arg, addend);
-  run_filter(in, addend, reverse, softmax);
+// The Potts mean-field loop of one image (its vertex and pixel ranges set in `kernels`), on
+// the calling thread: every iteration, the first kernel's filter adds onto -U, every later
+// one onto that sum in place, the last applies the softmax. `q` holds softmax(-U) on entry
+// and the result on return; `other` is a second [P, C] array for the rotation.
+template <typename T>
+void potts_image(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*>& buffers,
+                 const T* neg_unary, T* q, T* other, int64_t iterations) {
+  T* cur = q;
+  T* next = other;
+  for (int64_t it = 0; it < iterations; ++it) {
+    for (size_t k = 0; k < kernels.size(); ++k) {
+      FilterArgs<T> a = kernels[k];
+      a.in = cur;
+      a.out = next;
+      a.addend = k == 0 ? neg_unary : next;  // in place: the slice reads a row, then writes it
+      a.softmax = k + 1 == kernels.size();
+      filter_cpu_kernel<T>(a, buffers[2 * k], buffers[2 * k + 1], a.C);
+    }
+    std::swap(cur, next);
+  }
+  if (cur != q) {
+    const FilterArgs<T>& a = kernels[0];
+    std::copy(cur + a.p_begin * a.C, cur + a.p_end * a.C, q + a.p_begin * a.C);
+  }
+}
+
+// q <- the Potts mean-field loop from q = softmax(-U): every iteration
+//   q <- softmax(neg_unary + sum_k scale_out_k * K_k(scale_in_k * q)),
+// the same operations in the same order as lattice_filter with -U as addend for the first
+// kernel and the running sum as addend (in place) for every later one. When the images
+// share the threads out (parallel_over_images) or there is one thread, each image runs its
+// whole loop on one thread: no barrier between the passes and filters of an iteration (a
+// batch then uses the cores as well as one process per core, measured); otherwise every
+// pass runs in parallel over the batch's vertices.
+void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& neg_unary, at::TensorList offsets,
+                          at::TensorList weights, at::TensorList neighbors,
+                          at::TensorList splat_ptr, at::TensorList splat_pixel,
+                          at::TensorList splat_weight,
+                          const c10::List<std::optional<at::Tensor>>& scale_in,
+                          const c10::List<std::optional<at::Tensor>>& scale_out,
+                          int64_t iterations) {
+  const size_t K = offsets.size();
+  TORCH_CHECK_VALUE(K >= 1, "potts_mean_field_: at least one kernel is needed");
+  TORCH_CHECK_VALUE(weights.size() == K && neighbors.size() == K && splat_ptr.size() == K &&
+                        splat_pixel.size() == K && splat_weight.size() == K &&
+                        scale_in.size() == K && scale_out.size() == K,
+                    "potts_mean_field_: every lattice table and scale list must have one entry "
+                    "per kernel (", K, ")");
+  TORCH_CHECK_VALUE(iterations >= 0, "potts_mean_field_: iterations must be >= 0, got ", iterations);
+  TORCH_CHECK_VALUE(q.is_contiguous(), "potts_mean_field_: q must be contiguous");
+  at::assert_no_overlap(q, neg_unary);
+  std::vector<FilterInputs> inputs;
+  for (size_t k = 0; k < K; ++k) {
+    inputs.push_back(prepare_filter_inputs(q, offsets[k], weights[k], neighbors[k], splat_ptr[k],
+                                           splat_pixel[k], splat_weight[k], scale_in.get(k),
+                                           scale_out.get(k), neg_unary));
+  }
+  const int64_t B = q.size(0), P = inputs[0].P, C = inputs[0].C;
+  if (iterations == 0 || P == 0 || C == 0) return;
+  const bool one_thread = at::get_num_threads() == 1;
+  if (!one_thread && !parallel_over_images(B)) {
+    at::Tensor cur = q;
+    at::Tensor next = empty_pooled(q.sizes(), q.options());
+    for (int64_t it = 0; it < iterations; ++it) {
+      for (size_t k = 0; k < K; ++k) {
+        FilterInputs in = inputs[k];
+        in.values = cur;
+        if (k > 0) in.addend = next;
+        run_filter(in, next, false, k + 1 == K);
+      }
+      std::swap(cur, next);
+    }
+    if (!cur.is_same(q)) q.copy_(cur);
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "potts_mean_field_cpu", [&] {
+    using T = scalar_t;
+    std::vector<FilterArgs<T>> kernels;
+    int64_t largest = 0;
+    for (const FilterInputs& in : inputs) {
+      kernels.push_back(FilterArgs<T>{nullptr, nullptr, in.scale_in ? in.scale_in->data_ptr<T>() : nullptr,
+                                      in.scale_out ? in.scale_out->data_ptr<T>() : nullptr, nullptr, P, in.M, C,
+                                      in.d, in.offsets.data_ptr<int32_t>(), in.weights.data_ptr<float>(),
+                                      in.neighbors.data_ptr<int32_t>(), in.splat_ptr.data_ptr<int32_t>(),
+                                      in.splat_pixel.data_ptr<int32_t>(), in.splat_weight.data_ptr<float>(),
+                                      false, false, 0, in.M, 0, P});
+      largest = std::max(largest, in.M);
+    }
+    // Two lattice buffers per kernel when images run in parallel (one thread may filter an
+    // image with one kernel while another uses the other); on one thread all share two.
+    std::vector<at::Tensor> held;
+    std::vector<T*> buffers(2 * K);
+    for (size_t i = 0; i < buffers.size(); ++i) {
+      const int64_t rows = (one_thread ? largest : inputs[i / 2].M) + 1;
+      if (one_thread && i >= 2) {
+        buffers[i] = buffers[i % 2];
+        continue;
+      }
+      held.push_back(empty_pooled({rows, C}, q.options()));
+      buffers[i] = held.back().data_ptr<T>();
+      std::fill(buffers[i], buffers[i] + C, T(0));  // row 0 reads as a missing neighbour
+    }
+    at::Tensor other = empty_pooled(q.sizes(), q.options());
+    const T* u = inputs[0].addend->data_ptr<T>();
+    T* q_p = q.data_ptr<T>();
+    T* other_p = other.data_ptr<T>();
+    const int64_t N = P / B;
+    at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
+      std::vector<FilterArgs<T>> image = kernels;
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        for (size_t k = 0; k < K; ++k) {
+          image[k].v_begin = image_vertex_begin(kernels[k], N, b);
+          image[k].v_end = b + 1 < B ? image_vertex_begin(kernels[k], N, b + 1) : kernels[k].M;
+          image[k].p_begin = b * N;
+          image[k].p_end = (b + 1) * N;
+        }
+        potts_image(image, buffers, u, q_p, other_p, iterations);
+      }
+    });
+  });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lightning_deeplab, CPU, m) {
   m.impl("lattice_filter", &lattice_filter_cpu);
-  m.impl("lattice_filter_add_", &lattice_filter_add_cpu);
+  m.impl("potts_mean_field_", &potts_mean_field_cpu);
 }
 
 }  // namespace lightning_deeplab
