@@ -7,8 +7,10 @@ from lightning_deeplab.crf import DenseCRF, dense_crf, unary_from_logits, unary_
 
 
 def _good(batch=1, classes=3, height=6, width=7):
-    return torch.rand(batch, classes, height, width), torch.randint(
-        0, 256, (batch, 3, height, width), dtype=torch.uint8
+    # Seeded: the cases below must not depend on what a random image happens to hold.
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(batch, classes, height, width, generator=gen), torch.randint(
+        0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=gen
     )
 
 
@@ -33,8 +35,9 @@ BAD_INPUTS = [
     (unary, image[:, :, :, :6], {}, ValueError, "does not match unary shape"),
     (unary, torch.cat([image, image]), {}, ValueError, "does not match unary shape"),
     (unary, image.to(torch.int32), {}, TypeError, "image must be uint8"),
-    (unary, image.float() * 2, {}, ValueError, r"\[0, 255\]"),
-    (unary, image.float() - 10, {}, ValueError, r"\[0, 255\]"),
+    # One value just outside [0, 255] on either side (a shifted random image may have none).
+    (unary, _with_value(image.float(), 256.0), {}, ValueError, r"\[0, 255\]"),
+    (unary, _with_value(image.float(), -1.0), {}, ValueError, r"\[0, 255\]"),
     (unary, _with_value(image.float(), float("nan")), {}, ValueError, "image contains NaN"),
     (unary.long(), image, {}, TypeError, "unary must be float16, bfloat16, float32 or float64"),
     (_with_value(unary, float("nan")), image, {}, ValueError, "unary contains NaN or Inf"),
