@@ -186,6 +186,18 @@ int64_t image_vertex_begin(const FilterArgs<T>& a, int64_t N, int64_t b) {
   return lo;
 }
 
+// `a` narrowed to image b of a batch of B: its vertex and pixel ranges.
+template <typename T>
+FilterArgs<T> image_args(const FilterArgs<T>& a, int64_t B, int64_t b) {
+  const int64_t N = a.P / B;
+  FilterArgs<T> image = a;
+  image.v_begin = image_vertex_begin(a, N, b);
+  image.v_end = b + 1 < B ? image_vertex_begin(a, N, b + 1) : a.M;
+  image.p_begin = b * N;
+  image.p_end = (b + 1) * N;
+  return image;
+}
+
 // Whether a batch is filtered one image per thread (each thread then runs every pass of
 // its images alone: no barrier between passes, and a working set of one image) rather
 // than every pass in parallel over the batch's vertices: when the images share the
@@ -205,38 +217,25 @@ void filter_batch(const FilterArgs<T>& a, int64_t B, T* buf_a, T* buf_b, int64_t
     filter_cpu_kernel<T>(a, buf_a, buf_b, stride);
     return;
   }
-  const int64_t N = a.P / B;
   // The passes inside run on their caller's thread (at::parallel_for does not nest), and
   // compute every vertex and pixel exactly as the batch-wide passes do.
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
-    for (int64_t b = b_begin; b < b_end; ++b) {
-      FilterArgs<T> image = a;
-      image.v_begin = image_vertex_begin(a, N, b);
-      image.v_end = b + 1 < B ? image_vertex_begin(a, N, b + 1) : a.M;
-      image.p_begin = b * N;
-      image.p_end = (b + 1) * N;
-      filter_cpu_kernel<T>(image, buf_a, buf_b, stride);
-    }
+    for (int64_t b = b_begin; b < b_end; ++b) filter_cpu_kernel<T>(image_args(a, B, b), buf_a, buf_b, stride);
   });
 }
 
-// Runs the filter of `in` into `out` ([P, C], contiguous; it may be the addend itself).
-void run_filter(const FilterInputs& in, at::Tensor& out, bool reverse, bool softmax) {
-  const int64_t P = in.P, C = in.C, M = in.M;
-  if (P == 0 || C == 0) return;
-  AT_DISPATCH_FLOATING_TYPES(in.values.scalar_type(), "lattice_filter_cpu", [&] {
-    using T = scalar_t;
-    const int64_t stride = C;  // values per lattice row
-    at::Tensor buf_a = empty_pooled({M + 1, stride}, in.values.options());
-    at::Tensor buf_b = empty_pooled({M + 1, stride}, in.values.options());
-    FilterArgs<T> args{in.values.data_ptr<T>(),
-                       out.data_ptr<T>(),
+// The kernel arguments of `in` (values, addend, scales, lattice tables) writing into `out`,
+// over the whole batch.
+template <typename T>
+FilterArgs<T> filter_args(const FilterInputs& in, T* out, bool reverse, bool softmax) {
+  return FilterArgs<T>{in.values.data_ptr<T>(),
+                       out,
                        in.scale_in ? in.scale_in->data_ptr<T>() : nullptr,
                        in.scale_out ? in.scale_out->data_ptr<T>() : nullptr,
                        in.addend ? in.addend->data_ptr<T>() : nullptr,
-                       P,
-                       M,
-                       C,
+                       in.P,
+                       in.M,
+                       in.C,
                        in.d,
                        in.offsets.data_ptr<int32_t>(),
                        in.weights.data_ptr<float>(),
@@ -247,9 +246,21 @@ void run_filter(const FilterInputs& in, at::Tensor& out, bool reverse, bool soft
                        reverse,
                        softmax,
                        0,
-                       M,
+                       in.M,
                        0,
-                       P};
+                       in.P};
+}
+
+// Runs the filter of `in` into `out` ([P, C], contiguous).
+void run_filter(const FilterInputs& in, at::Tensor& out, bool reverse, bool softmax) {
+  const int64_t P = in.P, C = in.C, M = in.M;
+  if (P == 0 || C == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(in.values.scalar_type(), "lattice_filter_cpu", [&] {
+    using T = scalar_t;
+    const int64_t stride = C;  // values per lattice row
+    at::Tensor buf_a = empty_pooled({M + 1, stride}, in.values.options());
+    at::Tensor buf_b = empty_pooled({M + 1, stride}, in.values.options());
+    const FilterArgs<T> args = filter_args<T>(in, out.data_ptr<T>(), reverse, softmax);
     filter_batch<T>(args, in.values.size(0), buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
   });
 }
@@ -270,12 +281,13 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
   return out;
 }
 
-// The Potts mean-field loop of one image (its vertex and pixel ranges set in `kernels`), on
-// the calling thread: every iteration, the first kernel's filter adds onto -U, every later
-// one onto that sum in place, the last applies the softmax. `q` holds softmax(-U) on entry
-// and the result on return; `other` is a second [P, C] array for the rotation.
+// The Potts mean-field loop over the vertex and pixel ranges set in `kernels`: one image on
+// the calling thread, or the whole batch with every pass in parallel. Every iteration the
+// first kernel's filter adds onto -U, every later one onto that sum in place, the last
+// applies the softmax. `q` holds softmax(-U) on entry and the result on return; `other` is
+// a second [P, C] array for the rotation.
 template <typename T>
-void potts_image(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*>& buffers,
+void potts_loop(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*>& buffers,
                  const T* neg_unary, T* q, T* other, int64_t iterations) {
   T* cur = q;
   T* next = other;
@@ -302,8 +314,8 @@ void potts_image(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*
 // kernel and the running sum as addend (in place) for every later one. When the images
 // share the threads out (parallel_over_images) or there is one thread, each image runs its
 // whole loop on one thread: no barrier between the passes and filters of an iteration (a
-// batch then uses the cores as well as one process per core, measured); otherwise every
-// pass runs in parallel over the batch's vertices.
+// batch then uses the cores as well as one process per core, measured); otherwise the
+// batch runs the loop at once, every pass in parallel over its vertices.
 void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& neg_unary, at::TensorList offsets,
                           at::TensorList weights, at::TensorList neighbors,
                           at::TensorList splat_ptr, at::TensorList splat_pixel,
@@ -330,63 +342,43 @@ void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& neg_unary, at::Tensor
   const int64_t B = q.size(0), P = inputs[0].P, C = inputs[0].C;
   if (iterations == 0 || P == 0 || C == 0) return;
   const bool one_thread = at::get_num_threads() == 1;
-  if (!one_thread && !parallel_over_images(B)) {
-    at::Tensor cur = q;
-    at::Tensor next = empty_pooled(q.sizes(), q.options());
-    for (int64_t it = 0; it < iterations; ++it) {
-      for (size_t k = 0; k < K; ++k) {
-        FilterInputs in = inputs[k];
-        in.values = cur;
-        if (k > 0) in.addend = next;
-        run_filter(in, next, false, k + 1 == K);
-      }
-      std::swap(cur, next);
-    }
-    if (!cur.is_same(q)) q.copy_(cur);
-    return;
-  }
+  const bool by_image = one_thread || parallel_over_images(B);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "potts_mean_field_cpu", [&] {
     using T = scalar_t;
+    at::Tensor other = empty_pooled(q.sizes(), q.options());
     std::vector<FilterArgs<T>> kernels;
     int64_t largest = 0;
     for (const FilterInputs& in : inputs) {
-      kernels.push_back(FilterArgs<T>{nullptr, nullptr, in.scale_in ? in.scale_in->data_ptr<T>() : nullptr,
-                                      in.scale_out ? in.scale_out->data_ptr<T>() : nullptr, nullptr, P, in.M, C,
-                                      in.d, in.offsets.data_ptr<int32_t>(), in.weights.data_ptr<float>(),
-                                      in.neighbors.data_ptr<int32_t>(), in.splat_ptr.data_ptr<int32_t>(),
-                                      in.splat_pixel.data_ptr<int32_t>(), in.splat_weight.data_ptr<float>(),
-                                      false, false, 0, in.M, 0, P});
+      kernels.push_back(filter_args<T>(in, other.data_ptr<T>(), false, false));
       largest = std::max(largest, in.M);
     }
     // Two lattice buffers per kernel when images run in parallel (one thread may filter an
-    // image with one kernel while another uses the other); on one thread all share two.
+    // image with one kernel while another uses the other); otherwise all share two.
+    const bool shared = !by_image || one_thread;
     std::vector<at::Tensor> held;
     std::vector<T*> buffers(2 * K);
     for (size_t i = 0; i < buffers.size(); ++i) {
-      const int64_t rows = (one_thread ? largest : inputs[i / 2].M) + 1;
-      if (one_thread && i >= 2) {
+      if (shared && i >= 2) {
         buffers[i] = buffers[i % 2];
         continue;
       }
+      const int64_t rows = (shared ? largest : inputs[i / 2].M) + 1;
       held.push_back(empty_pooled({rows, C}, q.options()));
       buffers[i] = held.back().data_ptr<T>();
       std::fill(buffers[i], buffers[i] + C, T(0));  // row 0 reads as a missing neighbour
     }
-    at::Tensor other = empty_pooled(q.sizes(), q.options());
     const T* u = inputs[0].addend->data_ptr<T>();
     T* q_p = q.data_ptr<T>();
     T* other_p = other.data_ptr<T>();
-    const int64_t N = P / B;
+    if (!by_image) {
+      potts_loop(kernels, buffers, u, q_p, other_p, iterations);
+      return;
+    }
     at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
-      std::vector<FilterArgs<T>> image = kernels;
+      std::vector<FilterArgs<T>> image(K);
       for (int64_t b = b_begin; b < b_end; ++b) {
-        for (size_t k = 0; k < K; ++k) {
-          image[k].v_begin = image_vertex_begin(kernels[k], N, b);
-          image[k].v_end = b + 1 < B ? image_vertex_begin(kernels[k], N, b + 1) : kernels[k].M;
-          image[k].p_begin = b * N;
-          image[k].p_end = (b + 1) * N;
-        }
-        potts_image(image, buffers, u, q_p, other_p, iterations);
+        for (size_t k = 0; k < K; ++k) image[k] = image_args(kernels[k], B, b);
+        potts_loop(image, buffers, u, q_p, other_p, iterations);
       }
     });
   });
