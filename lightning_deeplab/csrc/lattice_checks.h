@@ -2,12 +2,18 @@
 // The Python layer validates user input with friendlier messages; these guard direct calls.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <c10/util/intrusive_ptr.h>
 
+#include <array>
 #include <cstdint>
+#include <deque>
 #include <limits>
+#include <mutex>
 #include <optional>
+#include <tuple>
+#include <vector>
 
 #include "lattice.h"
 
@@ -33,6 +39,13 @@ inline void check_features(const at::Tensor& features) {
                     "build_lattice: B * N * (d+1) = ", features.size(0), " * ", features.size(1),
                     " * ", d + 1, " lattice entries overflow int32 indices (at most ", kMaxIndex,
                     ")");
+}
+
+// The message of both back ends for features that locate_simplex refuses.
+inline void check_in_lattice_range(bool in_range) {
+  TORCH_CHECK_VALUE(in_range,
+                    "build_lattice: features are not finite or too large for the lattice "
+                    "(an elevated coordinate exceeds 2^18); use larger standard deviations");
 }
 
 struct LatticeTensors {
@@ -123,6 +136,103 @@ struct FilterInputs {
   int d;      // feature dimension
 };
 
+// The index tables of a lattice that build_lattice made, or that passed check_lattice_tables,
+// as long as nobody has changed them since: the filters then skip the check (a pass over every
+// table, and on CUDA a host synchronisation). A table is known by its TensorImpl, held weakly
+// so that a freed table's address is never mistaken for a new one, and by its version
+// counter, which every in-place change bumps. Changes that bypass the counter (through
+// `.data`, a NumPy view, or in place in inference mode, whose tensors have no counter) are
+// not seen.
+class TrustedTables {
+ public:
+  using Tables = std::array<const at::Tensor*, 4>;  // offsets, neighbors, splat_ptr, splat_pixel
+
+  static TrustedTables& instance() {
+    static TrustedTables trusted;
+    return trusted;
+  }
+
+  void add(const Tables& tables) {
+    Entry entry;
+    for (size_t i = 0; i < tables.size(); ++i) {
+      entry.impl.emplace_back(tables[i]->getIntrusivePtr());
+      entry.version[i] = version(*tables[i]);
+    }
+    const std::lock_guard<std::mutex> lock(mutex_);
+    std::erase_if(entries_, [](const Entry& e) { return e.impl[0].expired(); });
+    if (entries_.size() == kCapacity) entries_.pop_front();
+    entries_.push_back(std::move(entry));
+  }
+
+  bool contains(const Tables& tables) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (auto e = entries_.rbegin(); e != entries_.rend(); ++e) {
+      bool same = true;
+      for (size_t i = 0; i < tables.size() && same; ++i) {
+        same = !e->impl[i].expired() &&
+               e->impl[i]._unsafe_get_target() == tables[i]->unsafeGetTensorImpl() &&
+               e->version[i] == version(*tables[i]);
+      }
+      if (same) return true;
+    }
+    return false;
+  }
+
+ private:
+  static constexpr size_t kCapacity = 64;  // lattices alive at once, far more than a CRF uses
+  struct Entry {
+    std::vector<c10::weak_intrusive_ptr<c10::TensorImpl>> impl;
+    std::array<int64_t, 4> version{};
+  };
+  static int64_t version(const at::Tensor& t) { return t.is_inference() ? -1 : t._version(); }
+
+  std::mutex mutex_;
+  std::deque<Entry> entries_;
+};
+
+// Records build_lattice's outputs (offsets, weights, neighbors, splat_ptr, splat_pixel, ...)
+// as trusted, and returns them.
+template <typename Outputs>
+Outputs trusted_lattice(Outputs outputs) {
+  TrustedTables::instance().add({&std::get<0>(outputs), &std::get<2>(outputs),
+                                 &std::get<3>(outputs), &std::get<4>(outputs)});
+  return outputs;
+}
+
+// Every index the filters read from the tables stays in bounds: offsets in [0, M), neighbours
+// in [-1, M), splat_ptr strictly increasing from 0 to E (every vertex has a pixel, as the
+// CPU's per-image ranges assume), splat pixels in [0, P). One pass over the tables, read back
+// once; skipped for trusted tables, which are trusted from here on.
+inline void check_lattice_tables(const at::Tensor& offsets, const at::Tensor& neighbors,
+                                 const at::Tensor& splat_ptr, const at::Tensor& splat_pixel,
+                                 int64_t P) {
+  const TrustedTables::Tables tables{&offsets, &neighbors, &splat_ptr, &splat_pixel};
+  if (TrustedTables::instance().contains(tables)) return;
+  const int64_t M = neighbors.size(1);
+  const int64_t E = splat_pixel.size(0);
+  const auto outside = [](const at::Tensor& t, int64_t lo, int64_t hi) {
+    return t.numel() == 0 ? at::zeros({}, t.options().dtype(at::kBool))
+                          : at::logical_or(t.min() < lo, t.max() >= hi);
+  };
+  const at::Tensor bad =
+      at::stack({outside(offsets, 0, M), outside(neighbors, -1, M), outside(splat_pixel, 0, P),
+                 splat_ptr[0] != 0, splat_ptr[M] != E,
+                 M == 0 ? at::zeros({}, splat_ptr.options().dtype(at::kBool))
+                        : (splat_ptr.diff() <= 0).any()})
+          .to(at::kCPU);
+  const bool* b = bad.data_ptr<bool>();
+  const char* problem = b[0]   ? "offsets holds a vertex index outside [0, M)"
+                        : b[1] ? "neighbors holds an index outside [-1, M)"
+                        : b[2] ? "splat_pixel holds a pixel index outside [0, B*N)"
+                        : b[3] ? "splat_ptr does not start at 0"
+                        : b[4] ? "splat_ptr does not end at B*N*(d+1)"
+                        : b[5] ? "splat_ptr is not strictly increasing (a vertex without pixels)"
+                               : nullptr;
+  TORCH_CHECK_VALUE(problem == nullptr, "lattice_filter: ", problem, " (M = ", M, ", B*N = ", P,
+                    "): the lattice tables were not made by build_lattice or were changed since");
+  TrustedTables::instance().add(tables);
+}
+
 inline FilterInputs prepare_filter_inputs(
     const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& weights,
     const at::Tensor& neighbors, const at::Tensor& splat_ptr, const at::Tensor& splat_pixel,
@@ -133,12 +243,16 @@ inline FilterInputs prepare_filter_inputs(
   const auto contiguous = [](const std::optional<at::Tensor>& t) {
     return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
   };
+  const at::Tensor offsets_c = offsets.contiguous(), neighbors_c = neighbors.contiguous();
+  const at::Tensor splat_ptr_c = splat_ptr.contiguous(), splat_pixel_c = splat_pixel.contiguous();
+  check_lattice_tables(offsets_c, neighbors_c, splat_ptr_c, splat_pixel_c,
+                       values.size(0) * values.size(1));
   return FilterInputs{values.contiguous(),
-                      offsets.contiguous(),
+                      offsets_c,
                       weights.contiguous(),
-                      neighbors.contiguous(),
-                      splat_ptr.contiguous(),
-                      splat_pixel.contiguous(),
+                      neighbors_c,
+                      splat_ptr_c,
+                      splat_pixel_c,
                       splat_weight.contiguous(),
                       contiguous(scale_in),
                       contiguous(scale_out),

@@ -78,3 +78,24 @@ def pydensecrf_marginals(
     crf.addPairwiseGaussian(sxy=pos_xy, compat=pos_compat, normalization=norm)
     crf.addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, rgbim=image, compat=bi_compat, normalization=norm)
     return np.array(crf.inference(iterations), dtype=np.float32).reshape(classes, height, width)
+
+
+#: Corruptions of a lattice of 2 x 500 pixels (d = 5) that the filters must refuse:
+#: name -> (table, flat index, value, the error's words).
+CORRUPTIONS = {
+    "offsets": ("offsets", 17, 10**6, "offsets holds a vertex index outside"),
+    "negative offset": ("offsets", 3, -1, "offsets holds a vertex index outside"),
+    "neighbors": ("neighbors", 40, -2, "neighbors holds an index outside"),
+    "splat_pixel": ("splat_pixel", 5, 2000, "splat_pixel holds a pixel index outside"),
+    "splat_ptr end": ("splat_ptr", -1, 1, "splat_ptr does not end at"),
+    "splat_ptr order": ("splat_ptr", 10, 0, "splat_ptr is not strictly increasing"),
+}
+
+
+def corrupted_tables(lattice, table: str, index: int, value: int) -> list[torch.Tensor]:
+    """The six filter tables of `lattice` with a copy of `table` holding `value` at `index`."""
+    tables = list(lattice.filter_tables)
+    field = lattice._fields.index(table)
+    tables[field] = tables[field].clone()
+    tables[field].view(-1)[index] = value
+    return tables

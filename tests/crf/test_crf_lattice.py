@@ -4,9 +4,11 @@ adjointness, determinism, batching and the operator registrations."""
 import pytest
 import torch
 
-from lightning_deeplab.crf import build_lattice, lattice_filter, release_cached_buffers
+from lightning_deeplab.crf import Lattice, build_lattice, lattice_filter, release_cached_buffers
 from lightning_deeplab.crf.lattice import potts_mean_field_
 from lightning_deeplab.crf.features import bilateral_features, position_features
+
+from crf_inputs import CORRUPTIONS, corrupted_tables
 
 
 def _exact_normalized_gaussian(features: torch.Tensor, values: torch.Tensor, std: float) -> torch.Tensor:
@@ -143,6 +145,33 @@ def test_ops_check_their_arguments():
         lattice.filter(torch.zeros(1, 11, 3))
     with pytest.raises(TypeError, match="float32 or float64"):
         lattice.filter(torch.zeros(1, 10, 3, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_filters_refuse_corrupted_lattice_tables(corruption):
+    table, index, value, message = CORRUPTIONS[corruption]
+    lattice = build_lattice(torch.randn(2, 500, 5) * 3)
+    values = torch.rand(2, 500, 3)
+    tables = corrupted_tables(lattice, table, index, value)
+    with pytest.raises(ValueError, match=message):
+        torch.ops.lightning_deeplab.lattice_filter(values, *tables, None, None, None, False)
+    q = torch.softmax(values, dim=-1)
+    with pytest.raises(ValueError, match=message):
+        potts_mean_field_(q, values.clone(), [Lattice(*tables, lattice.vertex_counts)], [None], [None], 1)
+    getattr(lattice, table).view(-1)[index] = value  # in place, after the build trusted it
+    with pytest.raises(ValueError, match=message):
+        lattice.filter(values)
+
+
+def test_tables_copied_or_built_in_inference_mode_filter_the_same():
+    features, values = torch.randn(2, 400, 5) * 3, torch.rand(2, 400, 4)
+    lattice = build_lattice(features)
+    expected = lattice.filter(values)
+    copied = Lattice(*(t.clone() for t in lattice))  # not made by build_lattice: checked, then used
+    assert torch.equal(copied.filter(values), expected)
+    assert torch.equal(copied.filter(values), expected)
+    with torch.inference_mode():
+        assert torch.equal(build_lattice(features).filter(values), expected)
 
 
 def test_opcheck_build_lattice():

@@ -143,9 +143,7 @@ build_lattice_cpu(const at::Tensor& features_arg) {
     }
     if (bad) out_of_range = true;
   });
-  TORCH_CHECK_VALUE(!out_of_range.load(),
-                    "build_lattice: features are not finite or too large for the lattice "
-                    "(an elevated coordinate exceeds 2^18); use larger standard deviations");
+  check_in_lattice_range(!out_of_range.load());
 
   // 2. Number each image's vertices in order of first use. Keys and hashes of a block of
   // pixels are computed (and their table slots prefetched) before the block is inserted.
@@ -265,7 +263,8 @@ build_lattice_cpu(const at::Tensor& features_arg) {
       }
     });
   }
-  return {offsets, weights, neighbors, splat_ptr, splat_pixel, splat_weight, vertex_counts};
+  return trusted_lattice(std::make_tuple(offsets, weights, neighbors, splat_ptr, splat_pixel,
+                                         splat_weight, vertex_counts));
 }
 
 }  // namespace

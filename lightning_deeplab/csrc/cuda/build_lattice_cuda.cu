@@ -35,7 +35,8 @@ __global__ void locate_kernel(const float* features, int64_t P, int d,
   const int64_t d1 = d + 1;
   if (!lattice::locate_simplex(features + p * d, d, scale, rem0 + p * d1, rank + p * d1,
                                weights + p * d1)) {
-    *out_of_range = 1;  // every writer writes the same value
+    // Atomic: many threads may store the flag at once, which plain stores make a data race.
+    atomicExch(out_of_range, 1);
   }
 }
 
@@ -153,27 +154,26 @@ __global__ void count_kernel(const int32_t* first_index, int64_t B, int64_t N, i
 cudaError_t locate_pixels(const float* features, int64_t P, int d,
                           const lattice::ElevationScale& scale, int32_t* rem0, int32_t* rank,
                           float* weights, int32_t* out_of_range, cudaStream_t stream) {
-  locate_kernel<<<blocks_for(P), kThreads, 0, stream>>>(features, P, d, scale, rem0, rank,
-                                                        weights, out_of_range);
-  return cudaGetLastError();
+  return launch(locate_kernel, P, stream, features, P, d, scale, rem0, rank, weights,
+                out_of_range);
 }
 
 cudaError_t insert_entries(const int32_t* rem0, const int32_t* rank, int64_t N, int64_t P,
                            int d, int32_t* table, int64_t capacity, uint32_t* slot_of_entry,
                            int32_t* is_first, cudaStream_t stream) {
   const int64_t E = P * (d + 1);
-  insert_kernel<<<blocks_for(E), kThreads, 0, stream>>>(rem0, rank, N, E, d, table, capacity - 1,
-                                                        slot_of_entry);
-  keep_first_entry_kernel<<<blocks_for(E), kThreads, 0, stream>>>(slot_of_entry, E, table);
-  first_flag_kernel<<<blocks_for(E), kThreads, 0, stream>>>(table, slot_of_entry, E, is_first);
-  return cudaGetLastError();
+  cudaError_t status = launch(insert_kernel, E, stream, rem0, rank, N, E, d, table, capacity - 1,
+                              slot_of_entry);
+  if (status != cudaSuccess) return status;
+  status = launch(keep_first_entry_kernel, E, stream, slot_of_entry, E, table);
+  if (status != cudaSuccess) return status;
+  return launch(first_flag_kernel, E, stream, table, slot_of_entry, E, is_first);
 }
 
-size_t exclusive_sum_temp_bytes(int64_t n) {
-  size_t bytes = 0;
-  cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const int32_t*>(nullptr),
-                                static_cast<int32_t*>(nullptr), static_cast<int>(n));
-  return bytes;
+cudaError_t exclusive_sum_temp_bytes(int64_t n, size_t* bytes) {
+  *bytes = 0;
+  return cub::DeviceScan::ExclusiveSum(nullptr, *bytes, static_cast<const int32_t*>(nullptr),
+                                       static_cast<int32_t*>(nullptr), static_cast<int>(n));
 }
 
 cudaError_t exclusive_sum(const int32_t* in, int32_t* out, int64_t n, void* temp,
@@ -184,9 +184,8 @@ cudaError_t exclusive_sum(const int32_t* in, int32_t* out, int64_t n, void* temp
 cudaError_t assign_vertices(const int32_t* table, const uint32_t* slot_of_entry,
                             const int32_t* is_first, const int32_t* first_index, int64_t E,
                             int32_t* offsets, int32_t* vertex_entry, cudaStream_t stream) {
-  assign_kernel<<<blocks_for(E), kThreads, 0, stream>>>(table, slot_of_entry, is_first,
-                                                        first_index, E, offsets, vertex_entry);
-  return cudaGetLastError();
+  return launch(assign_kernel, E, stream, table, slot_of_entry, is_first, first_index, E, offsets,
+                vertex_entry);
 }
 
 cudaError_t find_neighbors(const int32_t* rem0, const int32_t* rank, const int32_t* table,
@@ -194,25 +193,23 @@ cudaError_t find_neighbors(const int32_t* rem0, const int32_t* rank, const int32
                            const int32_t* vertex_entry, int64_t M, int64_t N, int d,
                            int32_t* neighbors, cudaStream_t stream) {
   if (M == 0) return cudaSuccess;
-  neighbors_kernel<<<blocks_for(M * (d + 1)), kThreads, 0, stream>>>(
-      rem0, rank, table, capacity - 1, first_index, vertex_entry, M, N, d, neighbors);
-  return cudaGetLastError();
+  return launch(neighbors_kernel, M * (d + 1), stream, rem0, rank, table, capacity - 1,
+                first_index, vertex_entry, M, N, d, neighbors);
 }
 
-size_t sort_entries_temp_bytes(int64_t E, int key_bits) {
-  size_t bytes = 0;
-  cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const int32_t*>(nullptr),
-                                  static_cast<int32_t*>(nullptr),
-                                  static_cast<const int32_t*>(nullptr),
-                                  static_cast<int32_t*>(nullptr), static_cast<int>(E), 0, key_bits);
-  return bytes;
+cudaError_t sort_entries_temp_bytes(int64_t E, int key_bits, size_t* bytes) {
+  *bytes = 0;
+  return cub::DeviceRadixSort::SortPairs(nullptr, *bytes, static_cast<const int32_t*>(nullptr),
+                                         static_cast<int32_t*>(nullptr),
+                                         static_cast<const int32_t*>(nullptr),
+                                         static_cast<int32_t*>(nullptr), static_cast<int>(E), 0,
+                                         key_bits);
 }
 
 cudaError_t sort_entries(const int32_t* offsets, int32_t* sorted_vertex, int32_t* sorted_entry,
                          int32_t* entry_iota, int64_t E, int key_bits, void* temp,
                          size_t temp_bytes, cudaStream_t stream) {
-  iota_kernel<<<blocks_for(E), kThreads, 0, stream>>>(entry_iota, E);
-  const cudaError_t launched = cudaGetLastError();
+  const cudaError_t launched = launch(iota_kernel, E, stream, entry_iota, E);
   if (launched != cudaSuccess) return launched;
   // LSD radix sort is stable: entries of a vertex stay in increasing (pixel) order.
   return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, offsets, sorted_vertex, entry_iota,
@@ -223,15 +220,13 @@ cudaError_t fill_splat_lists(const int32_t* sorted_vertex, const int32_t* sorted
                              const float* weights, int64_t E, int64_t M, int d,
                              int32_t* splat_ptr, int32_t* splat_pixel, float* splat_weight,
                              cudaStream_t stream) {
-  splat_lists_kernel<<<blocks_for(E), kThreads, 0, stream>>>(
-      sorted_vertex, sorted_entry, weights, E, M, d, splat_ptr, splat_pixel, splat_weight);
-  return cudaGetLastError();
+  return launch(splat_lists_kernel, E, stream, sorted_vertex, sorted_entry, weights, E, M, d,
+                splat_ptr, splat_pixel, splat_weight);
 }
 
 cudaError_t count_vertices(const int32_t* first_index, int64_t B, int64_t N, int d, int64_t M,
                            int64_t* vertex_counts, cudaStream_t stream) {
-  count_kernel<<<blocks_for(B), kThreads, 0, stream>>>(first_index, B, N, d, M, vertex_counts);
-  return cudaGetLastError();
+  return launch(count_kernel, B, stream, first_index, B, N, d, M, vertex_counts);
 }
 
 }  // namespace cuda

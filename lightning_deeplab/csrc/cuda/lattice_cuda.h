@@ -30,8 +30,8 @@ cudaError_t insert_entries(const int32_t* rem0, const int32_t* rank, int64_t N, 
                            int d, int32_t* table, int64_t capacity, uint32_t* slot_of_entry,
                            int32_t* is_first, cudaStream_t stream);
 
-// Exclusive prefix sum of n int32 values (cub); temp_bytes() sizes the scratch space.
-size_t exclusive_sum_temp_bytes(int64_t n);
+// Exclusive prefix sum of n int32 values (cub); exclusive_sum_temp_bytes sizes the scratch space.
+cudaError_t exclusive_sum_temp_bytes(int64_t n, size_t* bytes);
 cudaError_t exclusive_sum(const int32_t* in, int32_t* out, int64_t n, void* temp,
                           size_t temp_bytes, cudaStream_t stream);
 
@@ -48,7 +48,7 @@ cudaError_t find_neighbors(const int32_t* rem0, const int32_t* rank, const int32
                            int32_t* neighbors, cudaStream_t stream);
 
 // Sorts the entries by vertex (stable, so each vertex keeps increasing pixel order).
-size_t sort_entries_temp_bytes(int64_t E, int key_bits);
+cudaError_t sort_entries_temp_bytes(int64_t E, int key_bits, size_t* bytes);
 cudaError_t sort_entries(const int32_t* offsets, int32_t* sorted_vertex, int32_t* sorted_entry,
                          int32_t* entry_iota, int64_t E, int key_bits, void* temp,
                          size_t temp_bytes, cudaStream_t stream);

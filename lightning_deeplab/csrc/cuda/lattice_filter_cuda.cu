@@ -80,22 +80,24 @@ cudaError_t lattice_filter(const FilterPointers<T>& ptrs, int64_t P, int64_t M, 
   status = cudaMemsetAsync(ptrs.buf_b, 0, C * sizeof(T), stream);
   if (status != cudaSuccess) return status;
   if (M > 0) {
-    splat_kernel<T><<<blocks_for(M * C), kThreads, 0, stream>>>(ptrs, M, C);
+    status = launch(splat_kernel<T>, M * C, stream, ptrs, M, C);
+    if (status != cudaSuccess) return status;
   }
   T* src = ptrs.buf_a;
   T* dst = ptrs.buf_b;
   for (int step = 0; step <= d && M > 0; ++step) {
     const int axis = reverse ? d - step : step;
-    blur_kernel<T><<<blocks_for(M * C), kThreads, 0, stream>>>(
-        ptrs.neighbors + static_cast<int64_t>(axis) * M * 2, src, dst, M, C);
+    status = launch(blur_kernel<T>, M * C, stream,
+                    ptrs.neighbors + static_cast<int64_t>(axis) * M * 2, src, dst, M, C);
+    if (status != cudaSuccess) return status;
     T* swap = src;
     src = dst;
     dst = swap;
   }
   const T alpha = static_cast<T>(lattice::slice_alpha(d));
-  slice_kernel<T><<<blocks_for(P * C), kThreads, 0, stream>>>(ptrs, src, P, C, d, alpha);
-  if (softmax) softmax_kernel<T><<<blocks_for(P), kThreads, 0, stream>>>(ptrs.out, P, C);
-  return cudaGetLastError();
+  status = launch(slice_kernel<T>, P * C, stream, ptrs, src, P, C, d, alpha);
+  if (status != cudaSuccess || !softmax) return status;
+  return launch(softmax_kernel<T>, P, stream, ptrs.out, P, C);
 }
 
 template cudaError_t lattice_filter<float>(const FilterPointers<float>&, int64_t, int64_t, int64_t,
