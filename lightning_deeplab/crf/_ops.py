@@ -9,19 +9,26 @@ module is missing, csrc/ is compiled just in time with `torch.utils.cpp_extensio
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import importlib
 import logging
 import os
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
 _log = logging.getLogger(__name__)
 
+NAMESPACE = "lightning_deeplab"
 _JIT_NAME = "lightning_deeplab_crf_ops"
 _lock = threading.Lock()
 _source: Optional[str] = None  # "compiled" or "jit" once loaded
+_registered: set[str] = set()  # namespaces whose fake and autograd rules are registered
+# Where the layer's operator calls go: NAMESPACE unless `operators_from` says otherwise.
+_namespace = contextvars.ContextVar("lightning_deeplab_crf_namespace", default=NAMESPACE)
 
 
 def _compile_just_in_time() -> None:
@@ -65,15 +72,34 @@ def _load_library() -> str:
 
 
 def operators():
-    """`torch.ops.lightning_deeplab`, loading (or compiling) the extension on first use."""
+    """`torch.ops.lightning_deeplab`, loading (or compiling) the extension on first use; inside
+    `operators_from`, that namespace instead."""
     global _source
     if _source is None:
         with _lock:
             if _source is None:
                 source = _load_library()
-                _register_python_rules()
+                _register_python_rules(NAMESPACE)
                 _source = source
-    return torch.ops.lightning_deeplab
+    return getattr(torch.ops, _namespace.get())
+
+
+@contextlib.contextmanager
+def operators_from(namespace: str) -> Iterator[None]:
+    """Sends this thread's operator calls of the CRF layer to `namespace`: a library, already
+    loaded, that registers `build_lattice` and `lattice_filter` with the same schemas (the
+    tests run the CUDA operators' host emulation this way). Its fake and autograd rules are
+    registered on first use; a namespace without `potts_mean_field_` takes the per-iteration
+    path, as CUDA tensors do."""
+    operators()  # the package's own rules first
+    with _lock:
+        if namespace not in _registered:
+            _register_python_rules(namespace)
+    token = _namespace.set(namespace)
+    try:
+        yield
+    finally:
+        _namespace.reset(token)
 
 
 def __getattr__(name: str):
@@ -129,28 +155,31 @@ def _lattice_filter_setup_context(ctx, inputs, output) -> None:
     ctx.has_addend = addend is not None
 
 
-def _lattice_filter_backward(ctx, grad: torch.Tensor):
+def _lattice_filter_backward(lattice_filter, ctx, grad: torch.Tensor):
     # out = [softmax](addend + s_out * K(s_in * x)) is linear in x and addend before the
     # softmax. K's adjoint is the same filter with the blur axes reversed, so x's gradient
     # swaps the scales and the axis order. The scales (kernel normalisations) are constants.
     *lattice, scale_in, scale_out, softmax_out = ctx.saved_tensors
     if softmax_out is not None:
         grad = softmax_out * (grad - (grad * softmax_out).sum(dim=-1, keepdim=True))
-    grad_values = torch.ops.lightning_deeplab.lattice_filter(grad, *lattice, scale_out, scale_in, None, not ctx.reverse)
+    grad_values = lattice_filter(grad, *lattice, scale_out, scale_in, None, not ctx.reverse)
     grad_addend = grad if ctx.has_addend else None
     return (grad_values,) + (None,) * 8 + (grad_addend, None, None)
 
 
-def _register_python_rules() -> None:
-    """Fake implementations and autograd rules, registered once the operators exist."""
-    torch.library.register_fake("lightning_deeplab::build_lattice", _build_lattice_fake)
-    torch.library.register_fake("lightning_deeplab::lattice_filter", _lattice_filter_fake)
-    torch.library.register_fake("lightning_deeplab::potts_mean_field_", _potts_mean_field_fake)
+def _register_python_rules(namespace: str) -> None:
+    """Fake implementations and autograd rules of `namespace`'s operators, once they exist."""
+    ops = getattr(torch.ops, namespace)
+    torch.library.register_fake(f"{namespace}::build_lattice", _build_lattice_fake)
+    torch.library.register_fake(f"{namespace}::lattice_filter", _lattice_filter_fake)
+    if hasattr(ops, "potts_mean_field_"):
+        torch.library.register_fake(f"{namespace}::potts_mean_field_", _potts_mean_field_fake)
     torch.library.register_autograd(
-        "lightning_deeplab::lattice_filter",
-        _lattice_filter_backward,
+        f"{namespace}::lattice_filter",
+        functools.partial(_lattice_filter_backward, ops.lattice_filter),
         setup_context=_lattice_filter_setup_context,
     )
+    _registered.add(namespace)
 
 
-__all__ = ["OPS_SOURCE", "operators"]  # noqa: F822 (OPS_SOURCE comes from __getattr__)
+__all__ = ["OPS_SOURCE", "operators", "operators_from"]  # noqa: F822 (OPS_SOURCE comes from __getattr__)

@@ -87,6 +87,12 @@ def lattice_filter(
     )
 
 
+def has_potts_loop(device: torch.device) -> bool:
+    """Whether `potts_mean_field_` runs for tensors on `device`: the CPU operators have it,
+    CUDA (and the operators of `_ops.operators_from`'s CUDA emulation) do not."""
+    return device.type == "cpu" and hasattr(operators(), "potts_mean_field_")
+
+
 def potts_mean_field_(
     q: torch.Tensor,
     neg_unary: torch.Tensor,

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import _validation as check
 from .features import bilateral_features, position_features
-from .lattice import Lattice, build_lattice, potts_mean_field_
+from .lattice import Lattice, build_lattice, has_potts_loop, potts_mean_field_
 
 Weight = Union[float, torch.Tensor]
 
@@ -118,7 +118,7 @@ def mean_field(
         step = partial(_iteration, neg_unary, kernels, compatibility)
     q = torch.softmax(neg_unary, dim=-1)
     recompute = torch.is_grad_enabled() and _any_requires_grad(neg_unary, kernels, compatibility)
-    if not recompute and neg_unary.device.type == "cpu" and len(kernels) > 1 and _fused_potts(kernels, compatibility):
+    if not recompute and len(kernels) > 1 and _fused_potts(kernels, compatibility) and has_potts_loop(neg_unary.device):
         return potts_in_place(q, neg_unary, kernels, iterations)
     for _ in range(iterations):
         q = checkpoint(step, q, use_reentrant=False) if recompute else step(q)
