@@ -14,7 +14,7 @@ endif
 
 CSRC := $(shell find lightning_deeplab/csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-cuda-emulated lint bench clean
 install: $(VENV)/.built
 
 $(VENV)/.built: requirements/pinned.txt pyproject.toml setup.py $(CSRC)
@@ -35,10 +35,23 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# The tests, then the linter and the formatter's check (configured in pyproject.toml).
+# The tests, the CUDA sources on the host emulation under the sanitizers (the emulated tests
+# run there rather than twice), then the linter and the formatter's check (pyproject.toml).
 test: install
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m "not emulated"
+	$(MAKE) test-cuda-emulated
 	$(MAKE) lint
+
+# The CUDA kernels and their host code, compiled as C++ over tests/cuda_emulation and run on
+# the CPU: the emulated tests inside Python under AddressSanitizer and UBSan (their runtimes
+# preloaded; any report ends the run), then a standalone driver on several threads under
+# ThreadSanitizer. Each build is redone only when a source changed.
+SANITIZER_RUNTIMES = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libubsan.so)
+test-cuda-emulated: install
+	LIGHTNING_DEEPLAB_EMULATION_SANITIZE=address,undefined LD_PRELOAD="$(SANITIZER_RUNTIMES)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(PY) -m pytest -q -p no:cacheprovider -m emulated tests/crf
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(PY) tests/cuda_emulation/build.py tsan-driver --run
 
 bench: install
 	$(PY) benchmarks/crf.py

@@ -1,31 +1,42 @@
-"""CUDA implementation against the CPU one (skipped without a GPU).
+"""The CUDA back end against the CPU one, on two back ends (the `backend` fixture): a CUDA GPU
+(skipped without one), and the host emulation of the same CUDA sources (csrc/cuda's kernels
+and host code compiled as C++ over tests/cuda_emulation, run on CPU tensors, in every test
+run; under AddressSanitizer and UBSan in `make test-cuda-emulated`).
 
 The lattice build and the filter (splat, blur, slice, fused softmax) run the same explicitly
 rounded arithmetic from csrc/lattice.h on both back ends, in the same order, and the lattices
-get the same vertex numbering: lattices and filter outputs are bitwise equal (float64 softmax
-excepted: each back end's libm exp, to about 1 ulp). A whole `dense_crf` also runs torch's own
-softmax and rsqrt, whose CPU and CUDA versions differ in the last bit, so it is compared within
-a tolerance; the mean-field iterations from the same start are bitwise equal.
+get the same vertex numbering: lattices and filter outputs are bitwise equal (on a GPU the
+float64 softmax excepted: each back end's libm exp, to about 1 ulp). A whole `dense_crf` on a
+GPU also runs torch's own softmax and rsqrt, whose CPU and CUDA versions differ in the last
+bit, so it is compared within a tolerance there; on the emulation all of it is bitwise equal.
+What only a GPU can show (streams, a second device, CUDA graphs, host synchronisation, the
+device intrinsics, compute-sanitizer) is in the tests marked `needs_gpu`.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import lightning_deeplab.pydensecrf.densecrf as dcrf
+from cuda_emulation import build as emulation_build
 from lightning_deeplab.crf import DenseCRF, build_lattice, dense_crf, unary_from_softmax
 from lightning_deeplab.crf.features import bilateral_features, position_features
 from lightning_deeplab.crf.mean_field import build_kernels, make_kernel, mean_field, pixels_last
 
-from crf_inputs import image_tensor, noisy_probs, photo
+from crf_inputs import CORRUPTIONS, corrupted_tables, image_tensor, noisy_probs, photo
+from device_backends import Backend
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+
+def needs_gpu(test):
+    """A test of what only real CUDA hardware shows."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
 
 CUDA = torch.device("cuda")
 PARAMS = {"pos_w": 3.0, "pos_xy_std": 1.0, "bi_w": 4.0, "bi_xy_std": 67.0, "bi_rgb_std": 3.0}
@@ -37,10 +48,18 @@ def _photo_batch(height=96, width=128, classes=21, batch=2):
     return unary, image
 
 
-def _assert_lattices_equal(cpu, gpu):
-    for name, a, b in zip(cpu._fields, cpu, gpu):
-        assert b.device.type == "cuda", name
+def _assert_lattices_equal(cpu, other, device):
+    for name, a, b in zip(cpu._fields, cpu, other):
+        assert b.device.type == device.type, name
         assert torch.equal(a, b.cpu()), name
+
+
+def _assert_crf_equal(expected, got, backend):
+    """A whole CRF: bitwise on the emulation, within torch's CPU/CUDA last-bit differences on a GPU."""
+    if backend.emulated:
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=1e-5)
 
 
 def _fused_iterations(neg_unary, kernels, q, iterations):
@@ -59,29 +78,47 @@ def _fused_iterations(neg_unary, kernels, q, iterations):
     return q
 
 
-def _to(kernels, device):
+def _to(kernels, backend):
+    def move(t):
+        return None if t is None else backend.to(t)
+
     return [
-        type(k)(
-            type(k.lattice)(*(t.to(device) for t in k.lattice)),
-            None if k.scale_in is None else k.scale_in.to(device),
-            k.scale_out.to(device),
-            k.weight,
-        )
+        type(k)(type(k.lattice)(*(move(t) for t in k.lattice)), move(k.scale_in), move(k.scale_out), k.weight)
         for k in kernels
     ]
 
 
-@pytest.mark.parametrize("kind", ["position", "bilateral"])
-def test_cuda_lattice_equals_cpu_lattice(kind):
-    _, image = _photo_batch()
-    if kind == "position":
-        features = position_features(2, 96, 128, 1.0, torch.device("cpu"))
-    else:
-        features = bilateral_features(image, 67.0, 3.0)
+# ---- the lattice -----------------------------------------------------------------------------
+
+
+def _flat_and_photo():
+    _, image = _photo_batch(40, 56, batch=1)
+    flat = torch.full_like(image, 117)
+    return bilateral_features(torch.cat([flat, image, flat]), 67.0, 3.0)
+
+
+LATTICES = {
+    "position": lambda: position_features(2, 96, 128, 1.0, torch.device("cpu")),
+    "bilateral": lambda: bilateral_features(_photo_batch()[1], 67.0, 3.0),
+    "1x1": lambda: bilateral_features(_photo_batch(1, 1, batch=1)[1], 67.0, 3.0),
+    "1xW": lambda: bilateral_features(_photo_batch(1, 257, batch=1)[1], 67.0, 3.0),
+    "Hx1": lambda: bilateral_features(_photo_batch(129, 1, batch=1)[1], 67.0, 3.0),
+    "flat image in a batch": _flat_and_photo,
+    **{f"d={d}": (lambda d=d: torch.randn(2, 700, d) * 2) for d in range(1, 17)},
+}
+
+
+@pytest.mark.parametrize("case", list(LATTICES))
+def test_lattice_equals_cpu_lattice(backend, case):
+    features = LATTICES[case]()
+    expected = build_lattice(features)
+    with backend.active():
+        got = build_lattice(backend.to(features))
     # Same arithmetic (no fused multiply-adds) and the same first-use vertex numbering.
-    _assert_lattices_equal(build_lattice(features), build_lattice(features.to(CUDA)))
+    _assert_lattices_equal(expected, got, backend.device)
 
 
+@needs_gpu
 def test_cuda_features_built_on_the_gpu_give_the_cpu_lattices():
     _, image = _photo_batch()
     cpu_features = [position_features(2, 96, 128, 1.0, torch.device("cpu")), bilateral_features(image, 67.0, 3.0)]
@@ -89,114 +126,296 @@ def test_cuda_features_built_on_the_gpu_give_the_cpu_lattices():
     for cpu, gpu in zip(cpu_features, gpu_features):
         assert gpu.device.type == "cuda"
         assert torch.equal(gpu.cpu(), cpu)  # IEEE division on both
-        _assert_lattices_equal(build_lattice(cpu), build_lattice(gpu))
+        _assert_lattices_equal(build_lattice(cpu), build_lattice(gpu), CUDA)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "too large"])
+def test_features_outside_the_lattice_are_refused_with_the_cpu_message(backend, bad):
+    features = torch.randn(1, 100, 5)
+    features[0, 37, 2] = {"nan": float("nan"), "inf": float("inf"), "too large": 1e7}[bad]
+    with pytest.raises(ValueError) as on_cpu:
+        torch.ops.lightning_deeplab.build_lattice(features)
+    with pytest.raises(ValueError) as on_backend:
+        backend.ops.build_lattice(backend.to(features))
+    assert "not finite or too large" in str(on_cpu.value)
+    assert str(on_backend.value).splitlines()[0] == str(on_cpu.value).splitlines()[0]
+    with backend.active(), pytest.raises(ValueError, match="not finite"):
+        build_lattice(backend.to(features))
+
+
+def test_size_limit_is_the_cpu_one(backend):
+    features = backend.to(torch.zeros(1, 1, 5)).expand(171, 2048 * 1024, 5)
+    with pytest.raises(ValueError, match="overflow int32 indices"):
+        backend.ops.build_lattice(features)
+
+
+# ---- the filter ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("extras", ["none", "scales", "addend", "scales+addend"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_cuda_filter_is_bitwise_the_cpu_filter(dtype, reverse, softmax):
-    features = torch.randn(2, 3000, 5) * 3
-    values = torch.randn(2, 3000, 21, dtype=dtype) * 10
-    scale_in, scale_out = torch.rand(2, 3000, dtype=dtype), torch.rand(2, 3000, dtype=dtype)
-    addend = torch.randn(2, 3000, 21, dtype=dtype) * 30
-    cpu = build_lattice(features).filter(values, reverse, scale_in, scale_out, addend, softmax=softmax)
-    gpu_lattice = build_lattice(features.to(CUDA))
-    gpu = gpu_lattice.filter(
-        values.to(CUDA), reverse, scale_in.to(CUDA), scale_out.to(CUDA), addend.to(CUDA), softmax=softmax
-    ).cpu()
-    if softmax and dtype == torch.float64:
-        torch.testing.assert_close(gpu, cpu, rtol=1e-14, atol=1e-15)  # each side's libm exp: a few ulp
+def test_filter_is_bitwise_the_cpu_filter(backend, dtype, reverse, extras, softmax):
+    features = torch.randn(2, 1500, 5) * 3
+    values = torch.randn(2, 1500, 21, dtype=dtype) * 10
+    scales = (
+        (torch.rand(2, 1500, dtype=dtype), torch.rand(2, 1500, dtype=dtype)) if "scales" in extras else (None, None)
+    )
+    addend = torch.randn(2, 1500, 21, dtype=dtype) * 30 if "addend" in extras else None
+    cpu = build_lattice(features).filter(values, reverse, *scales, addend, softmax=softmax)
+    with backend.active():
+        lattice = build_lattice(backend.to(features))
+        moved = [None if t is None else backend.to(t) for t in (values, *scales, addend)]
+        got = lattice.filter(moved[0], reverse, moved[1], moved[2], moved[3], softmax=softmax)
+    assert got.device.type == backend.device.type and got.dtype == dtype
+    if softmax and dtype == torch.float64 and not backend.emulated:
+        torch.testing.assert_close(got.cpu(), cpu, rtol=1e-14, atol=1e-15)  # each side's libm exp: a few ulp
     else:
-        assert torch.equal(gpu, cpu)
+        assert torch.equal(got.cpu(), cpu)
 
 
-def test_cuda_filter_without_scales_is_bitwise_the_cpu_filter():
-    features = torch.randn(1, 5000, 2)
-    values = torch.rand(1, 5000, 3)
+@pytest.mark.parametrize("channels", [0, 1, 5, 21])
+def test_filter_of_any_channel_count_is_bitwise_the_cpu_filter(backend, channels):
+    features = torch.randn(2, 800, 2)
+    values = torch.rand(2, 800, channels)
     cpu = build_lattice(features).filter(values)
-    assert torch.equal(build_lattice(features.to(CUDA)).filter(values.to(CUDA)).cpu(), cpu)
+    with backend.active():
+        got = build_lattice(backend.to(features)).filter(backend.to(values))
+    assert got.shape == (2, 800, channels)
+    assert torch.equal(got.cpu(), cpu)
 
 
-def test_cuda_mean_field_iterations_are_bitwise_the_cpu_ones():
-    unary, image = _photo_batch()
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_filter_refuses_corrupted_lattice_tables(backend, corruption):
+    table, index, value, message = CORRUPTIONS[corruption]
+    values = backend.to(torch.rand(2, 500, 3))
+    with backend.active():
+        lattice = build_lattice(backend.to(torch.randn(2, 500, 5) * 3))
+        with pytest.raises(ValueError, match=message):
+            backend.ops.lattice_filter(values, *corrupted_tables(lattice, table, index, value), None, None, None, False)
+        # The same table changed in place after it was built (and trusted) is checked again.
+        getattr(lattice, table).view(-1)[index] = value
+        with pytest.raises(ValueError, match=message):
+            lattice.filter(values)
+
+
+# ---- mean field and the whole CRF ------------------------------------------------------------
+
+
+def test_mean_field_iterations_are_bitwise_the_cpu_ones(backend):
+    unary, image = _photo_batch(48, 64)
     kernels = build_kernels(image, normalization="symmetric", dtype=torch.float32, **PARAMS)
     neg_unary = -pixels_last(unary).contiguous()
     q0 = torch.softmax(neg_unary, dim=-1)
     cpu = _fused_iterations(neg_unary, kernels, q0, 5)
-    gpu = _fused_iterations(neg_unary.to(CUDA), _to(kernels, CUDA), q0.to(CUDA), 5)
-    assert torch.equal(gpu.cpu(), cpu)
+    with backend.active():
+        got = _fused_iterations(backend.to(neg_unary), _to(kernels, backend), backend.to(q0), 5)
+    assert torch.equal(got.cpu(), cpu)
 
 
-def test_cuda_crf_matches_cpu_with_gradients():
-    unary, image = _photo_batch()
+def test_crf_layer_matches_cpu_with_gradients(backend):
+    unary, image = _photo_batch(48, 64)
     compat = torch.eye(21) + 0.05
-    crf = DenseCRF(iterations=5, compatibility=compat, trainable=True)
-    crf_gpu = DenseCRF(iterations=5, compatibility=compat, trainable=True).to(CUDA)
-    unary_cpu = unary.clone().requires_grad_(True)
-    unary_gpu = unary.to(CUDA).requires_grad_(True)
-    target = torch.randint(0, 21, (2, 96, 128))
-    q_cpu = crf(unary_cpu, image)
-    q_gpu = crf_gpu(unary_gpu, image.to(CUDA))
-    torch.testing.assert_close(q_gpu.cpu(), q_cpu, rtol=0, atol=1e-5)
-    torch.nn.functional.nll_loss(torch.log(q_cpu), target).backward()
-    torch.nn.functional.nll_loss(torch.log(q_gpu), target.to(CUDA)).backward()
-    torch.testing.assert_close(unary_gpu.grad.cpu(), unary_cpu.grad, rtol=1e-4, atol=1e-5)
-    for name, param in crf.named_parameters():
-        torch.testing.assert_close(dict(crf_gpu.named_parameters())[name].grad.cpu(), param.grad, rtol=1e-4, atol=1e-5)
+    target = torch.randint(0, 21, (2, 48, 64))
+    results = []
+    for on_backend in (False, True):
+        crf = DenseCRF(iterations=5, compatibility=compat, trainable=True)
+        u = unary.clone()
+        if on_backend:
+            crf, u = crf.to(backend.device), backend.to(u)
+        u.requires_grad_(True)
+        with backend.active() if on_backend else contextlib.nullcontext():
+            q = crf(u, backend.to(image) if on_backend else image)
+            torch.nn.functional.nll_loss(torch.log(q), backend.to(target) if on_backend else target).backward()
+        results.append((q, u.grad, {name: p.grad for name, p in crf.named_parameters()}))
+    (q_cpu, grad_cpu, params_cpu), (q_got, grad_got, params_got) = results
+    _assert_crf_equal(q_cpu, q_got, backend)
+    if backend.emulated:
+        assert torch.equal(grad_got, grad_cpu)
+        assert all(torch.equal(params_got[name], grad) for name, grad in params_cpu.items())
+    else:
+        torch.testing.assert_close(grad_got.cpu(), grad_cpu, rtol=1e-4, atol=1e-5)
+        for name, grad in params_cpu.items():
+            torch.testing.assert_close(params_got[name].cpu(), grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("normalization", ["symmetric", "after"])
-def test_cuda_deeplab_crf_matches_cpu_on_a_photo(normalization):
-    unary, image = _photo_batch(375, 500, batch=1)
-    q_cpu = dense_crf(unary, image, normalization=normalization)
-    q_gpu = dense_crf(unary.to(CUDA), image.to(CUDA), normalization=normalization)
-    torch.testing.assert_close(q_gpu.cpu(), q_cpu, rtol=0, atol=1e-5)
+def test_deeplab_crf_matches_cpu_on_a_photo(backend, normalization):
+    height, width = (64, 96) if backend.emulated else (375, 500)
+    unary, image = _photo_batch(height, width, batch=1)
+    expected = dense_crf(unary, image, normalization=normalization)
+    with backend.active():
+        got = dense_crf(backend.to(unary), backend.to(image), normalization=normalization)
+    _assert_crf_equal(expected, got, backend)
 
 
-def _padded_513(classes=21):
-    # A 321x400 photo padded to 513x513 with the mean colour, as DeepLab evaluates: one flat
-    # region of 150 thousand pixels, whose vertices get the longest splat lists.
-    unary, image = _photo_batch(321, 400, classes=classes, batch=1)
-    padded_image = torch.full((1, 3, 513, 513), 117, dtype=torch.uint8)
-    padded_image[..., :321, :400] = image
-    padded_unary = torch.zeros(1, classes, 513, 513)
-    padded_unary[..., :321, :400] = unary
+def test_pydensecrf_api_matches_cpu(backend):
+    height, width, classes = 40, 56, 5
+    image = photo("chelsea", height, width)
+    probs = noisy_probs(1, classes, height, width, seed=3)[0].numpy()
+
+    def readme_usage(device):
+        d = dcrf.DenseCRF2D(width, height, classes, device=device)
+        d.setUnaryEnergy(np.ascontiguousarray(-np.log(probs).reshape(classes, -1)))
+        d.addPairwiseGaussian(sxy=3, compat=3)
+        d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=image, compat=10)
+        return d.inference(5)
+
+    expected = readme_usage("cpu")
+    with backend.active():
+        got = readme_usage(backend.device)
+    if backend.emulated:
+        assert np.array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def _padded(height, width, size, classes=21):
+    # A photo padded with the mean colour, as DeepLab evaluates: one flat region of many
+    # pixels, whose vertices get the longest splat lists.
+    unary, image = _photo_batch(height, width, classes=classes, batch=1)
+    padded_image = torch.full((1, 3, size, size), 117, dtype=torch.uint8)
+    padded_image[..., :height, :width] = image
+    padded_unary = torch.zeros(1, classes, size, size)
+    padded_unary[..., :height, :width] = unary
     return padded_unary, padded_image
 
 
-def _flat(height=300, width=400, classes=5):
+def _flat(height, width, classes=5):
     unary = unary_from_softmax(noisy_probs(1, classes, height, width, seed=1))
     return unary, torch.full((1, 3, height, width), 90, dtype=torch.uint8)
 
 
+# name: (GPU case, emulated case); the emulated cases stay about 100x100 and below.
 SHAPES = {
-    "1x1": lambda: _photo_batch(1, 1, classes=3, batch=1),
-    "1xW": lambda: _photo_batch(1, 257, classes=4, batch=1),
-    "Hx1": lambda: _photo_batch(129, 1, classes=4, batch=1),
-    "padded-513x513": _padded_513,
-    "flat": _flat,
-    "2048x1024x19": lambda: _photo_batch(1024, 2048, classes=19, batch=1),
+    "1x1": (lambda: _photo_batch(1, 1, classes=3, batch=1),) * 2,
+    "1xW": (lambda: _photo_batch(1, 257, classes=4, batch=1),) * 2,
+    "Hx1": (lambda: _photo_batch(129, 1, classes=4, batch=1),) * 2,
+    "padded": (lambda: _padded(321, 400, 513), lambda: _padded(60, 75, 97)),
+    "flat": (lambda: _flat(300, 400), lambda: _flat(70, 90)),
+    "large": (
+        lambda: _photo_batch(1024, 2048, classes=19, batch=1),
+        lambda: _photo_batch(90, 110, classes=19, batch=1),
+    ),
 }
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_cuda_shapes_match_cpu(shape):
-    unary, image = SHAPES[shape]()
+def test_shapes_match_cpu(backend, shape):
+    unary, image = SHAPES[shape][backend.emulated]()
     kernels = build_kernels(image, normalization="symmetric", dtype=torch.float32, **PARAMS)
-    gpu_kernels = build_kernels(image.to(CUDA), normalization="symmetric", dtype=torch.float32, **PARAMS)
-    for cpu_kernel, gpu_kernel in zip(kernels, gpu_kernels):
-        _assert_lattices_equal(cpu_kernel.lattice, gpu_kernel.lattice)
     neg_unary = -pixels_last(unary).contiguous()
     q0 = torch.softmax(neg_unary, dim=-1)
     cpu = _fused_iterations(neg_unary, kernels, q0, 2)
-    gpu = _fused_iterations(neg_unary.to(CUDA), _to(kernels, CUDA), q0.to(CUDA), 2)
-    assert torch.equal(gpu.cpu(), cpu)
-    q_gpu = dense_crf(unary.to(CUDA), image.to(CUDA), iterations=3, **PARAMS)
-    q_cpu = dense_crf(unary, image, iterations=3, **PARAMS)
-    torch.testing.assert_close(q_gpu.cpu(), q_cpu, rtol=0, atol=1e-5)
+    expected = dense_crf(unary, image, iterations=3, **PARAMS)
+    with backend.active():
+        moved_kernels = build_kernels(backend.to(image), normalization="symmetric", dtype=torch.float32, **PARAMS)
+        for cpu_kernel, kernel in zip(kernels, moved_kernels):
+            _assert_lattices_equal(cpu_kernel.lattice, kernel.lattice, backend.device)
+        got = _fused_iterations(backend.to(neg_unary), _to(kernels, backend), backend.to(q0), 2)
+        q = dense_crf(backend.to(unary), backend.to(image), iterations=3, **PARAMS)
+    assert torch.equal(got.cpu(), cpu)
+    _assert_crf_equal(expected, q, backend)
 
 
+def test_refuses_nan_unary(backend):
+    unary, image = _photo_batch(8, 8, classes=3, batch=1)
+    unary[0, 1, 2, 3] = float("nan")
+    # On CUDA the value checks read back to the host, so they run when asked for.
+    with backend.active(), pytest.raises(ValueError, match="unary contains NaN or Inf"):
+        dense_crf(backend.to(unary), backend.to(image), check_values=True)
+
+
+def test_float64_gradcheck(backend):
+    unary, image = _photo_batch(5, 6, classes=3, batch=1)
+    unary = backend.to(unary.double()).requires_grad_(True)
+    with backend.active():
+        assert torch.autograd.gradcheck(
+            lambda u: dense_crf(u, backend.to(image), iterations=3, bi_xy_std=5.0, bi_rgb_std=20.0), (unary,)
+        )
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_filter_gradcheck(backend, softmax):
+    features = backend.to(torch.randn(1, 30, 3))
+    scale_in, scale_out = (backend.to(torch.rand(1, 30, dtype=torch.float64) + 0.5) for _ in range(2))
+    values = backend.to(torch.randn(1, 30, 4, dtype=torch.float64)).requires_grad_(True)
+    addend = backend.to(torch.randn(1, 30, 4, dtype=torch.float64)).requires_grad_(True)
+    with backend.active():
+        lattice = build_lattice(features)
+        for reverse in (False, True):
+            assert torch.autograd.gradcheck(
+                lambda v, a: lattice.filter(v, reverse, scale_in, scale_out, a, softmax=softmax), (values, addend)
+            )
+
+
+def test_opcheck(backend):
+    features = backend.to(torch.randn(2, 60, 3))
+    torch.library.opcheck(backend.ops.build_lattice.default, (features,))
+    lattice = backend.ops.build_lattice(features)
+    values = backend.to(torch.rand(2, 60, 4)).requires_grad_(True)
+    scale = backend.to(torch.rand(2, 60))
+    torch.library.opcheck(backend.ops.lattice_filter.default, (values, *lattice[:6], scale, scale, None, False))
+
+
+# ---- the emulation itself --------------------------------------------------------------------
+
+WORKERS_AND_SEEDS = [(1, 0), (2, 1), (4, 7), (3, 12345)]
+
+
+@pytest.fixture
+def emulation_settings(emulated_operators):
+    yield emulated_operators.configure
+    emulated_operators.configure(1, 0)
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("workers, seed", WORKERS_AND_SEEDS)
+def test_emulated_results_do_not_depend_on_block_order_or_workers(emulation_settings, workers, seed):
+    # The kernels may not depend on the order of blocks and threads, nor on what runs at once.
+    backend = Backend("emulated")
+    unary, image = _photo_batch(40, 56, classes=5)
+    features = bilateral_features(image, 67.0, 3.0)
+    values = torch.randn(2, 40 * 56, 5)
+    expected_lattice = build_lattice(features)
+    expected_filter = expected_lattice.filter(values, softmax=True)
+    expected_crf = dense_crf(unary, image, iterations=3)
+    emulation_settings(workers, seed)
+    with backend.active():
+        lattice = build_lattice(features)
+        _assert_lattices_equal(expected_lattice, lattice, backend.device)
+        assert torch.equal(lattice.filter(values, softmax=True), expected_filter)
+        assert torch.equal(dense_crf(unary, image, iterations=3), expected_crf)
+
+
+@pytest.mark.emulated
+def test_emulated_launch_refuses_grids_the_runtime_cannot_hold(emulated_operators):
+    invalid_configuration = 9  # cudaErrorInvalidConfiguration
+    launch = emulated_operators.launch_empty
+    assert launch(1) == 0 and launch(256) == 0 and launch(257 * 256 + 1) == 0
+    assert launch(0) == invalid_configuration
+    assert launch(-5) == invalid_configuration
+    # 2^31 blocks of 256 threads: one block past the runtime's grid; a cast to unsigned int
+    # would have wrapped larger grids into small ones that skip work.
+    assert launch((2**31 - 1) * 256 + 1) == invalid_configuration
+    assert launch(2**32 * 256 + 1) == invalid_configuration
+    assert launch(2**63 - 1) == invalid_configuration
+
+
+@pytest.mark.emulated
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm")
+def test_emulated_library_exports_no_symbol(emulated_operators):
+    # Nothing in it can bind to (or be bound by) a CUDA build of lightning_deeplab._C.
+    library = emulation_build.build("library", os.environ.get("LIGHTNING_DEEPLAB_EMULATION_SANITIZE", ""))
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
+    assert symbols.stdout.strip() == ""
+
+
+# ---- what only a GPU shows -------------------------------------------------------------------
+
+
+@needs_gpu
 def test_cuda_two_runs_are_bitwise_identical():
     unary, image = _photo_batch(200, 300, batch=2)
     unary, image = unary.to(CUDA), image.to(CUDA)
@@ -209,6 +428,7 @@ def test_cuda_two_runs_are_bitwise_identical():
         assert torch.equal(a, b), name
 
 
+@needs_gpu
 def test_cuda_runs_on_a_side_stream_while_the_default_stream_is_busy():
     unary, image = _photo_batch(120, 160, batch=2)
     expected = dense_crf(unary.to(CUDA), image.to(CUDA), **PARAMS)
@@ -227,6 +447,7 @@ def test_cuda_runs_on_a_side_stream_while_the_default_stream_is_busy():
     torch.cuda.synchronize()
 
 
+@needs_gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA device")
 def test_cuda_tensors_on_the_second_device():
     unary, image = _photo_batch(64, 80, batch=2)
@@ -237,28 +458,7 @@ def test_cuda_tensors_on_the_second_device():
     assert torch.equal(q.cpu(), expected.cpu())
 
 
-def test_cuda_refuses_nan_features():
-    features = torch.randn(1, 100, 5, device=CUDA)
-    features[0, 37, 2] = float("nan")
-    with pytest.raises(ValueError, match="not finite"):
-        build_lattice(features)
-    with pytest.raises(ValueError, match="not finite"):
-        torch.ops.lightning_deeplab.build_lattice(features)
-
-
-def test_cuda_refuses_nan_unary():
-    unary, image = _photo_batch(8, 8, classes=3, batch=1)
-    unary[0, 1, 2, 3] = float("nan")
-    with pytest.raises(ValueError, match="finite"):
-        dense_crf(unary.to(CUDA), image.to(CUDA))
-
-
-def test_cuda_size_limit_is_the_cpu_one():
-    features = torch.zeros(1, 1, 5, device=CUDA).expand(171, 2048 * 1024, 5)
-    with pytest.raises(ValueError, match="overflow int32 indices"):
-        torch.ops.lightning_deeplab.build_lattice(features)
-
-
+@needs_gpu
 @pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 120 * 2**30,
     reason="needs a GPU with 120 GiB",
@@ -283,6 +483,7 @@ def test_cuda_hash_table_beyond_two_to_the_31_slots():
     torch.cuda.empty_cache()
 
 
+@needs_gpu
 def test_cuda_mean_field_loop_replays_in_a_cuda_graph():
     # The lattice build sizes its outputs by the vertex count (one host sync), so it stays
     # outside; the normalisation and every iteration after it are captured.
@@ -316,6 +517,7 @@ def test_cuda_mean_field_loop_replays_in_a_cuda_graph():
     assert torch.equal(captured, expected)
 
 
+@needs_gpu
 def test_cuda_iterations_do_not_synchronize():
     unary, image = _photo_batch(64, 80, batch=2)
     unary, image = unary.to(CUDA), image.to(CUDA)
@@ -333,25 +535,7 @@ def test_cuda_iterations_do_not_synchronize():
     assert q.shape == neg_unary.shape
 
 
-def test_cuda_float64_gradcheck():
-    unary, image = _photo_batch(5, 6, classes=3, batch=1)
-    unary = unary.double().to(CUDA).requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda u: dense_crf(u, image.to(CUDA), iterations=3, bi_xy_std=5.0, bi_rgb_std=20.0), (unary,)
-    )
-
-
-def test_cuda_opcheck():
-    features = torch.randn(2, 60, 3, device=CUDA)
-    torch.library.opcheck(torch.ops.lightning_deeplab.build_lattice.default, (features,))
-    lattice = build_lattice(features)
-    values = torch.rand(2, 60, 4, device=CUDA, requires_grad=True)
-    scale = torch.rand(2, 60, device=CUDA)
-    torch.library.opcheck(
-        torch.ops.lightning_deeplab.lattice_filter.default, (values, *lattice[:6], scale, scale, None, False)
-    )
-
-
+@needs_gpu
 def test_cuda_refuses_mixed_devices():
     unary, image = _photo_batch(8, 8, classes=3, batch=1)
     with pytest.raises(ValueError, match="unary is on cuda:0 but image is on cpu"):
@@ -379,6 +563,7 @@ def _sanitizer():
     return shutil.which("compute-sanitizer") or (bundled if os.path.isfile(bundled) else None)
 
 
+@needs_gpu
 @pytest.mark.skipif(_sanitizer() is None, reason="compute-sanitizer is neither on PATH nor in $CUDA_HOME/bin")
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
 def test_cuda_compute_sanitizer(tool):

@@ -1,0 +1,3 @@
+// Stands in for the CUDA runtime header when the CUDA sources compile for the host emulation.
+#pragma once
+#include "../cuda_emulation.h"
