@@ -44,13 +44,14 @@ test: install
 
 # The CUDA kernels and their host code, compiled as C++ over tests/cuda_emulation and run on
 # the CPU: the emulated tests inside Python under AddressSanitizer and UBSan (their runtimes
-# preloaded; any report ends the run), then a standalone driver on several threads under
-# ThreadSanitizer. Each build is redone only when a source changed.
+# preloaded; any report ends the run, and --capture=sys leaves it on the terminal), then a
+# standalone driver on several threads under ThreadSanitizer. Each build is redone only when a
+# source changed.
 SANITIZER_RUNTIMES = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libubsan.so)
 test-cuda-emulated: install
 	LIGHTNING_DEEPLAB_EMULATION_SANITIZE=address,undefined LD_PRELOAD="$(SANITIZER_RUNTIMES)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	    $(PY) -m pytest -q -p no:cacheprovider -m emulated tests/crf
+	    $(PY) -m pytest -q -p no:cacheprovider --capture=sys -m emulated tests/crf
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(PY) tests/cuda_emulation/build.py tsan-driver --run
 
 bench: install

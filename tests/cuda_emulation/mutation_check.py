@@ -77,6 +77,12 @@ MUTATIONS = {
         "  if (i == E - 1) splat_ptr[M] = static_cast<int32_t>(E - 1);",
         "a wrong constant",
     ),
+    "signed overflow": (
+        f"{CUDA}/build_lattice_cuda.cu",
+        "  splat_pixel[i] = e / (d + 1);",
+        "  splat_pixel[i] = e * 65536 * 65536 / (d + 1) + e / (d + 1);",
+        "undefined behaviour",
+    ),
     "vertex count": (
         f"{CUDA}/build_lattice_cuda.cu",
         "  vertex_counts[b] = end - start;",
@@ -188,7 +194,9 @@ def run_check() -> tuple[bool, str, float]:
         if marker in output:
             return True, what, seconds
     failed = [line.split(" - ")[0] for line in output.splitlines() if line.startswith("FAILED ")]
-    return True, f"the tests ({failed[0].removeprefix('FAILED ')})" if failed else "make", seconds
+    if failed:
+        return True, f"the tests ({failed[0].removeprefix('FAILED ')})", seconds
+    return True, "make, ending with:\n    " + "\n    ".join(output.strip().splitlines()[-6:]), seconds
 
 
 def main(argv: list[str] | None = None) -> int:
