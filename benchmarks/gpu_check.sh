@@ -139,9 +139,9 @@ fi
 
 # ---- 4. CRF benchmark ----------------------------------------------------------------------
 if [[ $DRY == 1 ]]; then
-    step crf_benchmark 120 $PY benchmarks/crf.py --sizes 64x48x5 --repeats 1 --ref-repeats 1 --no-cuda
+    step crf_benchmark 120 $PY benchmarks/crf.py --sizes 64x48x5 --repeats 1 --memory-sizes 64x48x5 --no-cuda
 else
-    step crf_benchmark 120 $PY benchmarks/crf.py --repeats 3 --ref-repeats 1
+    step crf_benchmark 120 $PY benchmarks/crf.py --repeats 3
 fi
 # A batch of 8 (build and iterations timed apart, peak memory) and the time per kernel of one
 # 500x375x21 call, from the profiler: where the next speed-up step starts.

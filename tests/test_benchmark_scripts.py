@@ -5,6 +5,9 @@ this only keeps them from rotting when the code they import changes."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,3 +59,23 @@ def test_pydensecrf_api_benchmark_runs_and_agrees_with_pydensecrf(monkeypatch, c
         # max abs diff against pydensecrf2, then the share of pixels with the same argmax
         assert float(cells[4]) < 1e-4, row
         assert cells[5] == "100.0000%", row
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_passes_every_step(tmp_path):
+    # The script a GPU machine runs once, in a few minutes, with no chance to fix it there: its
+    # CPU dry run takes every step that does not need the GPU, on tiny inputs.
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path))
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--cpu-dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["dry_run"] is True
+    assert report["failed_steps"] == [], (tmp_path / "gpu_check.log").read_text()[-4000:]
+    ran = {step["step"] for step in report["steps"] if step.get("rc") == 0}
+    assert {"cuda_tests", "crf_benchmark", "crf_batch", "train_throughput", "fit", "validate_crf_true"} <= ran
