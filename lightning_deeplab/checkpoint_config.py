@@ -7,6 +7,8 @@ from __future__ import annotations
 import glob
 import math
 import os
+import pickle
+import zipfile
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -29,6 +31,55 @@ class CheckpointConfigError(ValueError):
 
 class MissingCheckpoint(CheckpointConfigError, FileNotFoundError):
     """A ``--ckpt_path`` that names no file."""
+
+
+class DamagedCheckpoint(CheckpointConfigError):
+    """A checkpoint file that is empty, truncated, damaged or not a checkpoint of this project."""
+
+
+#: Where the weights of a DeepLabV2Module live in its state dict.
+MODULE_STATE_PREFIX = "model."
+
+
+def read_checkpoint(path: str, option: str = "--ckpt_path") -> dict[str, Any]:
+    """The content of a lightning-deeplab checkpoint file, tensors memory-mapped (nothing is
+    copied into memory until it is used); :class:`DamagedCheckpoint` naming ``option`` and the
+    file when it is empty, truncated, damaged, not a torch.save archive, not a Lightning
+    checkpoint or not one of a DeepLabV2Module."""
+
+    def damaged(problem: str) -> DamagedCheckpoint:
+        return DamagedCheckpoint(f"{option} {path}: {problem}")
+
+    size = os.path.getsize(path)
+    if size == 0:
+        raise damaged("the file is empty (0 bytes): a copy or a save that never finished")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"
+        if zip_start:
+            raise damaged(f"the file is truncated or damaged ({size} bytes, its archive has no end)")
+        raise damaged(f"not a checkpoint: not an archive written by torch.save ({size} bytes)")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise damaged(
+            f"not a lightning-deeplab checkpoint: it holds Python objects beyond tensors and plain values ({str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+        raise damaged(
+            f"the file is damaged ({size} bytes; torch could not read it: {str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from err
+    state = content.get("state_dict") if isinstance(content, dict) else None
+    if not isinstance(state, Mapping):
+        raise damaged(
+            "not a Lightning checkpoint: it holds no state_dict (network weights alone, as convert-caffe "
+            "writes them, are initial weights: --model.pretrained)"
+        )
+    if state and not any(str(key).startswith(MODULE_STATE_PREFIX) for key in state):
+        raise damaged(
+            f"not a lightning-deeplab checkpoint: its weights ({next(iter(state))!r}, ...) are not a DeepLabV2Module's"
+        )
+    return content
 
 
 def resolve_ckpt_path(ckpt_path: Optional[str], root_dir: str) -> Optional[str]:
@@ -59,7 +110,7 @@ def resolve_ckpt_path(ckpt_path: Optional[str], root_dir: str) -> Optional[str]:
 def _saved_score(path: str) -> float:
     """The monitored score the checkpoint callback (ModelCheckpoint or a subclass) saved into
     ``path`` (-inf when it holds none)."""
-    callbacks = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    callbacks = read_checkpoint(path, "--ckpt_path best").get("callbacks", {})
     for key, state in callbacks.items():
         # state keys are "<class name>{<its settings>}"
         if str(key).split("{")[0].endswith("Checkpoint") and state.get("current_score") is not None:
@@ -68,10 +119,10 @@ def _saved_score(path: str) -> float:
     return -math.inf
 
 
-def saved_model_config(ckpt_path: str) -> Optional[dict[str, Any]]:
-    """The ``class_path``/``init_args`` of the network a checkpoint was trained with, if saved."""
-    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
-    model = hparams.get("model")
+def saved_model_config(checkpoint: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """The ``class_path``/``init_args`` of the network a checkpoint (`read_checkpoint`'s content)
+    was trained with, if saved."""
+    model = (checkpoint.get("hyper_parameters") or {}).get("model")
     if isinstance(model, Mapping) and "class_path" in model:
         return {"class_path": model["class_path"], "init_args": dict(model.get("init_args") or {})}
     return None

@@ -20,23 +20,29 @@ from pytorch_lightning.callbacks import (
     ThroughputMonitor,
 )
 from jsonargparse import DefaultHelpFormatter, Namespace
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.plugins.io import CheckpointIO
 
+from . import run_folder
 from .checkpoint_config import (
     CHECKPOINT_DIR,
     CheckpointConfigError,
+    DamagedCheckpoint,
     MissingCheckpoint,
     merge_architecture,
+    read_checkpoint,
     resolve_ckpt_path,
     saved_model_config,
 )
 from .checkpointing import (
-    DEFAULT_CHECKPOINT_EVERY_N_STEPS, DeepLabCheckpoint, exit_code_of, read_wandb_run_id,
+    DEFAULT_CHECKPOINT_EVERY_N_STEPS, AtomicCheckpointIO, DeepLabCheckpoint, exit_code_of, saved_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
 from .command import command_list, main
 from .data import SegmentationDataModule
-from .loggers import default_logger
+from .fileio import atomic_output
+from .launch_check import check_launch, first_process
+from .loggers import QuietShutdownOnFullDisk, default_logger
 from .module import DeepLabV2Module
 from .predict import SegmentationWriter
 from .progress import StepProgressBar
@@ -56,6 +62,23 @@ HELP_DESCRIPTION = (
 
 class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """jsonargparse's help, with the description's line breaks kept (the command list)."""
+
+
+class DurableSaveConfigCallback(SaveConfigCallback):
+    """LightningCLI's `config.yaml` of the run, written whole or not at all and flushed to the
+    disk (Lightning's writes it in place). It is rewritten by every fit of the run folder, as
+    with ``overwrite=True``."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # on every rank: it broadcasts the folder
+        if trainer.is_global_zero:
+            text = self.parser.dump(self.config, skip_none=False)
+            with atomic_output(os.path.join(log_dir, self.config_filename), "w", durable=True) as handle:
+                handle.write(text)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:
@@ -111,6 +134,10 @@ class DeepLabCLI(LightningCLI):
 
     def __init__(self, *args: Any, ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
         self.ckpt_path = ckpt_path
+        self._saved_model: Optional[dict[str, Any]] = None
+        self._saved_run_id: Optional[str] = None
+        self._run_folder: Optional[run_folder.RunFolderClaim] = None
+        kwargs.setdefault("save_config_callback", DurableSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
         kwargs["parser_kwargs"] = {
@@ -188,19 +215,35 @@ class DeepLabCLI(LightningCLI):
         ckpt_path = section.get("ckpt_path") if subcommand else self.ckpt_path
         try:
             ckpt_path = resolve_ckpt_path(ckpt_path, root_dir)
-            saved = saved_model_config(ckpt_path) if ckpt_path and os.path.isfile(ckpt_path) else None
+            # read once, before the data and the logger: only what the run needs is kept
+            checkpoint = read_checkpoint(ckpt_path) if ckpt_path and os.path.isfile(ckpt_path) else None
+            saved = saved_model_config(checkpoint) if checkpoint is not None else None
             if saved is not None:
                 given_model = given.get("model.model") if given is not None else None
                 given_model = given_model.as_dict() if isinstance(given_model, Namespace) else given_model
                 merge_architecture(section.model.model, given_model, saved, ckpt_path)
-        except MissingCheckpoint:
-            raise  # a missing file: the command's one-line error, before data and logger
+        except (MissingCheckpoint, DamagedCheckpoint):
+            raise  # a missing or damaged file: the command's one-line error, before data and logger
         except CheckpointConfigError as err:
             self.parser.error(str(err))
         if subcommand:
             section.ckpt_path = ckpt_path
         self.ckpt_path = ckpt_path
         self._saved_model = saved
+        self._saved_run_id = saved_wandb_run_id(checkpoint) if checkpoint is not None else None
+
+    def before_instantiate_classes(self) -> None:
+        """fit: claims the run folder before anything is written into it (`run_folder`): no other
+        live fit holds it, and a fit that does not resume finds no earlier run's checkpoints."""
+        if self.subcommand != "fit" or not first_process():
+            return
+        section = self.config["fit"]
+        root = section.get("trainer.default_root_dir") or os.getcwd()
+        self._run_folder = run_folder.claim(
+            root, os.path.join(root, CHECKPOINT_DIR), resuming=section.get("ckpt_path") is not None
+        )
+        for notice in self._run_folder.notices:
+            print(f"notice: {notice}", file=sys.stderr)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -216,6 +259,10 @@ class DeepLabCLI(LightningCLI):
         root_dir = config.get("default_root_dir") or os.getcwd()
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_logger(root_dir, run_id=self._resumed_wandb_run_id())
+        # checkpoints written whole or not at all, unless the configuration brings its own writer
+        plugins = _as_list(config.get("plugins"))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = plugins + [AtomicCheckpointIO()]
         callbacks = _as_list(config.get("callbacks"))
         val_check_batches = validation_interval_in_batches(config)
         if val_check_batches is not None:
@@ -229,18 +276,19 @@ class DeepLabCLI(LightningCLI):
                 kwargs["callbacks"].append(StepProgressBar())
         elif self.subcommand == "predict":
             kwargs["callbacks"] = self._prediction_writer(callbacks)
-        return super().instantiate_trainer(**kwargs)
+        kwargs["callbacks"] = kwargs.get("callbacks", callbacks) + [QuietShutdownOnFullDisk()]
+        trainer = super().instantiate_trainer(**kwargs)
+        check_launch(trainer.num_devices, trainer.num_nodes)  # before a mismatched launch hangs
+        return trainer
 
     def _resumed_wandb_run_id(self) -> Optional[str]:
         """A fit resumed from a checkpoint goes on logging into the wandb run that wrote it."""
-        if self.subcommand != "fit":
-            return None
-        # `best` and `last` were resolved to files by `_parse_ckpt_path`
-        return read_wandb_run_id(self.ckpt_path) if isinstance(self.ckpt_path, str) else None
+        return self._saved_run_id if self.subcommand == "fit" else None
 
     def fit(self, **kwargs: Any) -> Any:
         """`deeplab fit`: a run stopped by SIGTERM (checkpoint saved) exits with status 143, not
-        with the status 0 of Lightning's `SIGTERMException`."""
+        with the status 0 of Lightning's `SIGTERMException`; the run folder is released however
+        the fit ends."""
         try:
             return self.trainer.fit(**kwargs)
         except SystemExit as stop:
@@ -248,6 +296,9 @@ class DeepLabCLI(LightningCLI):
             if code is None:
                 raise
             raise SystemExit(code) from stop
+        finally:
+            if self._run_folder is not None:
+                self._run_folder.release()
 
     def predict(self, **kwargs: Any) -> Any:
         """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from importlib import import_module
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 #: The Trainer's commands, run by the LightningCLI: name -> one-line description.
 TRAINER_COMMANDS: dict[str, str] = {
@@ -63,17 +63,23 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, TypeError, MisconfigurationException)
 
 
-def _run_trainer_command(argv: list[str], from_sys_argv: bool) -> int:
-    from .cli import DeepLabCLI
-
-    # parse errors, --help and a SIGTERM'd fit (143) leave as SystemExit with their status
+def _reporting_user_errors(run: Callable[[], int]) -> int:
+    """``run()``'s status; a user error it raises becomes one ``error:`` line and status 2 (the
+    traceback with DEEPLAB_TRACEBACK=1). Parse errors, --help and a SIGTERM'd fit (143) leave as
+    SystemExit with their status."""
     try:
-        DeepLabCLI(args=None if from_sys_argv else argv)
-    except _user_error_types() as error:
-        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        return run()
+    except Exception as error:
+        if not isinstance(error, _user_error_types()) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
+
+
+def _run_trainer_command(argv: list[str], from_sys_argv: bool) -> int:
+    from .cli import DeepLabCLI
+
+    DeepLabCLI(args=None if from_sys_argv else argv)
     return 0
 
 
@@ -88,10 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if args else USAGE_ERROR
     name = args[0]
     if name in EXTRA_COMMANDS:
-        return int(import_module(EXTRA_COMMANDS[name][0]).main(args[1:]) or 0)
+        return _reporting_user_errors(lambda: int(import_module(EXTRA_COMMANDS[name][0]).main(args[1:]) or 0))
     if name in TRAINER_COMMANDS or name.startswith("-"):
         # options before the command (e.g. --config) are LightningCLI's to parse
-        return _run_trainer_command(args, from_sys_argv)
+        return _reporting_user_errors(lambda: _run_trainer_command(args, from_sys_argv))
     print(usage(), file=sys.stderr)
     print(
         f"error: unknown command {name!r} (one of: {', '.join([*TRAINER_COMMANDS, *EXTRA_COMMANDS])})", file=sys.stderr

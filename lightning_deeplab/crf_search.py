@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoint_config import read_checkpoint
 from .constants import IGNORE_INDEX
 from .devices import DEVICE_HELP, resolve_device
 from .fileio import write_json
@@ -210,9 +211,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_weights(module: Any, path: str) -> None:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+    checkpoint = read_checkpoint(path)
     module.on_load_checkpoint(checkpoint)  # as Lightning does: learned CRF values reconciled
     module.load_state_dict(checkpoint["state_dict"])
 

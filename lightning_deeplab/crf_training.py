@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint_config import read_checkpoint
 from .constants import IGNORE_INDEX
 from .crf import DenseCRF, unary_from_softmax
 from .viz import image_to_uint8
@@ -175,12 +176,8 @@ def crf_parameter_group(crf: nn.Module, train_with_crf: bool, lr: float) -> Opti
 def learned_crf_values(ckpt_path: str) -> dict[str, Tensor]:
     """The CRF values a checkpoint learned (``pos_w``, ``bi_w``, ``compatibility``, those it has),
     for a CRF built outside the LightningModule (``deeplab crf --ckpt``)."""
-    try:
-        content = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except (OSError, RuntimeError, ValueError) as err:
-        raise ValueError(f"--ckpt {ckpt_path}: not a readable checkpoint ({err})") from err
-    state = content.get("state_dict") if isinstance(content, dict) else None
-    learned = {key[len(CRF_PREFIX) :]: value for key, value in (state or {}).items() if key.startswith(CRF_PREFIX)}
+    state = read_checkpoint(ckpt_path, "--ckpt")["state_dict"]
+    learned = {key[len(CRF_PREFIX) :]: value for key, value in state.items() if key.startswith(CRF_PREFIX)}
     if not learned:
         raise ValueError(
             f"--ckpt {ckpt_path} holds no learned CRF values (it was not trained with train_with_crf and a "

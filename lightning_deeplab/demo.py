@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
+from .checkpoint_config import CHECKPOINT_DIR, LAST_NAME
 from .cli import DeepLabCLI
 from .evaluation import format_scores_table
 from .fileio import atomic_output, write_json
@@ -101,6 +102,10 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
         config = shipped_config(config)
     start = time.perf_counter()
     args = ["fit", "--config", config, "--trainer.default_root_dir", output, *(extra_args or [])]
+    if os.path.isfile(os.path.join(output, CHECKPOINT_DIR, LAST_NAME)) and "--ckpt_path" not in args:
+        # a run folder holds one run: an earlier demo's run goes on (or, finished, is re-scored)
+        print(f"resuming the earlier demo run in {output} (--ckpt_path last)")
+        args += ["--ckpt_path", "last"]
     cli = DeepLabCLI(args=args)
     train_seconds = time.perf_counter() - start
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
+import pytorch_lightning as pl
+from pytorch_lightning import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from .fileio import disk_full_code
 
 WANDB_PROJECT = "lightning-deeplab"
 
@@ -36,3 +42,20 @@ def default_logger(save_dir: str, name: str | None = None, run_id: str | None = 
     os.makedirs(save_dir, exist_ok=True)
     resume = {"id": run_id, "resume": "allow"} if run_id else {}
     return WandbLogger(project=WANDB_PROJECT, name=name, save_dir=save_dir, offline=offline, **resume)
+
+
+class QuietShutdownOnFullDisk(Callback):
+    """A run stopped by a full disk ends with its one error line: the wandb run is finished
+    quietly here (its exit handler would otherwise print sync hints and the tracebacks of its own
+    failed writes to the same disk), and the logging module no longer prints tracebacks of
+    handlers that cannot write."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if disk_full_code(exception) is None:
+            return
+        logging.raiseExceptions = False  # the process is ending: a log file that cannot grow stays quiet
+        if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+            import wandb
+
+            with contextlib.suppress(Exception):
+                wandb.finish(exit_code=1, quiet=True)

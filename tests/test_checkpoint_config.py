@@ -4,6 +4,7 @@ the configuration does not say it, contradictions are errors; best/last resolve 
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_deeplab.checkpoint_config import CheckpointConfigError, resolve_ckpt_path
+from lightning_deeplab.checkpoint_config import (
+    CheckpointConfigError,
+    DamagedCheckpoint,
+    read_checkpoint,
+    resolve_ckpt_path,
+)
 from lightning_deeplab.cli import DeepLabCLI, main
 from tiny_run import save_untrained_checkpoint, tiny_args
 
@@ -134,7 +140,33 @@ def test_best_is_the_highest_saved_score(tmp_path):
     folder.mkdir()
     for step, score in ((100, 0.4), (200, 0.6), (300, 0.5)):
         state = {"ModelCheckpoint{'monitor': 'val/mIoU'}": {"current_score": torch.tensor(score)}}
-        torch.save({"callbacks": state}, folder / f"best-step{step}.ckpt")
+        torch.save({"state_dict": {"model.w": torch.zeros(1)}, "callbacks": state}, folder / f"best-step{step}.ckpt")
     assert resolve_ckpt_path("best", str(tmp_path)) == str(folder / "best-step200.ckpt")
     with pytest.raises(CheckpointConfigError, match="no-such.ckpt"):
         resolve_ckpt_path(str(tmp_path / "no-such.ckpt"), str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ({"state_dict": {"model.backbone.w": torch.zeros(2)}, "global_step": 3}, None),
+        ({"model.backbone.w": torch.zeros(2)}, r"holds no state_dict \(network weights alone.*--model.pretrained\)"),
+        (
+            {"state_dict": {"encoder.w": torch.zeros(2)}},
+            r"its weights \('encoder.w', ...\) are not a DeepLabV2Module's",
+        ),
+        (
+            {"state_dict": {"model.w": torch.zeros(2)}, "config": argparse.Namespace(lr=1)},
+            "Python objects beyond tensors",
+        ),
+        ([1, 2, 3], "holds no state_dict"),
+    ],
+)
+def test_foreign_files_given_as_checkpoints_are_named_with_what_they_are(tmp_path, content, problem):
+    path = tmp_path / "given.ckpt"
+    torch.save(content, path)
+    if problem is None:
+        assert read_checkpoint(str(path))["global_step"] == 3
+    else:
+        with pytest.raises(DamagedCheckpoint, match=rf"^--ckpt_path {path}: .*{problem}"):
+            read_checkpoint(str(path))

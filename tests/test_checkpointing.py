@@ -99,6 +99,44 @@ def test_a_resume_after_sigterm_mid_epoch_ends_like_an_uninterrupted_run(data_ro
         assert last["global_step"] == 6 and "val/mIoU" in last[VALIDATION_SCORES_KEY]
 
 
+class SigtermDuringValidation(Callback):
+    """Sends this process a real SIGTERM after the first batch of the validation at a global step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stopped_at", [4, 6], ids=["mid-run-validation", "final-validation"])
+def test_a_validation_stopped_by_sigterm_is_run_on_resume(data_root, tmp_path, stopped_at):
+    # every validation step is also a periodic-save step, as in every shipped config
+    run, log = str(tmp_path / "run"), str(tmp_path / "validated")
+    args = tiny_args(data_root, run, *VALIDATE_EVERY_2, "--trainer.logger", "false", "--checkpoint_every_n_steps", "2")
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    recorder = StepLog(log, "validate")
+    with pytest.raises(SystemExit) as stop:
+        DeepLabCLI(
+            args=["fit", *args, "--trainer.max_steps", "6"],
+            trainer_defaults={"callbacks": [recorder, SigtermDuringValidation(stopped_at)]},
+        )
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert stop.value.code == SIGTERM_EXIT_CODE
+    assert read_steps(log) == list(range(2, stopped_at, 2))  # the stopped validation never ended
+    assert load(last)["global_step"] == stopped_at - 2  # not a checkpoint that claims it did
+
+    DeepLabCLI(
+        args=["fit", *args, "--trainer.max_steps", "6", "--ckpt_path", "last"],
+        trainer_defaults={"callbacks": [recorder]},
+    )
+    assert read_steps(log) == [2, 4, 6]  # the validations of an uninterrupted run
+    final = load(last)
+    assert final["global_step"] == 6 and "val/mIoU" in final[VALIDATION_SCORES_KEY]
+
+
 def deeplab(*args: str, env_extra: dict | None = None, **popen) -> subprocess.Popen:
     """`deeplab ARGS` in a subprocess, through the entry point pyproject installs."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}

@@ -38,3 +38,7 @@ def test_demo_writes_scores_predictions_and_pictures(tmp_path):
     strips = sorted(os.listdir(os.path.join(out, "comparisons")))
     image = Image.open(os.path.join(out, "comparisons", strips[0]))
     assert image.size == (4 * 64, 48)  # image | ground truth | prediction | CRF prediction
+
+    # run again: the finished run in the folder is resumed (one run per folder), not trained anew
+    again = run(out, extra_args=extra, num_examples=3)
+    assert again["steps"] == 2 and again["scores"]["checkpoint"] == report["checkpoint"]

@@ -166,7 +166,9 @@ def test_the_crf_a_checkpoint_learned(predicted, tmp_path, capsys):
     plain = tmp_path / "stage1.ckpt"
     torch.save({"state_dict": {"model.head.weight": torch.zeros(1)}}, plain)
     other = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {**learned, "crf.compatibility": torch.eye(4)}}, other)
+    torch.save(
+        {"state_dict": {"model.head.weight": torch.zeros(1), **learned, "crf.compatibility": torch.eye(4)}}, other
+    )
     for extra, pattern in [(["--ckpt", str(ckpt), "--bi_w", "3"], "--bi_w is learned in --ckpt"),
                            (["--ckpt", str(plain)], "holds no learned CRF values"),
                            (["--ckpt", str(other)], "compatibility is (4, 4) but there are 6 classes")]:  # fmt: skip

@@ -162,7 +162,7 @@ def save_state_dict(state: Mapping[str, Tensor], path: "str | os.PathLike[str]")
     """``torch.save`` ``state`` to ``path`` atomically: a temporary file beside it, then a rename."""
     import torch
 
-    with atomic_output(path, "wb", fsync=True) as stream:
+    with atomic_output(path, "wb", durable=True) as stream:
         torch.save(dict(state), stream)
 
 

@@ -10,6 +10,7 @@ from voc_layout import block_label, write_voc_tree
 from lightning_deeplab.constants import IGNORE_INDEX
 from lightning_deeplab.data import VOCSegmentation
 from lightning_deeplab.data.sbd import convert_sbd, main, read_sbd_label
+from lightning_deeplab.fileio import PARTIAL_SUFFIX
 
 H, W = 12, 16
 VOC_SPLITS = {"train": ["2007_a", "2008_b"], "val": ["2009_c", "2010_d"]}
@@ -55,7 +56,7 @@ def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(trees):
     assert sorted(p.stem for p in (voc / "SegmentationClassAug").iterdir()) == [
         "2007_a", "2008_b", "2009_c", "2010_d", "2011_e", "2011_f"]  # fmt: skip
     assert (result.sbd_labels, result.voc_labels, result.overlap, result.images_copied) == (2, 4, 2, 1)
-    assert not [p for p in voc.rglob("*") if p.name.endswith(".tmp")]  # no temporary files left
+    assert not [p for p in voc.rglob("*") if p.name.endswith(PARTIAL_SUFFIX)]  # no partial files left
 
 
 def test_official_labels_take_precedence_by_default(trees):
