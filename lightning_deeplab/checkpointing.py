@@ -25,7 +25,6 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -56,12 +55,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: PathLike, storage_options: Optional[Any] = None
     ) -> None:
-        if get_filesystem(path).protocol not in ("file", ("file", "local")):
+        local_path = str(path).removeprefix("file://")
+        if "://" in local_path:
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         # through a Python file: a full disk then surfaces as the OSError of the write
-        with atomic_output(path, "wb", durable=True) as handle:
+        with atomic_output(local_path, "wb", durable=True) as handle:
             torch.save(checkpoint, handle)
 
 

@@ -9,14 +9,21 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 import torch
 from pytorch_lightning import Callback
 
-from lightning_deeplab.checkpointing import SIGTERM_EXIT_CODE, VALIDATION_SCORES_KEY, WANDB_RUN_ID_KEY
+from lightning_deeplab.checkpointing import (
+    SIGTERM_EXIT_CODE,
+    VALIDATION_SCORES_KEY,
+    WANDB_RUN_ID_KEY,
+    AtomicCheckpointIO,
+)
 from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.fileio import partial_files
 from step_log import StepLog, read_steps
 from tiny_run import REPO, tiny_args
 
@@ -217,3 +224,30 @@ def test_a_resume_refused_before_training_leaves_last_checkpoint_alone(data_root
         )
     assert open(last, "rb").read() == before
     assert load(last)["global_step"] == 2
+
+
+class _SeesTheWrite:
+    """A checkpoint value that records, while it is being written, the partial files beside the target."""
+
+    seen: list = []
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def __reduce__(self):
+        _SeesTheWrite.seen.append([p.name for p in partial_files(self.folder)])
+        return (str, ("written",))
+
+
+def test_checkpoints_are_written_beside_their_target_never_through_tmpdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmpdir"))
+    (tmp_path / "tmpdir").mkdir()
+    folder = tmp_path / "run" / "checkpoints"
+    for target in (str(folder / "last.ckpt"), f"file://{folder / 'best-step2.ckpt'}"):
+        _SeesTheWrite.seen.clear()
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "probe": _SeesTheWrite(folder)}, target)
+        name = os.path.basename(target)
+        assert len(_SeesTheWrite.seen) == 1 and _SeesTheWrite.seen[0][0].startswith(f".{name}.")
+        assert torch.load(folder / name, weights_only=False)["probe"] == "written"
+    assert sorted(p.name for p in folder.iterdir()) == ["best-step2.ckpt", "last.ckpt"]
+    assert list((tmp_path / "tmpdir").iterdir()) == []
