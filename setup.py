@@ -1,14 +1,21 @@
-"""Builds the package and its compiled dense-CRF kernels (`lightning_deeplab._C`).
+"""Builds the package, and its compiled dense-CRF kernels (`lightning_deeplab._C`) when torch is
+importable at build time.
 
-Install with `pip install --no-build-isolation -e .`: the build needs the torch that is
-already installed, not a second copy in an isolated build environment.
+- `pip install .` (with pip's build isolation, the default): the build environment has no torch,
+  and pulling a second, different torch into it would build against the wrong one; the wheel is
+  pure Python and carries the kernel sources, which are compiled on first use into a cache, or
+  ahead of time by `deeplab build-kernels` (the way DeepSpeed builds its ops).
+- `pip install --no-build-isolation .` (and `make install`), torch installed: the kernels are
+  compiled now, against that torch, into `lightning_deeplab._C`.
+
+`csrc/` and `configs/` at the repository's top level ship inside the package as
+`lightning_deeplab/csrc` and `lightning_deeplab/configs`.
 """
 
 import importlib.util
 import os
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(
@@ -17,21 +24,29 @@ _spec = importlib.util.spec_from_file_location(
 build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build)
 
-with_cuda = build.want_cuda()
-if with_cuda:
-    build.prepare_cuda_environment()
-Extension = CUDAExtension if with_cuda else CppExtension
 
-ext = Extension(
-    name=build.EXTENSION_NAME,
-    sources=[os.path.relpath(s, _HERE) for s in build.sources(with_cuda=with_cuda)],
-    include_dirs=build.include_dirs(),
-    extra_compile_args=build.extra_compile_args(with_cuda=with_cuda),
-)
+def compiled_kernels() -> dict:
+    """``setup()``'s arguments for `lightning_deeplab._C`, or none without torch."""
+    try:
+        import torch  # noqa: F401  (only whether it is there)
+    except ImportError:
+        return {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    with_cuda = build.want_cuda()
+    if with_cuda:
+        build.prepare_cuda_environment()
+    extension = (CUDAExtension if with_cuda else CppExtension)(
+        name=build.EXTENSION_NAME,
+        sources=[os.path.relpath(s, _HERE) for s in build.sources(with_cuda=with_cuda)],
+        include_dirs=build.include_dirs(),
+        extra_compile_args=build.extra_compile_args(with_cuda=with_cuda),
+    )
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)}}
+
 
 setup(
-    # configs/ ships inside the package as lightning_deeplab/configs (the demo finds it there);
-    # the kernel sources are data packages, so the just-in-time build finds them in any install.
+    # the kernel sources are data packages, so the build on first use finds them in any install
     packages=find_packages(include=["lightning_deeplab", "lightning_deeplab.*"])
     + [
         "lightning_deeplab.configs",
@@ -39,8 +54,7 @@ setup(
         "lightning_deeplab.csrc.cpu",
         "lightning_deeplab.csrc.cuda",
     ],
-    package_dir={"lightning_deeplab.configs": "configs"},
+    package_dir={"lightning_deeplab.configs": "configs", "lightning_deeplab.csrc": "csrc"},
     package_data={"lightning_deeplab.configs": ["*.yaml"]},
-    ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    **compiled_kernels(),
 )

@@ -127,10 +127,10 @@ step cuda_tests 240 $PY -m pytest -q -p no:cacheprovider -rs -m "not emulated" -
 # in the float64 softmax (libm exp). Plain (contractible) mul/add/sub.f32 must not appear either.
 if command -v nvcc >/dev/null; then
     step ptx_fma 60 bash -c "
-        for f in lightning_deeplab/csrc/cuda/*.cu; do
+        for f in csrc/cuda/*.cu; do
             ptx=$WORK/\$(basename \$f .cu).ptx
             nvcc -ptx -arch=compute_90 -O3 -std=c++20 --expt-relaxed-constexpr -diag-suppress=3189 \
-                -Ilightning_deeplab/csrc -I\$CUDA_HOME/include \$f -o \$ptx || exit 1
+                -Icsrc -I\$CUDA_HOME/include \$f -o \$ptx || exit 1
             echo \"PTX \$(basename \$f): fma.rn.f32 \$(grep -c 'fma.rn.f32' \$ptx) contractible_f32 \$(grep -cE '\\b(mul|add|sub)\\.f32' \$ptx) fma.rn.f64_outside_softmax \$(awk '/\\.entry/{e=\$0} /fma\\.rn\\.f64/ && e !~ /softmax_kernel/{n++} END{print n+0}' \$ptx)\"
         done"
 else

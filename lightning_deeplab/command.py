@@ -26,6 +26,10 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val"),
     "crf": ("lightning_deeplab.refine", "refine saved probabilities or logits of any model with the dense CRF"),
     "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab .caffemodel to a checkpoint"),
+    "build-kernels": (
+        "lightning_deeplab.build_kernels",
+        "compile the CRF kernels ahead of time (else done on first use)",
+    ),
 }
 
 #: Set to 1 to see the traceback of a user error.

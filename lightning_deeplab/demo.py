@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from .checkpoint_config import CHECKPOINT_DIR, LAST_NAME
 from .cli import DeepLabCLI
+from .crf._build import packaged_folder
 from .evaluation import format_scores_table
 from .fileio import atomic_output, write_json
 from .reporting import scores_path
@@ -26,16 +27,11 @@ from .viz import colorize, image_to_uint8, save_atomically, save_label_png
 
 
 def shipped_config(name: str) -> str:
-    """The path of a shipped config: inside the installed package (wheels carry ``configs/`` as
-    ``lightning_deeplab/configs``), else in the source checkout the package is imported from."""
-    installed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", name)
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
-    for path in (installed, checkout):
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(
-        f"config {name} is neither in {os.path.dirname(installed)} nor in {os.path.dirname(checkout)}"
-    )
+    """The path of a shipped config (wheels carry ``configs/`` as ``lightning_deeplab/configs``)."""
+    path = os.path.join(packaged_folder("configs"), name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config {name} is not among the shipped configs in {os.path.dirname(path)}")
+    return path
 
 
 DEFAULT_CONFIG = "synthetic.yaml"

@@ -1,62 +1,121 @@
 """Loads the compiled CRF operators (`torch.ops.lightning_deeplab.*`) on first use and
 registers their fake (shape-only) implementations and autograd rules.
 
-Importing this module loads nothing: the first call of `operators()` (every op call of
-`lattice.py` goes through it) imports `lightning_deeplab._C` (built by setup.py). When that
-module is missing, csrc/ is compiled just in time with `torch.utils.cpp_extension.load`
-(ninja); the result is cached by torch under TORCH_EXTENSIONS_DIR, so only the first use pays.
+Importing this module loads nothing. The first call of `operators()` (every op call of
+`lattice.py` goes through it) loads, in this order:
+1. `lightning_deeplab._C`, which `setup.py` builds when torch is there at build time
+   (`pip install --no-build-isolation`, `make install`);
+2. else a complete earlier build of exactly these sources for this Python and torch, from the
+   kernel cache (`_build.kernel_cache_root()`): made by a first use before, or ahead of time by
+   `deeplab build-kernels` (images and cluster nodes without a compiler at run time);
+3. else it compiles the sources into that cache now (ninja, through torch.utils.cpp_extension),
+   once, saying so in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import functools
 import importlib
+import json
 import logging
 import os
+import shutil
+import subprocess
 import threading
+import time
 from typing import Iterator, Optional
 
 import torch
 
+from . import _build as build
+
 _log = logging.getLogger(__name__)
 
 NAMESPACE = "lightning_deeplab"
-_JIT_NAME = "lightning_deeplab_crf_ops"
 _lock = threading.Lock()
-_source: Optional[str] = None  # "compiled" or "jit" once loaded
+_source: Optional[str] = None  # "compiled", "cache" or "jit" once loaded
 _registered: set[str] = set()  # namespaces whose fake and autograd rules are registered
 # Where the layer's operator calls go: NAMESPACE unless `operators_from` says otherwise.
 _namespace = contextvars.ContextVar("lightning_deeplab_crf_namespace", default=NAMESPACE)
 
 
-def _compile_just_in_time() -> None:
-    from torch.utils.cpp_extension import load
+class KernelBuildError(OSError):
+    """The CRF kernels could not be compiled: a missing compiler or CUDA toolkit (the message says
+    what to install), or a failed build."""
 
-    from . import _build as build
 
-    with_cuda = build.want_cuda()
+def cached_library(with_cuda: bool) -> Optional[str]:
+    """The library of a complete cached build of these sources (with the CUDA kernels or not)
+    for this Python and torch, or None."""
+    folder = build.cached_build_dir(with_cuda)
+    library = os.path.join(folder, build.CACHED_LIBRARY_NAME + ".so")
+    # the record is written only once the build succeeded: a killed build is never loaded
+    return library if os.path.isfile(os.path.join(folder, build.CACHE_STAMP)) and os.path.isfile(library) else None
+
+
+def build_kernels(with_cuda: bool, cuda_arch_list: Optional[str] = None) -> str:
+    """Compiles the kernels (the CUDA ones too if ``with_cuda``, for ``cuda_arch_list``, e.g.
+    "8.0;9.0", default: the visible GPUs, else `_build.DEFAULT_CUDA_ARCH_LIST`) into the kernel
+    cache and loads them into this process; returns the library's path. Raises
+    :class:`KernelBuildError` naming what is missing."""
+    compiler = os.environ.get("CXX") or "c++"
+    if shutil.which(compiler) is None:
+        raise KernelBuildError(
+            f"no C++ compiler ({compiler}) to build the CRF kernels with: install one (Debian/Ubuntu: apt install "
+            f"g++; conda: conda install -c conda-forge cxx-compiler), or run `deeplab build-kernels` where there is one "
+            f"and set {build.KERNEL_DIR_ENV} to the folder it prints"
+        )
     if with_cuda:
+        if torch.version.cuda is None:
+            raise KernelBuildError(f"torch {torch.__version__} is a CPU build: it cannot build CUDA kernels")
+        if cuda_arch_list:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list
         build.prepare_cuda_environment()
+        if build.cuda_home() is None:
+            raise KernelBuildError(
+                "no CUDA toolkit (nvcc) to build the CUDA kernels with: install the toolkit of CUDA "
+                f"{torch.version.cuda} and set CUDA_HOME, or build the CPU kernels only"
+            )
+    folder = build.cached_build_dir(with_cuda)
+    os.makedirs(folder, exist_ok=True)
+    what = "CPU and CUDA" if with_cuda else "CPU"
     _log.warning(
-        "lightning_deeplab._C is not built; building the CRF operators from %s (%s) with "
-        "torch.utils.cpp_extension. Only the first use compiles (about a minute); the "
-        "build is cached under TORCH_EXTENSIONS_DIR.",
-        build.CSRC_DIR,
-        "CPU and CUDA" if with_cuda else "CPU only",
-    )
+        "lightning_deeplab: compiling the %s CRF kernels from %s into %s: once, about %s on 2 cores; later "
+        "processes load them from there (`deeplab build-kernels` builds them ahead of time)",
+        what, build.CSRC_DIR, folder, "a minute per GPU architecture" if with_cuda else "half a minute",
+    )  # fmt: skip
+    start = time.monotonic()
     flags = build.extra_compile_args(with_cuda=with_cuda)
-    load(
-        name=_JIT_NAME,
-        sources=build.sources(with_cuda=with_cuda),
-        extra_cflags=flags["cxx"],
-        extra_cuda_cflags=flags.get("nvcc"),
-        extra_include_paths=build.include_dirs(),
-        with_cuda=with_cuda,
-        is_python_module=False,
-        verbose=False,
-    )
+    try:
+        build.import_cpp_extension().load(
+            name=build.CACHED_LIBRARY_NAME,
+            sources=build.sources(with_cuda=with_cuda),
+            extra_cflags=flags["cxx"],
+            extra_cuda_cflags=flags.get("nvcc"),
+            extra_include_paths=build.include_dirs(),
+            build_directory=folder,
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=False,
+        )
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        raise KernelBuildError(f"building the CRF kernels in {folder} failed: {error}") from error
+    stamp = {
+        "sources": build.source_digest(with_cuda=with_cuda),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if with_cuda else None,
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+        "seconds": round(time.monotonic() - start, 1),
+        "built": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    partial = os.path.join(folder, build.CACHE_STAMP + ".partial")
+    with open(partial, "w") as handle:
+        json.dump(stamp, handle, indent=2)
+    os.replace(partial, os.path.join(folder, build.CACHE_STAMP))
+    return os.path.join(folder, build.CACHED_LIBRARY_NAME + ".so")
 
 
 def _load_library() -> str:
@@ -67,7 +126,13 @@ def _load_library() -> str:
             return "compiled"
         except ImportError as error:
             _log.info("lightning_deeplab._C unavailable (%s)", error)
-    _compile_just_in_time()
+    # a build with the CUDA kernels first: one made ahead of time on a node with the toolkit
+    for with_cuda in (True, False) if torch.version.cuda else (False,):
+        library = cached_library(with_cuda)
+        if library is not None:
+            torch.ops.load_library(library)
+            return "cache"
+    build_kernels(with_cuda=build.want_cuda())
     return "jit"
 
 

@@ -17,7 +17,6 @@ build/cuda-emulation/ and rebuilt by ninja whenever a source or header it uses c
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import subprocess
@@ -39,28 +38,21 @@ SANITIZE_FLAGS = {
 }
 
 
-def _csrc() -> Path:
-    # The one place the package says where its kernel sources are.
+def _package_build():
+    """The package's description of the kernel build (crf/_build.py): where the sources are."""
     sys.path.insert(0, str(ROOT))
     try:
-        from lightning_deeplab.crf._build import CSRC_DIR
+        from lightning_deeplab.crf import _build
     finally:
         sys.path.pop(0)
-    return Path(CSRC_DIR)
+    return _build
 
 
 def _torch_paths() -> tuple[list[str], list[str], bool]:
     import torch
 
-    # cpp_extension warns at import that no CUDA runtime is found: true, and beside the point.
-    log = logging.getLogger("torch.utils.cpp_extension")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        from torch.utils.cpp_extension import include_paths, library_paths
-    finally:
-        log.setLevel(level)
-    return include_paths(), library_paths(), torch.compiled_with_cxx11_abi()
+    cpp_extension = _package_build().import_cpp_extension()
+    return cpp_extension.include_paths(), cpp_extension.library_paths(), torch.compiled_with_cxx11_abi()
 
 
 def _ninja() -> str:
@@ -90,7 +82,7 @@ def sanitizer_runtimes(sanitize: str) -> list[str]:
 
 
 def _ninja_file(target: str, sanitize: str, folder: Path) -> str:
-    csrc = _csrc()
+    csrc = Path(_package_build().CSRC_DIR)
     includes, libraries, cxx11_abi = _torch_paths()
     flags = [
         "-std=c++20",

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CUDA = "lightning_deeplab/csrc/cuda"
+CUDA = "csrc/cuda"
 
 # name: (file, the line as it is, the line with the bug, the kind of bug)
 MUTATIONS = {
