@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from typing import Iterator, Optional
@@ -111,9 +112,11 @@ def build_kernels(with_cuda: bool, cuda_arch_list: Optional[str] = None) -> str:
         "seconds": round(time.monotonic() - start, 1),
         "built": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    partial = os.path.join(folder, build.CACHE_STAMP + ".partial")
-    with open(partial, "w") as handle:
-        json.dump(stamp, handle, indent=2)
+    # every process that waited for the same build (DDP ranks on first use) writes the record:
+    # each through a file of its own, renamed whole
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=f".{build.CACHE_STAMP}.", suffix=".partial")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(stamp, stream, indent=2)
     os.replace(partial, os.path.join(folder, build.CACHE_STAMP))
     return os.path.join(folder, build.CACHED_LIBRARY_NAME + ".so")
 
