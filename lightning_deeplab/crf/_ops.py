@@ -117,6 +117,9 @@ def build_kernels(with_cuda: bool, cuda_arch_list: Optional[str] = None) -> str:
     handle, partial = tempfile.mkstemp(dir=folder, prefix=f".{build.CACHE_STAMP}.", suffix=".partial")
     with os.fdopen(handle, "w") as stream:
         json.dump(stamp, stream, indent=2)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # readable as the library is: a cache in an image serves other users
     os.replace(partial, os.path.join(folder, build.CACHE_STAMP))
     return os.path.join(folder, build.CACHED_LIBRARY_NAME + ".so")
 
