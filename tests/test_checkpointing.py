@@ -7,8 +7,6 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -25,7 +23,7 @@ from lightning_deeplab.checkpointing import (
 from lightning_deeplab.cli import DeepLabCLI
 from lightning_deeplab.fileio import partial_files
 from step_log import StepLog, read_steps
-from tiny_run import REPO, tiny_args
+from tiny_run import deeplab, tiny_args
 
 VALIDATE_EVERY_2 = (
     "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2",
@@ -142,15 +140,6 @@ def test_a_validation_stopped_by_sigterm_is_run_on_resume(data_root, tmp_path, s
     assert read_steps(log) == [2, 4, 6]  # the validations of an uninterrupted run
     final = load(last)
     assert final["global_step"] == 6 and "val/mIoU" in final[VALIDATION_SCORES_KEY]
-
-
-def deeplab(*args: str, env_extra: dict | None = None, **popen) -> subprocess.Popen:
-    """`deeplab ARGS` in a subprocess, through the entry point pyproject installs."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "lightning_deeplab.command", *args], cwd=str(REPO), env={**env, **(env_extra or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
-    )  # fmt: skip
 
 
 def wandb_run_ids(run: str) -> list[str]:

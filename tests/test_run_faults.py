@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from lightning_deeplab.command import main
 from lightning_deeplab.fileio import partial_files
 from lightning_deeplab.run_folder import LOCK_NAME
 from mounts import same_filesystem, tmpfs
-from tiny_run import REPO, tiny_args
+from tiny_run import deeplab, tiny_args
 
 QUICK = ("--model.eval_crf", "false", "--trainer.limit_val_batches", "1", "--checkpoint_every_n_steps", "1")
 
@@ -30,15 +29,6 @@ QUICK = ("--model.eval_crf", "false", "--trainer.limit_val_batches", "1", "--che
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("synthetic"))
-
-
-def deeplab(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """`deeplab ARGS` in a subprocess of its own process group."""
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "lightning_deeplab.command", *args], cwd=str(REPO), env={**full_env, **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 180.0, every: float = 0.002) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +42,13 @@ def save_untrained_checkpoint(args: list[str], path) -> "DeepLabCLI":  # noqa: F
     trainer.strategy.connect(cli.model)
     trainer.save_checkpoint(path)
     return cli
+
+
+def deeplab(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`deeplab ARGS` in a subprocess of its own process group (so a test can kill it and all it
+    started), output and errors together on its stdout, wandb offline."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightning_deeplab.command", *args], cwd=str(REPO), env={**full_env, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
