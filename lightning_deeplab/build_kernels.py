@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -38,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """`deeplab build-kernels`; returns the exit status."""
     args = _parser().parse_args(argv)
     from .crf import _build as build
-    from .crf._ops import build_kernels, cached_library
+    from .crf._ops import build_kernels, cached_build
 
     if args.cpu_only and args.cuda_arch:
         print("error: --cuda-arch and --cpu-only contradict each other", file=sys.stderr)
@@ -46,21 +45,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cache_dir:
         os.environ[build.KERNEL_DIR_ENV] = os.path.abspath(os.path.expanduser(args.cache_dir))
     with_cuda = not args.cpu_only and (args.cuda_arch is not None or build.want_cuda())
-    existing = cached_library(with_cuda)
-    stamp_path = os.path.join(build.cached_build_dir(with_cuda), build.CACHE_STAMP)
-    if existing and (args.cuda_arch is None or json.load(open(stamp_path)).get("cuda_arch_list") == args.cuda_arch):
-        print(f"already built for these sources and this torch: {existing}")
+    cached = cached_build(with_cuda)
+    if cached is not None and (args.cuda_arch is None or cached[1].get("cuda_arch_list") == args.cuda_arch):
+        print(f"already built for these sources and this torch: {cached[0]}")
     else:
-        existing = build_kernels(with_cuda, args.cuda_arch)
-        with open(stamp_path) as f:
-            stamp = json.load(f)
+        build_kernels(with_cuda, args.cuda_arch)
+        library, stamp = cached_build(with_cuda)
         archs = (
             f" for CUDA {stamp['cuda']}, architectures {stamp['cuda_arch_list'] or 'of the visible GPUs'}"
             if with_cuda
             else ""
         )
         print(
-            f"built the {'CPU and CUDA' if with_cuda else 'CPU'} CRF kernels{archs} in {stamp['seconds']:.0f} s: {existing}"
+            f"built the {'CPU and CUDA' if with_cuda else 'CPU'} CRF kernels{archs} in {stamp['seconds']:.0f} s: {library}"
         )
     if importlib.util.find_spec("lightning_deeplab._C") is not None:
         print("note: this install also has lightning_deeplab._C (built with the package), which is loaded first")

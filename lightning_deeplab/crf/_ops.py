@@ -48,13 +48,19 @@ class KernelBuildError(OSError):
     what to install), or a failed build."""
 
 
-def cached_library(with_cuda: bool) -> Optional[str]:
+def cached_build(with_cuda: bool) -> Optional[tuple[str, dict]]:
     """The library of a complete cached build of these sources (with the CUDA kernels or not)
-    for this Python and torch, or None."""
+    for this Python and torch, and its build record (what it was built for, how long it took);
+    None when there is none."""
     folder = build.cached_build_dir(with_cuda)
     library = os.path.join(folder, build.CACHED_LIBRARY_NAME + ".so")
     # the record is written only once the build succeeded: a killed build is never loaded
-    return library if os.path.isfile(os.path.join(folder, build.CACHE_STAMP)) and os.path.isfile(library) else None
+    try:
+        with open(os.path.join(folder, build.CACHE_STAMP)) as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return None
+    return (library, record) if os.path.isfile(library) else None
 
 
 def build_kernels(with_cuda: bool, cuda_arch_list: Optional[str] = None) -> str:
@@ -134,9 +140,9 @@ def _load_library() -> str:
             _log.info("lightning_deeplab._C unavailable (%s)", error)
     # a build with the CUDA kernels first: one made ahead of time on a node with the toolkit
     for with_cuda in (True, False) if torch.version.cuda else (False,):
-        library = cached_library(with_cuda)
-        if library is not None:
-            torch.ops.load_library(library)
+        cached = cached_build(with_cuda)
+        if cached is not None:
+            torch.ops.load_library(cached[0])
             return "cache"
     build_kernels(with_cuda=build.want_cuda())
     return "jit"
