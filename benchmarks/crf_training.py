@@ -23,10 +23,10 @@ import time
 import torch
 
 from lightning_deeplab.crf import DenseCRF
-from lightning_deeplab.crf_training import crf_cross_entropy
-from lightning_deeplab.evaluation import pad_colour
+from lightning_deeplab.training.crf_loss import crf_cross_entropy
+from lightning_deeplab.evaluation.inference import pad_colour
 from lightning_deeplab.models import DeepLabV2
-from lightning_deeplab.module import DeepLabV2Module
+from lightning_deeplab.training.module import DeepLabV2Module
 
 
 def saved_bytes(fn) -> int:

@@ -14,7 +14,8 @@ import pytest
 import wandb
 from pytorch_lightning import Callback
 
-from lightning_deeplab.cli import DeepLabCLI, main
+from lightning_deeplab.commands.cli import DeepLabCLI
+from lightning_deeplab.commands.main import main
 from tiny_run import save_untrained_checkpoint, tiny_args
 
 

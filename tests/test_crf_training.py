@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_deeplab.cli import DeepLabCLI
-from lightning_deeplab.cli import main as deeplab
+from lightning_deeplab.commands.cli import DeepLabCLI
+from lightning_deeplab.commands.main import main as deeplab
 from lightning_deeplab.constants import IGNORE_INDEX, PAD_MEAN_RGB_BY_STYLE
 from lightning_deeplab.crf import DenseCRF, dense_crf, unary_from_logits, unary_from_softmax
-from lightning_deeplab.crf_training import crf_cross_entropy, unpadded_boxes
+from lightning_deeplab.training.crf_loss import crf_cross_entropy, unpadded_boxes
 from lightning_deeplab.data import build_train_transform
 from lightning_deeplab.data.synthetic import render_sample
 from lightning_deeplab.data.transforms import seed_transform
 from lightning_deeplab.models import DeepLabV2
-from lightning_deeplab.module import DeepLabV2Module
-from lightning_deeplab.reporting import LearnedCRFLog
+from lightning_deeplab.training.module import DeepLabV2Module
+from lightning_deeplab.callbacks.reporting import LearnedCRFLog
 from tiny_run import REPO, tiny_args
 
 NUM_CLASSES = 4

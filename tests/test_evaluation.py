@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_deeplab.constants import PAD_MEAN_RGB, PAD_MEAN_RGB_BY_STYLE
-from lightning_deeplab.evaluation import (
+from lightning_deeplab.evaluation.inference import (
     InferenceConfig,
     format_scores_table,
     infer_probabilities,

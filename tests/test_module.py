@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from lightning_deeplab.constants import IGNORE_INDEX
 from lightning_deeplab.crf import DenseCRF
 from lightning_deeplab.models import DeepLabV2
-from lightning_deeplab.module import DeepLabV2Module, poly_lr_factor, resize_labels
-from lightning_deeplab.reporting import WandbReport, training_flops
+from lightning_deeplab.training.module import DeepLabV2Module, poly_lr_factor, resize_labels
+from lightning_deeplab.callbacks.reporting import WandbReport, training_flops
 
 NUM_CLASSES = 4
 MODEL_ARGS = ("backbone", "head", "msc_scales", "atrous_rates", "style", "norm", "num_classes")
@@ -225,7 +225,7 @@ class Loads:
 
 def test_initial_weights_load_when_fitting_from_scratch_only(tmp_path, monkeypatch):
     loads = Loads()
-    monkeypatch.setattr("lightning_deeplab.module.load_pretrained", loads)
+    monkeypatch.setattr("lightning_deeplab.training.module.load_pretrained", loads)
     module = small_module(msc_scales=None, pretrained="imagenet")
     assert loads.specs == []  # never in the constructor
     trainer = attach_trainer(module, max_steps=1)
@@ -260,7 +260,7 @@ def test_real_dense_crf_refines_the_upsampled_prediction():
 def test_inference_settings_are_saved_as_plain_values_and_restored(tmp_path):
     import pytorch_lightning as pl
 
-    from lightning_deeplab.evaluation import InferenceConfig
+    from lightning_deeplab.evaluation.inference import InferenceConfig
 
     config = InferenceConfig(mode="slide", window=33, stride=16, scales=(1.0, 0.5), flip=True)
     module = small_module(msc_scales=None, inference=config)
@@ -277,7 +277,7 @@ def test_inference_settings_are_saved_as_plain_values_and_restored(tmp_path):
 
 
 def test_evaluation_uses_the_inference_settings():
-    from lightning_deeplab.evaluation import InferenceConfig, infer_probabilities
+    from lightning_deeplab.evaluation.inference import InferenceConfig, infer_probabilities
 
     module = small_module(msc_scales=None, inference=InferenceConfig(flip=True))
     module.eval()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_deeplab.cli import DeepLabCLI
-from lightning_deeplab.command import EXTRA_COMMANDS, main
+from lightning_deeplab.commands.cli import DeepLabCLI
+from lightning_deeplab.commands.main import EXTRA_COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_readme_command_parses(words, monkeypatch, capsys):
         assert all(word in usage for word in args if word.startswith("--"))
         return
     if command == "crf-search":
-        from lightning_deeplab.crf_search import _parser
+        from lightning_deeplab.commands.crf_search import _parser
 
         _, rest = _parser().parse_known_args(args)
         cli = lambda: DeepLabCLI(args=[*rest, "--print_config"], run=False)  # noqa: E731

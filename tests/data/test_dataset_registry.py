@@ -12,7 +12,7 @@ from dataset_layouts import (
     cityscapes_stem, write_cityscapes, write_cocostuff10k, write_cocostuff164k, write_gray, write_rgb,
 )  # fmt: skip
 
-from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.constants import IGNORE_INDEX
 from lightning_deeplab.data import (
     CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, COCO_STUFF_CLASSES, DATASETS, VOC_PALETTE, SegmentationDataModule,

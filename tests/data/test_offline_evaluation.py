@@ -10,7 +10,7 @@ import pytest
 import torch.hub
 import torchvision.models
 
-from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.commands.cli import DeepLabCLI
 from tiny_run import save_untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

@@ -124,7 +124,7 @@ def test_padding_follows_the_model_style(make_voc):
 
 
 def test_deeplab_validate_stops_at_setup_on_bad_data_and_pads_as_the_model_normalises(bad_voc, tmp_path):
-    from lightning_deeplab.cli import DeepLabCLI
+    from lightning_deeplab.commands.cli import DeepLabCLI
 
     root, _ = bad_voc
     args = ["--config", str(CONFIG), "--data.dataset", "voc", "--data.root", str(root), "--data.val_split", "val",

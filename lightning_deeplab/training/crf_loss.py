@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint_config import read_checkpoint
-from .constants import IGNORE_INDEX
-from .crf import DenseCRF, unary_from_softmax
-from .viz import image_to_uint8
+from ..runs.checkpoint_config import read_checkpoint
+from ..constants import IGNORE_INDEX
+from ..crf import DenseCRF, unary_from_softmax
+from ..viz import image_to_uint8
 
 #: Key prefix of the CRF layer's entries in the LightningModule's state dict.
 CRF_PREFIX = "crf."

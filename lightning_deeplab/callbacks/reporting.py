@@ -3,7 +3,7 @@ the scores table and JSON (:class:`ScoresReport`), the wandb per-class table and
 (:class:`WandbReport`), the training FLOPs that ThroughputMonitor reads (:class:`TrainingFlops`), the learned CRF
 weights while they train (:class:`LearnedCRFLog`) and the release of the CPU CRF's scratch memory after an evaluation (:class:`ReleaseCRFBuffers`).
 
-Each reads the module's :attr:`~lightning_deeplab.module.DeepLabV2Module.scores` after its
+Each reads the module's :attr:`~lightning_deeplab.training.module.DeepLabV2Module.scores` after its
 evaluation epoch has ended (``on_validation_end`` runs after the module's epoch-end hook).
 """
 
@@ -17,10 +17,10 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import measure_flops
 
-from .constants import IGNORE_INDEX
-from .evaluation import format_scores_table
-from .fileio import write_json
-from .viz import image_to_uint8
+from ..constants import IGNORE_INDEX
+from ..evaluation.inference import format_scores_table
+from ..fileio import write_json
+from ..viz import image_to_uint8
 
 
 def evaluated_checkpoint(trainer: pl.Trainer) -> Optional[str]:
@@ -156,7 +156,7 @@ class ReleaseCRFBuffers(pl.Callback):
     @staticmethod
     def _release(pl_module: pl.LightningModule) -> None:
         if pl_module.hparams.get("eval_crf"):
-            from .crf import release_cached_buffers
+            from ..crf import release_cached_buffers
 
             release_cached_buffers()
 

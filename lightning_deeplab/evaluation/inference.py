@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .constants import PAD_MEAN_RGB, PAD_MEAN_RGB_BY_STYLE
+from ..constants import PAD_MEAN_RGB, PAD_MEAN_RGB_BY_STYLE
 from .metrics import DEFAULT_MIOU_OVER, scores_from_confusion
-from .models.msc import scaled_size
+from ..models.msc import scaled_size
 
 #: Output stride of every DeepLab v2 network.
 OUTPUT_STRIDE = 8
@@ -269,7 +269,7 @@ def scores_report(
     prediction). Returns ``{"classes", "num_pixels", "without_crf": {mIoU, pixel_acc, mean_acc,
     fw_iou, miou_over, iou: {class: IoU}, confusion}, "with_crf": ... or None}``; a class present
     neither in the ground truth nor in the predictions has IoU None; ``miou_over`` says which
-    classes the means run over (see :mod:`lightning_deeplab.metrics`; default: all, as DeepLab's
+    classes the means run over (see :mod:`lightning_deeplab.evaluation.metrics`; default: all, as DeepLab's
     official evaluation).
     """
     if confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:

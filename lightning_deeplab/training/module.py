@@ -1,5 +1,5 @@
 """The LightningModule: DeepLab v2's training step (loss, SGD with the poly schedule) and its
-evaluation step (scores with and without the dense CRF). Reporting lives in :mod:`.reporting`."""
+evaluation step (scores with and without the dense CRF). Reporting lives in :mod:`lightning_deeplab.callbacks`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
-from .constants import IGNORE_INDEX
-from .crf import DenseCRF, unary_from_softmax
-from .crf_training import CRFTrainingLoss, check_crf_training_options, crf_parameter_group, reconcile_crf_state
-from .evaluation import InferenceConfig, infer_probabilities, pad_colour, scores_report
-from .metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
-from .models import load_pretrained
+from ..constants import IGNORE_INDEX
+from ..crf import DenseCRF, unary_from_softmax
+from .crf_loss import CRFTrainingLoss, check_crf_training_options, crf_parameter_group, reconcile_crf_state
+from ..evaluation.inference import InferenceConfig, infer_probabilities, pad_colour, scores_report
+from ..evaluation.metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
+from ..models import load_pretrained
 from .optimization import poly_lr_factor, sgd_with_poly
-from .viz import image_to_uint8
+from ..viz import image_to_uint8
 
 #: The stages that are scored, each without and with the CRF.
 EVALUATION_STAGES = ("val", "test")
@@ -50,7 +50,7 @@ class DeepLabV2Module(pl.LightningModule):
         crf: the dense CRF of evaluation and prediction (default: :class:`DenseCRF`'s defaults,
             the paper's ResNet-101 setting).
         inference: how validation, test and predict run the network on whole images
-            (:class:`~lightning_deeplab.evaluation.InferenceConfig`); training is unaffected.
+            (:class:`~lightning_deeplab.evaluation.inference.InferenceConfig`); training is unaffected.
         pretrained: initial weights (``"imagenet"`` or a path, see
             :func:`~lightning_deeplab.models.load_pretrained`), loaded when fitting starts from
             scratch only (at ``on_fit_start``): a resumed or evaluated checkpoint brings its own.
@@ -62,8 +62,8 @@ class DeepLabV2Module(pl.LightningModule):
         eval_crf: validation and test also score the CRF-refined prediction.
         class_names: one per class (the CLI links the dataset's).
         miou_over: the classes mIoU and mean accuracy average over (see
-            :mod:`~lightning_deeplab.metrics`): ``"all"`` as DeepLab's official evaluation.
-        train_with_crf: train through the CRF (CRF-as-RNN, :mod:`~lightning_deeplab.crf_training`):
+            :mod:`~lightning_deeplab.evaluation.metrics`): ``"all"`` as DeepLab's official evaluation.
+        train_with_crf: train through the CRF (CRF-as-RNN, :mod:`~lightning_deeplab.training.crf_loss`):
             the fused logits, upsampled to the crop, go through ``crf`` with the crop's image
             (padding left out), and the cross-entropy of its marginals is added to the loss. A
             CRF built with ``trainable=True`` learns pos_w, bi_w and its compatibility

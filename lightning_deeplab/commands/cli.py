@@ -23,8 +23,8 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import CheckpointIO
 
-from . import run_folder
-from .checkpoint_config import (
+from ..runs import folder as run_folder
+from ..runs.checkpoint_config import (
     CHECKPOINT_DIR,
     CheckpointConfigError,
     DamagedCheckpoint,
@@ -34,19 +34,19 @@ from .checkpoint_config import (
     resolve_ckpt_path,
     saved_model_config,
 )
-from .checkpointing import (
+from ..runs.checkpointing import (
     DEFAULT_CHECKPOINT_EVERY_N_STEPS, AtomicCheckpointIO, DeepLabCheckpoint, exit_code_of, saved_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
-from .command import command_list, main
-from .data import SegmentationDataModule
-from .fileio import atomic_output
-from .launch_check import check_launch, first_process
-from .loggers import QuietShutdownOnFullDisk, default_logger
-from .module import DeepLabV2Module
-from .predict import SegmentationWriter
-from .progress import StepProgressBar
-from .reporting import default_reporting
+from .registry import command_list
+from ..data import SegmentationDataModule
+from ..fileio import atomic_output
+from ..runs.launch_check import check_launch, first_process
+from ..runs.loggers import QuietShutdownOnFullDisk, default_logger
+from ..training.module import DeepLabV2Module
+from ..callbacks.prediction_writer import SegmentationWriter
+from ..callbacks.progress import StepProgressBar
+from ..callbacks.reporting import default_reporting
 
 #: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
 PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
@@ -310,7 +310,3 @@ class DeepLabCLI(LightningCLI):
             # holds; prediction has no use for it.
             warnings.filterwarnings("ignore", message=PREDICT_CALLBACKS_WARNING)
             return self.trainer.predict(**kwargs)
-
-
-if __name__ == "__main__":  # `python -m lightning_deeplab.cli fit ...` (e.g. under torchrun)
-    sys.exit(main())
