@@ -132,3 +132,35 @@ def test_the_command_dispatcher_imports_neither_torch_nor_lightning():
         roots = {alias.name.split(".")[0] for n in top_level if isinstance(n, ast.Import) for alias in n.names}
         roots |= {(n.module or "").split(".")[0] for n in top_level if isinstance(n, ast.ImportFrom) and not n.level}
         assert not roots & {"torch", "pytorch_lightning", "lightning", "numpy"}, name
+
+
+LIGHTNING = ("pytorch_lightning", "lightning", "lightning_fabric")
+
+
+def test_no_private_name_of_lightning_is_imported():
+    private = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in LIGHTNING:
+                private += [f"{name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+                private += [f"{name}: {node.module}" for part in (node.module or "").split(".") if part.startswith("_")]
+    assert private == []
+
+
+def test_the_cli_overrides_no_private_method_of_lightning_cli():
+    from pytorch_lightning.cli import LightningCLI
+
+    from lightning_deeplab.commands.cli import DeepLabCLI
+
+    overridden = {
+        n for n in vars(DeepLabCLI) if n.startswith("_") and not n.startswith("__") and hasattr(LightningCLI, n)
+    }
+    assert overridden == set()
+    # nor calls one: every self._name the CLI uses is its own
+    tree = ast.parse(MODULES[f"{NAME}.commands.cli"].read_text())
+    used = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
+    }
+    assert {n for n in used if n.startswith("_") and hasattr(LightningCLI, n)} == set()

@@ -13,9 +13,8 @@ import os
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import measure_flops
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..constants import IGNORE_INDEX
 from ..evaluation.inference import format_scores_table
@@ -119,9 +118,12 @@ class WandbReport(pl.Callback):
 
 
 class TrainingFlops(pl.Callback):
-    """Counts the forward + backward FLOPs of one training batch on the first batch, on a
-    meta-device copy of the network (no memory, no compute), as ``pl_module.flops_per_batch``
-    (what ThroughputMonitor reads)."""
+    """Counts the FLOPs of the first training batch as it runs (forward and backward, with
+    ``torch.utils.flop_counter``), as ``pl_module.flops_per_batch``, what ThroughputMonitor
+    reads. Operators without a FLOP formula (the CRF's) count 0."""
+
+    def __init__(self) -> None:
+        self._counter: Optional[FlopCounterMode] = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # unknown until the first training batch (ThroughputMonitor warns when there is no attribute)
@@ -130,17 +132,23 @@ class TrainingFlops(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:  # fmt: skip
-        if getattr(pl_module, "flops_per_batch", None) is None:
-            pl_module.flops_per_batch = training_flops(pl_module.model, tuple(batch["image"].shape))
+        if getattr(pl_module, "flops_per_batch", None) is None and self._counter is None:
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        if self._counter is not None:
+            pl_module.flops_per_batch = self._stop()
 
-def training_flops(model: torch.nn.Module, image_shape: tuple[int, ...]) -> int:
-    """Forward + backward FLOPs of ``model.forward_multi`` (rebuilt from its ``init_args`` on the
-    meta device) for an image batch of ``image_shape``."""
-    with torch.device("meta"):
-        copy = type(model)(**model.init_args)
-        image = torch.empty(image_shape)
-    return measure_flops(copy, lambda: copy.forward_multi(image), lambda outs: sum(o.sum() for o in outs))
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._counter is not None:
+            self._stop()
+
+    def _stop(self) -> int:
+        counter, self._counter = self._counter, None
+        counter.__exit__(None, None, None)
+        return counter.get_total_flops()
 
 
 class ReleaseCRFBuffers(pl.Callback):

@@ -51,6 +51,9 @@ from ..callbacks.reporting import default_reporting
 #: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
 PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
 
+#: The key of predict's parser_kwargs that asks `init_parser` for the prediction writer's options.
+WRITER_OPTIONS_KEY = "with_prediction_writer_options"
+
 #: The validation score that picks the best checkpoint.
 MONITOR = "val/mIoU"
 
@@ -140,10 +143,13 @@ class DeepLabCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", DurableSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
+        parser_kwargs = kwargs.get("parser_kwargs") or {}
         kwargs["parser_kwargs"] = {
             "description": HELP_DESCRIPTION,
             "formatter_class": _HelpFormatter,
-            **(kwargs.get("parser_kwargs") or {}),
+            **parser_kwargs,
+            # predict's parser also takes the prediction writer's settings (see init_parser)
+            "predict": {WRITER_OPTIONS_KEY: True, **parser_kwargs.get("predict", {})},
         }
         super().__init__(DeepLabV2Module, SegmentationDataModule, *args, **kwargs)
 
@@ -151,7 +157,13 @@ class DeepLabCLI(LightningCLI):
         # jsonargparse would take `--model.head_lr` for `--model.head_lr_mult`: no prefixes, on
         # the main parser and on every subcommand's
         kwargs.setdefault("allow_abbrev", False)
-        return super().init_parser(**kwargs)
+        with_writer_options = kwargs.pop(WRITER_OPTIONS_KEY, False)
+        parser = super().init_parser(**kwargs)
+        if with_writer_options:
+            # The writer's settings are predict's own options (`deeplab predict --crf true
+            # --output_dir DIR`); `_prediction_writer` builds the writer from them.
+            self._writer_options = parser.add_class_arguments(SegmentationWriter, instantiate=False)
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The dataset decides the classes; the model follows it.
@@ -163,17 +175,6 @@ class DeepLabCLI(LightningCLI):
             "--checkpoint_every_n_steps", type=int, default=DEFAULT_CHECKPOINT_EVERY_N_STEPS,
             help="fit: write checkpoints/last.ckpt every N training steps (0: only at validation and at the end)",
         )  # fmt: skip
-
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "predict":
-            # The writer's settings are predict's own options (`deeplab predict --crf true
-            # --output_dir DIR`); `_prediction_writer` builds the writer from them.
-            self._writer_options = parser.add_class_arguments(SegmentationWriter, instantiate=False)
-        if subcommand in ("validate", "test"):
-            # the scores report prints its own table; Lightning's raw one would repeat it
-            parser.set_defaults(verbose=False)
-        return parser
 
     def _prediction_writer(self, callbacks: list) -> list:
         """The predict callbacks: ``callbacks`` plus a SegmentationWriter from predict's own
@@ -204,10 +205,16 @@ class DeepLabCLI(LightningCLI):
         else:
             self.config = parser.parse_args(args)
             self._given = parser.parse_args(args, defaults=False)
+        self._apply_checkpoint()
 
-    def _parse_ckpt_path(self) -> None:
-        """Replaces LightningCLI's, which overwrites the configuration with the checkpoint's
-        hyperparameters: resolve ``best``/``last`` and take only the missing architecture."""
+    def _apply_checkpoint(self) -> None:
+        """``--ckpt_path``: resolve ``best``/``last``, read the checkpoint once and take from it
+        only the architecture the configuration does not give.
+
+        LightningCLI (2.x) applies all of a checkpoint's saved hyperparameters over the
+        configuration when the parsed ``ckpt_path`` names a file; here the configuration wins, so
+        the file is held back from the parsed configuration until `before_instantiate_classes`
+        gives it back to the Trainer's command."""
         subcommand = self.config.get("subcommand")
         section = self.config[subcommand] if subcommand else self.config
         given = self._given.get(subcommand) if subcommand else self._given
@@ -227,14 +234,17 @@ class DeepLabCLI(LightningCLI):
         except CheckpointConfigError as err:
             self.parser.error(str(err))
         if subcommand:
-            section.ckpt_path = ckpt_path
+            section.ckpt_path = None if checkpoint is not None else ckpt_path
         self.ckpt_path = ckpt_path
         self._saved_model = saved
         self._saved_run_id = saved_wandb_run_id(checkpoint) if checkpoint is not None else None
 
     def before_instantiate_classes(self) -> None:
-        """fit: claims the run folder before anything is written into it (`run_folder`): no other
-        live fit holds it, and a fit that does not resume finds no earlier run's checkpoints."""
+        """The checkpoint file back into the configuration (see `_apply_checkpoint`). fit: claims
+        the run folder before anything is written into it (`run_folder`): no other live fit
+        holds it, and a fit that does not resume finds no earlier run's checkpoints."""
+        if self.subcommand:
+            self.config[self.subcommand].ckpt_path = self.ckpt_path
         if self.subcommand != "fit" or not first_process():
             return
         section = self.config["fit"]
@@ -255,7 +265,7 @@ class DeepLabCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any):
-        config = self._get(self.config_init, "trainer", default={})
+        config = self._section(self.config_init).get("trainer") or {}
         root_dir = config.get("default_root_dir") or os.getcwd()
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_logger(root_dir, run_id=self._resumed_wandb_run_id())
@@ -268,7 +278,7 @@ class DeepLabCLI(LightningCLI):
         if val_check_batches is not None:
             kwargs["val_check_interval"] = val_check_batches
         if self.subcommand in (None, "fit", "validate", "test"):
-            every_n = self._get(self.config_init, "checkpoint_every_n_steps", default=DEFAULT_CHECKPOINT_EVERY_N_STEPS)
+            every_n = self._section(self.config_init).get("checkpoint_every_n_steps", DEFAULT_CHECKPOINT_EVERY_N_STEPS)
             kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False, every_n)
             if config.get("enable_progress_bar") is not False and not any(
                 isinstance(cb, ProgressBar) for cb in callbacks
@@ -280,6 +290,10 @@ class DeepLabCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         check_launch(trainer.num_devices, trainer.num_nodes)  # before a mismatched launch hangs
         return trainer
+
+    def _section(self, config: Namespace) -> Namespace:
+        """The running subcommand's part of ``config`` (all of it without a subcommand)."""
+        return config[self.subcommand] if self.subcommand else config
 
     def _resumed_wandb_run_id(self) -> Optional[str]:
         """A fit resumed from a checkpoint goes on logging into the wandb run that wrote it."""
@@ -299,6 +313,20 @@ class DeepLabCLI(LightningCLI):
         finally:
             if self._run_folder is not None:
                 self._run_folder.release()
+
+    def validate(self, **kwargs: Any) -> Any:
+        return self.trainer.validate(**self._quiet_unless_asked(kwargs))
+
+    def test(self, **kwargs: Any) -> Any:
+        return self.trainer.test(**self._quiet_unless_asked(kwargs))
+
+    def _quiet_unless_asked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The scores report prints its own table; Lightning's raw one (``verbose``) would
+        repeat it, unless the command line or the configuration asks for it."""
+        given = self._given.get(self.subcommand)
+        if given is None or given.get("verbose") is None:
+            kwargs["verbose"] = False
+        return kwargs
 
     def predict(self, **kwargs: Any) -> Any:
         """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not

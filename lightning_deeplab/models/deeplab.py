@@ -11,15 +11,12 @@ from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from .arguments import check_choices, given_arguments
 from .aspp import ASPP, VGGASPP
 from .msc import fuse_max, resize_input, validate_caffe_scales, validate_scales
 from .registry import (
-    BACKBONES,
     HEADS,
-    MSC_RESIZES,
-    NORMS,
     RESNETS,
-    STYLES,
     BackboneName,
     HeadName,
     MscResizeName,
@@ -95,13 +92,10 @@ class DeepLabV2(nn.Module):
         norm: NormName = "frozen",
         msc_resize: Optional[MscResizeName] = None,
     ) -> None:
+        arguments = given_arguments(DeepLabV2.__init__, locals())
         super().__init__()
-        _check_choice("backbone", backbone, BACKBONES)
-        _check_choice("head", head, tuple(HEADS))
-        _check_choice("style", style, STYLES)
-        _check_choice("norm", norm, NORMS)
-        msc_resize_arg, msc_resize = msc_resize, style if msc_resize is None else msc_resize
-        _check_choice("msc_resize", msc_resize, MSC_RESIZES)
+        check_choices(DeepLabV2.__init__, arguments)
+        msc_resize = style if msc_resize is None else msc_resize
         if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         rates = HEADS[head] if atrous_rates is None else _check_rates(atrous_rates)
@@ -114,12 +108,8 @@ class DeepLabV2(nn.Module):
         self.msc_resize = msc_resize
         self._input_range_checked = False
         self.atrous_rates = rates
-        #: The constructor's arguments, as plain values (a checkpoint rebuilds the network from them).
-        self.init_args: dict[str, Any] = {
-            "backbone": backbone, "head": head, "num_classes": self.num_classes,
-            "msc_scales": list(self.msc_scales), "atrous_rates": None if atrous_rates is None else list(rates),
-            "style": style, "norm": norm, "msc_resize": msc_resize_arg,
-        }  # fmt: skip
+        #: The constructor's arguments as given, plain values (a checkpoint rebuilds the network from them).
+        self.init_args: dict[str, Any] = arguments
 
         self.backbone: nn.Module = build_backbone(backbone, style, norm, pool5a=head == "largefov")
         self.head: nn.Module = build_head(self.backbone, self.num_classes, rates)
@@ -217,13 +207,6 @@ def load_pretrained(model: DeepLabV2, pretrained: "str | os.PathLike[str]") -> N
     fc_weights = vgg_fc_weights(state, unused) if isinstance(model.head, VGGASPP) else None
     if fc_weights is not None:
         model.head.load_fc6_fc7(fc_weights)
-
-
-def _check_choice(argument: str, value: object, valid: Sequence[str]) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{argument} must be a string, one of {', '.join(valid)}; got {value!r}")
-    if value not in valid:
-        raise ValueError(f"unknown {argument} {value!r}; valid names: {', '.join(valid)}")
 
 
 def _check_rates(rates: Sequence[int]) -> tuple[int, ...]:

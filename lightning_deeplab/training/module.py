@@ -7,7 +7,6 @@ from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
 import torch.nn.functional as F
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from ..constants import IGNORE_INDEX
@@ -16,6 +15,7 @@ from .crf_loss import CRFTrainingLoss, check_crf_training_options, crf_parameter
 from ..evaluation.inference import InferenceConfig, infer_probabilities, pad_colour, scores_report
 from ..evaluation.metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
 from ..models import load_pretrained
+from ..models.arguments import part_config
 from .optimization import poly_lr_factor, sgd_with_poly
 from ..viz import image_to_uint8
 
@@ -31,13 +31,6 @@ def resize_labels(mask: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def part_config(part: nn.Module) -> dict[str, Any]:
-    """``class_path``/``init_args`` of a part built in Python (what LightningCLI saves for a part
-    it built from the YAML), so a checkpoint says how to rebuild it."""
-    cls = type(part)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(part, "init_args", {}))}
 
 
 class DeepLabV2Module(pl.LightningModule):
@@ -111,15 +104,15 @@ class DeepLabV2Module(pl.LightningModule):
         if loss_resolution not in ("logits", "image"):
             raise ValueError(f"loss_resolution must be 'logits' or 'image', got {loss_resolution!r}")
         check_crf_training_options(train_with_crf, crf_loss_weight, crf_train_iterations, crf_lr_mult, crf_per_scale)
-        cli_hparams = _given_hyperparameters.get() is not None  # LightningCLI gives the YAML's parts
-        self.save_hyperparameters(ignore=None if cli_hparams else ["model", "crf", "inference"])
+        # Plain values only, however the module is built (from Python or by LightningCLI), so a
+        # checkpoint loads without unpickling classes: each part as the class_path/init_args that
+        # rebuild it, and load_from_checkpoint rebuilds them as LightningCLI does.
+        self.save_hyperparameters(ignore=["model", "crf", "inference"])
         self.inference = InferenceConfig.from_value(inference)
-        if not cli_hparams:  # plain values only, so checkpoints load without unpickling classes
-            self.hparams.update(model=part_config(model), inference=self.inference.to_dict())
-            if crf is not None:
-                self.hparams["crf"] = part_config(crf)
-            # load_from_checkpoint rebuilds the parts from class_path/init_args as LightningCLI does
-            self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
+        self.hparams.update(model=part_config(model), inference=self.inference.to_dict())
+        if crf is not None:
+            self.hparams["crf"] = part_config(crf)
+        self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
         self.model = model
         self.crf = crf if crf is not None else DenseCRF()
         self.crf.set_num_classes(num_classes)  # makes a "potts" compatibility, checks a matrix
