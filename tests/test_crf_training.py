@@ -330,13 +330,15 @@ def test_second_stage_from_the_command_line(tmp_path):
     off = ("--trainer.logger", "false", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2")
     DeepLabCLI(args=["fit", *tiny_args(data_root, first, *off)])
     stage2 = tiny_args(data_root, second, *off, "--model.crf_train_iterations", "2")
-    stage2[stage2.index("--config") + 1] = str(REPO / "configs" / "synthetic_crfrnn.yaml")
+    at = stage2.index("--config") + 2  # the demo's config, then the overlays of its second stage
+    stage2[at:at] = ["--config", str(REPO / "configs" / "crfrnn.yaml"),
+                     "--config", str(REPO / "configs" / "synthetic_crfrnn.yaml")]  # fmt: skip
     pretrained = os.path.join(first, "checkpoints", "last.ckpt")
     DeepLabCLI(args=["fit", *stage2, "--model.pretrained", pretrained])
     last = torch.load(os.path.join(second, "checkpoints", "last.ckpt"), weights_only=False)
     assert {k for k in last["state_dict"] if k.startswith("crf.")} == {f"crf.{name}" for name in LEARNED}
     learned_pos_w = float(last["state_dict"]["crf.pos_w"])
-    assert learned_pos_w != 3.0  # configs/synthetic_crfrnn.yaml starts it at 3
+    assert learned_pos_w != 3.0  # configs/synthetic.yaml starts it at 3
     # validate the checkpoint with its own configuration: the learned CRF is what it reports
     DeepLabCLI(args=["validate", *stage2, "--ckpt_path", "last"])
     scores = sorted(p for p in os.listdir(os.path.join(second, "checkpoints")) if p.endswith("val-scores.json"))

@@ -6,7 +6,7 @@ kernel's weight ``bi_w`` (3..6), spatial std ``bi_xy_std`` (30..100 by 10) and c
 from the ``.npy`` files ``deeplab predict`` saves) and kept; every setting then runs only the
 CRF, on the GPU when there is one, and is scored with one confusion matrix over the images.
 
-    deeplab crf-search --config configs/deeplabv2_resnet101_voc12aug.yaml \\
+    deeplab crf-search --config configs/deeplabv2_resnet101.yaml --config configs/voc12aug.yaml \\
         --ckpt_path best --num_images 100
 """
 
