@@ -164,3 +164,8 @@ def test_the_cli_overrides_no_private_method_of_lightning_cli():
         if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
     }
     assert {n for n in used if n.startswith("_") and hasattr(LightningCLI, n)} == set()
+
+
+def test_the_data_knows_nothing_of_the_networks():
+    # padding is marked by the data and filled by the network's normalisation (PAD_VALUE)
+    assert not {name for name in _foreign_imports("data") if name.startswith(f"{NAME}.models")}

@@ -113,13 +113,6 @@ def default_callbacks(
     return callbacks
 
 
-def _style_of(model: Any) -> str:
-    """The ``style`` of a network given as ``class_path``/``init_args`` (DeepLabV2's default when unset)."""
-    init_args = getattr(model, "init_args", None)
-    style = getattr(init_args, "style", None) if init_args is not None else None
-    return style or "caffe"
-
-
 def _as_list(value: Any) -> list:
     if value is None:
         return []
@@ -169,8 +162,6 @@ class DeepLabCLI(LightningCLI):
         # The dataset decides the classes; the model follows it.
         parser.link_arguments("data.num_classes", "model.model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        # Images are padded with the mean colour of the model's normalisation.
-        parser.link_arguments("model.model", "data.pad_style", compute_fn=_style_of, apply_on="parse")
         parser.add_argument(
             "--checkpoint_every_n_steps", type=int, default=DEFAULT_CHECKPOINT_EVERY_N_STEPS,
             help="fit: write checkpoints/last.ckpt every N training steps (0: only at validation and at the end)",

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, PAD_VALUE
 from .arguments import check_choices, given_arguments
 from .aspp import ASPP, VGGASPP
 from .msc import fuse_max, resize_input, validate_caffe_scales, validate_scales
@@ -126,10 +126,12 @@ class DeepLabV2(nn.Module):
         self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def normalize_input(self, x: Tensor) -> Tensor:
-        """RGB 0-255 -> what the backbone expects (channel order, mean, std of :attr:`style`)."""
+        """RGB 0-255 -> what the backbone expects (channel order, mean, std of :attr:`style`);
+        padded pixels (:data:`~lightning_deeplab.constants.PAD_VALUE`) become 0, the mean."""
+        padding = (x == PAD_VALUE).all(dim=1, keepdim=True)
         if self.input_channel_order == "BGR":
             x = x.flip(1)
-        return (x - self.input_mean) / self.input_std
+        return ((x - self.input_mean) / self.input_std).masked_fill(padding, 0.0)
 
     def forward_multi(self, x: Tensor) -> list[Tensor]:
         """Score maps at each MSC scale (in ``msc_scales`` order, each its own size), then the fused map.
@@ -151,7 +153,11 @@ class DeepLabV2(nn.Module):
         if x.device.type == "meta" or x.numel() == 0:
             return  # nothing to look at; check a later, real input
         self._input_range_checked = True
-        low, high = torch.aminmax(x.detach())
+        values = x.detach()
+        values = values[values != PAD_VALUE]  # the padding is not part of the image
+        if values.numel() == 0:
+            return
+        low, high = torch.aminmax(values)
         if float(low) >= 0.0 and float(high) <= 1.0:
             warnings.warn(
                 f"DeepLabV2 got an input with values only in [{float(low):.3g}, {float(high):.3g}]; it expects RGB "

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..constants import IGNORE_INDEX
 from ..crf import DenseCRF, unary_from_softmax
 from .crf_loss import CRFTrainingLoss, check_crf_training_options, crf_parameter_group, reconcile_crf_state
-from ..evaluation.inference import InferenceConfig, infer_probabilities, pad_colour, scores_report
+from ..evaluation.inference import InferenceConfig, infer_probabilities, scores_report
 from ..evaluation.metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
 from ..models import load_pretrained
 from ..models.arguments import part_config
@@ -117,7 +117,7 @@ class DeepLabV2Module(pl.LightningModule):
         self.crf = crf if crf is not None else DenseCRF()
         self.crf.set_num_classes(num_classes)  # makes a "potts" compatibility, checks a matrix
         self.crf_loss = (
-            CRFTrainingLoss(pad_colour(model), crf_loss_weight, crf_train_iterations, crf_per_scale)
+            CRFTrainingLoss(crf_loss_weight, crf_train_iterations, crf_per_scale)
             if train_with_crf else None
         )  # fmt: skip
         self.num_classes = num_classes

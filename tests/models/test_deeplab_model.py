@@ -238,3 +238,20 @@ def test_an_unknown_msc_resize_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="msc_resize 'nearest'; valid names: caffe, pytorch"):
         with torch.device("meta"):
             DeepLabV2("resnet18", msc_resize="nearest")
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_padding_normalises_to_zero_the_mean_colour(style: str) -> None:
+    from lightning_deeplab.constants import PAD_VALUE
+
+    model = DeepLabV2("resnet18", "aspp-s", num_classes=3, msc_scales=None, style=style)
+    image = torch.rand(2, 3, 9, 11) * 255
+    image[0, :, 5:, :] = PAD_VALUE
+    image[1, :2, :, 7:] = PAD_VALUE  # not every channel: a pixel, not padding (never from the data)
+    normalised = model.normalize_input(image)
+    assert bool((normalised[0, :, 5:] == 0).all())
+    assert torch.equal(normalised[0, :, :5], model.normalize_input(image[:1, :, :5])[0])
+    assert not bool((normalised[1, :2, :, 7:] == 0).any())
+    # the mean colour itself normalises to (nearly) the same zero
+    mean_rgb = model.input_mean.flip(1) if model.input_channel_order == "BGR" else model.input_mean
+    torch.testing.assert_close(model.normalize_input(mean_rgb.expand(1, 3, 2, 2)), torch.zeros(1, 3, 2, 2))
