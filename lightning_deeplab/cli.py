@@ -46,6 +46,7 @@ from .loggers import QuietShutdownOnFullDisk, default_logger
 from .module import DeepLabV2Module
 from .predict import SegmentationWriter
 from .progress import StepProgressBar
+from .quiet import silence_library_noise
 from .reporting import default_reporting
 
 #: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
@@ -133,6 +134,7 @@ class DeepLabCLI(LightningCLI):
     """
 
     def __init__(self, *args: Any, ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
+        silence_library_noise()
         self.ckpt_path = ckpt_path
         self._saved_model: Optional[dict[str, Any]] = None
         self._saved_run_id: Optional[str] = None
