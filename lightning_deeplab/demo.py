@@ -104,7 +104,8 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
         args += ["--ckpt_path", "last"]
     cli = DeepLabCLI(args=args)
     train_seconds = time.perf_counter() - start
-    cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best")
+    # ScoresReport prints the table; Lightning's own (verbose) would print the scores a second time
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     with open(scores_path(cli.trainer, "val")) as f:
         report = json.load(f)  # written by ScoresReport after validation: the protocol's scores
     write_predictions(cli.model.cpu(), cli.datamodule, output, num_examples)
