@@ -24,10 +24,14 @@ def colorize(mask: np.ndarray, palette) -> np.ndarray:
     return full_palette(palette)[np.asarray(mask, dtype=np.int64).clip(0, 255)]
 
 
-def blend(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5) -> np.ndarray:
-    """The image with the coloured label map laid over it."""
+def blend(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5, keep=()) -> np.ndarray:
+    """The image with the coloured label map laid over it; pixels of the classes in ``keep``
+    (e.g. the background) stay as in the image."""
     mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask, palette).astype(np.float32)
-    return mixed.round().clip(0, 255).astype(np.uint8)
+    mixed = mixed.round().clip(0, 255).astype(np.uint8)
+    untouched = np.isin(mask, list(keep))
+    mixed[untouched] = image[untouched]
+    return mixed
 
 
 def save_label_png(mask: np.ndarray, palette, path: str) -> None:
@@ -38,8 +42,9 @@ def save_label_png(mask: np.ndarray, palette, path: str) -> None:
     write_index_png(path, mask, palette)
 
 
-def save_atomically(img: Image.Image, path: str) -> None:
-    """Save a PIL image in the format its extension names, appearing complete or not at all."""
+def save_atomically(img: Image.Image, path: str, **options) -> None:
+    """Save a PIL image in the format its extension names (``options``: that format's, e.g. a
+    JPEG's ``subsampling``), appearing complete or not at all."""
     fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG")
     with atomic_output(path, "wb") as handle:
-        img.save(handle, format=fmt)
+        img.save(handle, format=fmt, **options)

@@ -3,15 +3,16 @@
 For every image, under ``output_dir``:
 
     labels/<name>.png          palette PNG, pixel values = class indices (the VOC format)
-    overlays/<name>.jpg        the label colours blended over the image, or image | labels
+    overlays/<name>.jpg        the label colours blended over the image (the background left as it
+                               is), or image | labels; a legend of the classes shown above
     labels_crf/<name>.png      (with ``crf``) the same from the dense-CRF-refined probabilities
     overlays_crf/<name>.jpg    (with ``crf``)
     probabilities/<name>.npy   (optional) float16 [C, H, W] softmax of the network, for later CRF
                                runs (``deeplab crf``)
 
-Every file has its image's own size and appears complete or not at all. Outputs of an earlier
-run are never replaced silently: an output folder that already holds predictions is refused
-unless ``overwrite`` is set.
+Every file has its image's own size (an overlay's legend adds rows above it) and appears
+complete or not at all. Outputs of an earlier run are never replaced silently: an output
+folder that already holds predictions is refused unless ``overwrite`` is set.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from ..data.palette import VOC_PALETTE
 from ..fileio import atomic_output
 from ..viz import blend, colorize, image_to_uint8, save_atomically, save_label_png
+from ..legend import background_classes, legend_entries, sheet
 
 OVERLAY_KINDS = ("blend", "side_by_side", "none")
 #: Output folder (below ``output_dir``) -> file extension.
@@ -49,6 +51,9 @@ class SegmentationWriter(BasePredictionWriter):
         overlay: ``"blend"`` (label colours laid over the image), ``"side_by_side"`` (the image
             and the colour labels next to each other) or ``"none"``.
         overlay_alpha: weight of the label colours in a blend, in [0, 1].
+        paint_background: a blend also colours the pixels of the class named "background"
+            (off: they stay as in the photo). Every overlay carries a legend of the classes
+            it shows, above the picture.
         save_probabilities: also save the network's class probabilities (before any CRF) as
             float16 ``.npy`` arrays [C, H, W].
         crf: also write label maps and overlays of the dense-CRF-refined probabilities (the
@@ -63,6 +68,7 @@ class SegmentationWriter(BasePredictionWriter):
         output_dir: Optional[str] = None,
         overlay: Literal["blend", "side_by_side", "none"] = "blend",
         overlay_alpha: float = 0.5,
+        paint_background: bool = False,
         save_probabilities: bool = False,
         crf: bool = False,
         overwrite: bool = False,
@@ -77,6 +83,7 @@ class SegmentationWriter(BasePredictionWriter):
         self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.overlay = overlay
         self.overlay_alpha = overlay_alpha
+        self.paint_background = paint_background
         self.save_probabilities = save_probabilities
         self.crf = crf
         self.overwrite = overwrite
@@ -120,6 +127,7 @@ class SegmentationWriter(BasePredictionWriter):
         probs, images = prediction["probabilities"], prediction["image"]
         palette = getattr(trainer.datamodule, "palette", None) if trainer.datamodule is not None else None
         palette = VOC_PALETTE if palette is None else palette
+        names = getattr(pl_module, "class_names", None)
         for i, (name, (height, width)) in enumerate(zip(prediction["name"], prediction["size"])):
             image_probs = probs[i : i + 1, :, :height, :width]
             image = images[i : i + 1, :, :height, :width]
@@ -127,22 +135,30 @@ class SegmentationWriter(BasePredictionWriter):
                 with atomic_output(self.path_of("probabilities", name)) as handle:
                     np.save(handle, image_probs[0].to(torch.float16).cpu().numpy())
             pixels = image_to_uint8(image[0]).permute(1, 2, 0).cpu().numpy() if self.overlay != "none" else None
-            self._write_labels(name, image_probs[0].argmax(dim=0).cpu().numpy(), pixels, palette, "")
+            self._write_labels(name, image_probs[0].argmax(dim=0).cpu().numpy(), pixels, palette, names, "")
             if self.crf:
                 with torch.no_grad():
                     refined = pl_module.refine_probabilities(image_probs, image)
-                self._write_labels(name, refined[0].argmax(dim=0).cpu().numpy(), pixels, palette, "_crf")
+                self._write_labels(name, refined[0].argmax(dim=0).cpu().numpy(), pixels, palette, names, "_crf")
             self.written.append(name)
 
-    def _write_labels(self, name: str, labels: np.ndarray, pixels: Optional[np.ndarray], palette, suffix: str) -> None:
+    def _write_labels(self, name: str, labels: np.ndarray, pixels: Optional[np.ndarray], palette,
+                      class_names: Optional[Sequence[str]], suffix: str) -> None:  # fmt: skip
         save_label_png(labels, palette, self.path_of("labels" + suffix, name))
-        if pixels is None:
-            return
+        if pixels is not None:
+            picture = self.overlay_sheet(pixels, labels, palette, class_names)
+            # full-resolution colour: subsampled, the legend's white and the class edges would bleed
+            save_atomically(Image.fromarray(picture), self.path_of("overlays" + suffix, name), subsampling=0)
+
+    def overlay_sheet(self, pixels: np.ndarray, labels: np.ndarray, palette,
+                      class_names: Optional[Sequence[str]]) -> np.ndarray:  # fmt: skip
+        """The overlay of ``labels`` on the image ``pixels``, below the legend of the classes it shows."""
         if self.overlay == "blend":
-            picture = blend(pixels, labels, palette, self.overlay_alpha)
+            kept = () if self.paint_background else background_classes(class_names)
+            panels = [blend(pixels, labels, palette, self.overlay_alpha, keep=kept)]
         else:
-            picture = np.concatenate([pixels, colorize(labels, palette)], axis=1)
-        save_atomically(Image.fromarray(picture), self.path_of("overlays" + suffix, name))
+            kept, panels = (), [pixels, colorize(labels, palette)]
+        return sheet(panels, legend_entries([labels], palette, class_names, leave_out=kept))
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         where = f" (process {trainer.global_rank})" if trainer.world_size > 1 else ""

@@ -47,6 +47,7 @@ from ..training.module import DeepLabV2Module
 from ..callbacks.prediction_writer import SegmentationWriter
 from ..callbacks.progress import StepProgressBar
 from ..callbacks.reporting import default_reporting
+from ..quiet import silence_library_noise
 
 #: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
 PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
@@ -129,6 +130,7 @@ class DeepLabCLI(LightningCLI):
     """
 
     def __init__(self, *args: Any, ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
+        silence_library_noise()
         self.ckpt_path = ckpt_path
         self._saved_model: Optional[dict[str, Any]] = None
         self._saved_run_id: Optional[str] = None

@@ -24,6 +24,7 @@ from ..evaluation.inference import format_scores_table
 from ..fileio import atomic_output, write_json
 from ..callbacks.reporting import scores_path
 from ..viz import colorize, image_to_uint8, save_atomically, save_label_png
+from ..legend import legend_entries, sheet
 
 
 def shipped_config(name: str) -> str:
@@ -66,7 +67,8 @@ def plot_per_class(report: dict[str, Any], path: str) -> None:
 @torch.no_grad()
 def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
     """Palette PNGs of the prediction and the CRF prediction, and a strip per image
-    (image | ground truth | prediction | CRF prediction, in the dataset's colours)."""
+    (image | ground truth | prediction | CRF prediction, in the dataset's colours, titled, with
+    a legend of the classes shown)."""
     module.eval()
     palette = datamodule.palette
     written = []
@@ -84,11 +86,23 @@ def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
                 crf_pred = refined[i].argmax(0).numpy()
                 save_label_png(crf_pred, palette, os.path.join(output, "predictions_crf", f"{name}.png"))
                 panels.append(colorize(crf_pred, palette))
-            strip = np.concatenate(panels, axis=1)
+            strip = comparison_strip(panels, batch["mask"][i].numpy(), pred, crf_pred if refined is not None else None,
+                                     palette, getattr(datamodule, "class_names", None))  # fmt: skip
             path = os.path.join(output, "comparisons", f"{name}.png")
             save_atomically(Image.fromarray(strip), path)
             written.append(path)
     return written
+
+
+#: The panels of a comparison strip, left to right.
+PANEL_TITLES = ("image", "ground truth", "prediction", "with CRF")
+
+
+def comparison_strip(panels: list[np.ndarray], truth: np.ndarray, pred: np.ndarray, crf_pred: np.ndarray | None,
+                     palette, class_names) -> np.ndarray:  # fmt: skip
+    """The panels side by side, titled, with the legend of the classes the label panels show."""
+    shown = [truth, pred] + ([crf_pred] if crf_pred is not None else [])
+    return sheet(panels, legend_entries(shown, palette, class_names), titles=PANEL_TITLES[: len(panels)])
 
 
 def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None = None, num_examples: int = 8) -> dict:
@@ -104,7 +118,8 @@ def run(output: str, config: str = DEFAULT_CONFIG, extra_args: list[str] | None 
         args += ["--ckpt_path", "last"]
     cli = DeepLabCLI(args=args)
     train_seconds = time.perf_counter() - start
-    cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best")
+    # ScoresReport prints the table; Lightning's own (verbose) would print the scores a second time
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     with open(scores_path(cli.trainer, "val")) as f:
         report = json.load(f)  # written by ScoresReport after validation: the protocol's scores
     write_predictions(cli.model.cpu(), cli.datamodule, output, num_examples)

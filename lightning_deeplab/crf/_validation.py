@@ -28,6 +28,11 @@ _BILATERAL_DIM = 5
 _UNARY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # A little below the kernels' limit, so float32 rounding of the elevation cannot cross it.
 _ELEVATED_LIMIT = MAX_ELEVATED * 0.999
+#: The largest kernel weight (and compatibility entry) accepted. A normalised message is at most
+#: the square root of a lattice's mass, and "none" its mass (~1e9 at the largest image), so
+#: weight x compatibility x message stays far below float32's 3.4e38: energies stay finite (at
+#: 3e38 they overflow to Inf and the softmax returns NaN). Real weights are below 1e3.
+MAX_WEIGHT = 1e12
 
 
 def _compiling() -> bool:
@@ -63,17 +68,24 @@ def reject_numpy(name: str, value, how: str) -> None:
 
 
 def check_weight(name: str, value) -> None:
-    """A finite kernel weight: a number or a 0-dim tensor."""
+    """A finite kernel weight of at most MAX_WEIGHT in magnitude: a number or a 0-dim tensor."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(f"{name} must be a scalar floating-point tensor, got {value}")
-        if wants_value_checks(value.device, None) and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{name} must be finite, got {value.item()}")
+        if wants_value_checks(value.device, None):
+            _check_weight_value(name, value.item())
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+    _check_weight_value(name, float(value))
+
+
+def _check_weight_value(name: str, value: float) -> None:
+    if not math.isfinite(value) or abs(value) > MAX_WEIGHT:
+        raise ValueError(
+            f"{name} must be finite and at most {MAX_WEIGHT:g} in magnitude (larger weights overflow "
+            f"the CRF's energies to Inf and its marginals to NaN), got {value}"
+        )
 
 
 def check_iterations(iterations: int) -> None:
@@ -181,8 +193,17 @@ def check_compatibility_matrix(compatibility: torch.Tensor) -> None:
 
 
 def check_finite_compatibility(name: str, compatibility: torch.Tensor) -> None:
-    if wants_value_checks(compatibility.device, None) and not bool(torch.isfinite(compatibility).all()):
+    """Finite entries of at most MAX_WEIGHT in magnitude (they multiply the weighted messages)."""
+    if not wants_value_checks(compatibility.device, None):
+        return
+    if not bool(torch.isfinite(compatibility).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+    largest = float(compatibility.detach().abs().max()) if compatibility.numel() else 0.0
+    if largest > MAX_WEIGHT:
+        raise ValueError(
+            f"{name} has an entry of magnitude {largest:g}; at most {MAX_WEIGHT:g} is accepted "
+            "(larger ones overflow the CRF's energies to Inf and its marginals to NaN)"
+        )
 
 
 def check_lattice_range(height: int, width: int, pos_xy_std: float, bi_xy_std: float, bi_rgb_std: float) -> None:

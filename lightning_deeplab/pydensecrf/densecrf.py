@@ -74,6 +74,8 @@ def _float_array(name: str, value, ndim: int) -> np.ndarray:
     if array.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {array.shape}")
     array = np.ascontiguousarray(array, dtype=np.float32)
+    if not array.flags.writeable:  # torch.from_numpy warns about read-only arrays: copy them
+        array = array.copy()
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or Inf")
     return array
@@ -94,8 +96,7 @@ def _compatibility(compat, labels: int) -> tuple[float, Optional[np.ndarray]]:
     messages are added, not subtracted: Potts w -> (w, None); vector v -> (1, -v);
     matrix X -> (1, -(X + X^T)/2)."""
     if isinstance(compat, numbers.Number) and not isinstance(compat, bool):
-        if not np.isfinite(compat):
-            raise ValueError(f"compat must be finite, got {compat}")
+        _validation.check_weight("compat", float(compat))  # finite, and small enough not to overflow
         return float(compat), None
     array = np.asarray(compat)
     if array.ndim == 1:
@@ -232,7 +233,8 @@ class DenseCRF:
         q64 = np.asarray(Q, dtype=np.float64)
         kl = float((q64 * np.log(np.maximum(Q, np.float32(1e-20)).astype(np.float64))).sum())
         kl += float((self._unary.astype(np.float64) * q64).sum())
-        q = torch.from_numpy(np.ascontiguousarray(Q)).T.unsqueeze(0).contiguous().to(self._device)
+        readable = np.ascontiguousarray(Q) if Q.flags.writeable else np.array(Q)  # from_numpy warns on read-only
+        q = torch.from_numpy(readable).T.unsqueeze(0).contiguous().to(self._device)
         for term in pairwise_terms(q, self._built_kernels()):
             kl -= float((q.double() * term.double()).sum())
         return kl
@@ -269,11 +271,22 @@ class DenseCRF2D(DenseCRF):
                 "(for other channels use utils.create_pairwise_bilateral with addPairwiseEnergy)"
             )
         if image.dtype != np.uint8:
-            raise ValueError(f"rgbim must be uint8 (0-255 RGB), got {image.dtype}; convert with .astype(np.uint8)")
+            raise ValueError(f"rgbim must be uint8 (0-255 RGB), got {image.dtype}; {_uint8_hint(image.dtype)}")
         colours = image.reshape(-1, 3).astype(np.float32)
         stds = _per_axis("srgb", srgb, 3)
         channels = [colours[:, c] / np.float32(stds[c]) for c in range(3)]
         self.addPairwiseEnergy(np.stack(self._xy(sxy) + channels), compat, kernel, normalization)
+
+
+def _uint8_hint(dtype: np.dtype) -> str:
+    """How to bring an image of `dtype` to 0-255 (a plain .astype(np.uint8) wraps 16-bit values)."""
+    if dtype == np.uint16:
+        return "scale 16-bit values down with (rgbim >> 8).astype(np.uint8)"
+    if dtype.kind == "f":
+        return (
+            "for values in [0, 1] use (rgbim * 255).round().astype(np.uint8); for 0-255 rgbim.round().astype(np.uint8)"
+        )
+    return "convert it to 0-255 values of dtype uint8 (np.clip(rgbim, 0, 255).astype(np.uint8) for 0-255 values)"
 
 
 def _to_numpy(q: torch.Tensor) -> np.ndarray:

@@ -12,6 +12,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from ..fileio import disk_full_code
+from ..quiet import quiet_wandb
 
 WANDB_PROJECT = "lightning-deeplab"
 
@@ -41,6 +42,7 @@ def default_logger(save_dir: str, name: str | None = None, run_id: str | None = 
     offline = mode in ("offline", "dryrun") or (mode == "" and not wandb_api_key_configured())
     os.makedirs(save_dir, exist_ok=True)
     resume = {"id": run_id, "resume": "allow"} if run_id else {}
+    quiet_wandb()
     return WandbLogger(project=WANDB_PROJECT, name=name, save_dir=save_dir, offline=offline, **resume)
 
 

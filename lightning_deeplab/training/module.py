@@ -21,6 +21,10 @@ from ..viz import image_to_uint8
 
 #: The stages that are scored, each without and with the CRF.
 EVALUATION_STAGES = ("val", "test")
+#: How a score is logged: every process holds the same value (from the confusion matrix summed
+#: over all of them), and a "max" over the processes keeps it bit for bit, where a mean may
+#: round; saying sync_dist also tells Lightning the value is synchronised (it warns otherwise).
+SYNCED_SCORE = {"sync_dist": True, "reduce_fx": "max"}
 
 
 __all__ = ["DeepLabV2Module", "poly_lr_factor", "resize_labels"]
@@ -245,9 +249,9 @@ class DeepLabV2Module(pl.LightningModule):
             self.confusion[key].reset()
             scores = scores_from_confusion(confusions[key], self.hparams.miou_over)
             for name in ("mIoU", "pixel_acc", "mean_acc", "fw_iou"):
-                self.log(f"{key}/{name}", scores[name].float(), prog_bar=name == "mIoU")
+                self.log(f"{key}/{name}", scores[name].float(), prog_bar=name == "mIoU", **SYNCED_SCORE)
             for class_name, iou in zip(self.class_names, scores["iou"]):
-                self.log(f"{key}/iou_{class_name}", iou.float())
+                self.log(f"{key}/iou_{class_name}", iou.float(), **SYNCED_SCORE)
         if not self.trainer.sanity_checking:
             self.scores[stage] = scores_report(
                 self.class_names, confusions[stage], confusions.get(f"{stage}_crf"), miou_over=self.hparams.miou_over
