@@ -1,4 +1,4 @@
-"""Cost of training through the dense CRF (CRF-as-RNN, ``train_with_crf``): the memory autograd
+"""Cost of training through the dense CRF (CRF-as-RNN, ``model.crf_training``): the memory autograd
 keeps for the CRF term per image, and a training step of the LightningModule with and without
 that term, in one run on the same inputs.
 
@@ -8,7 +8,7 @@ that term, in one run on the same inputs.
 Memory: the bytes of the distinct storages autograd saves for the backward inside the CRF loss,
 per image (the mean-field backward keeps a few marginal-sized tensors per iteration, so this
 grows linearly with the iterations). Speed: median wall time of a whole training step (forward,
-loss, backward) with ``train_with_crf`` off and on, with a trainable Potts-initialised CRF; on a
+loss, backward) without and with ``crf_training``, with a trainable Potts-initialised CRF; on a
 GPU the times are synchronised. Report the ratio; absolute times only on a GPU.
 """
 
@@ -23,6 +23,7 @@ import time
 import torch
 
 from lightning_deeplab.crf import DenseCRF
+from lightning_deeplab.training import CRFTraining
 from lightning_deeplab.training.crf_loss import crf_cross_entropy
 from lightning_deeplab.models import DeepLabV2
 from lightning_deeplab.training.module import DeepLabV2Module
@@ -68,7 +69,7 @@ def step_time(args, device, train_with_crf: bool) -> float:
     torch.manual_seed(0)
     model = DeepLabV2(args.backbone, args.head, args.classes, msc_scales=None, style="pytorch", norm="frozen")
     crf = trainable_crf(args) if train_with_crf else DenseCRF(iterations=args.iterations)
-    module = DeepLabV2Module(model, crf, train_with_crf=train_with_crf).to(device)
+    module = DeepLabV2Module(model, crf, crf_training=CRFTraining() if train_with_crf else None).to(device)
     module.log = lambda *a, **k: None  # no trainer to log to
     image, mask = inputs(args, device)
     batch = {"image": image, "mask": mask}

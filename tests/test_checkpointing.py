@@ -207,7 +207,7 @@ def test_a_resume_refused_before_training_leaves_last_checkpoint_alone(data_root
     before = open(last, "rb").read()
     # a trainable CRF that nothing would train: configure_optimizers refuses it, after the
     # checkpoint's weights were restored but before its loops and optimizer were
-    with pytest.raises(ValueError, match="train_with_crf"):
+    with pytest.raises(ValueError, match="crf_training is not set"):
         DeepLabCLI(
             args=["fit", *args, "--trainer.max_steps", "4", "--model.crf.trainable", "true", "--ckpt_path", last]
         )

@@ -18,6 +18,7 @@ from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.commands.main import main as deeplab
 from lightning_deeplab.constants import IGNORE_INDEX, PAD_VALUE
 from lightning_deeplab.crf import DenseCRF, dense_crf, unary_from_logits, unary_from_softmax
+from lightning_deeplab.training import CRFTraining
 from lightning_deeplab.training.crf_loss import crf_cross_entropy, unpadded_boxes
 from lightning_deeplab.data import build_train_transform
 from lightning_deeplab.data.synthetic import render_sample
@@ -36,7 +37,7 @@ def crf_module(crf: DenseCRF | None = None, msc_scales=None, **kwargs) -> DeepLa
     model = DeepLabV2("resnet18", "aspp-s", NUM_CLASSES, msc_scales=msc_scales, style="pytorch", norm="bn")
     if crf is None:
         crf = DenseCRF(iterations=3, compatibility="potts", trainable=True)
-    kwargs.setdefault("train_with_crf", True)
+    kwargs.setdefault("crf_training", CRFTraining())
     return DeepLabV2Module(model, crf, **kwargs)
 
 
@@ -75,7 +76,7 @@ def pad_bottom_right(image, mask, rows, cols):
 
 def crf_loss_of(module: DeepLabV2Module, batch: dict) -> torch.Tensor:
     outputs = module.model.forward_multi(batch["image"])
-    return module.crf_loss(module.crf, outputs, ["fused"], batch["image"], batch["mask"])["crf_fused"]
+    return module.crf_training.losses(module.crf, outputs, ["fused"], batch["image"], batch["mask"])["crf_fused"]
 
 
 # ------------------------------------------------------------------------------- gradients
@@ -121,7 +122,7 @@ def test_gradients_reach_the_backbone_and_the_crf_parameters():
 def test_a_few_steps_lower_the_crf_loss_and_move_the_crf_weights():
     # weak kernels: from a random network, strong ones collapse the marginals onto one label
     crf = DenseCRF(iterations=3, pos_w=0.5, bi_w=0.5, compatibility="potts", trainable=True)
-    module = crf_module(crf, lr=1e-3, crf_lr_mult=10.0)
+    module = crf_module(crf, lr=1e-3, crf_training=CRFTraining(lr_mult=10.0))
     optimizer = optimizer_of(module, max_steps=100)
     batch = synthetic_batch(batch=2, size=(32, 32))
     start = [p.detach().clone() for p in module.crf.parameters()]
@@ -143,17 +144,19 @@ def test_fewer_iterations_in_training():
     two = crf_cross_entropy(five, logits, batch["image"], batch["mask"], iterations=2)
     assert two == crf_cross_entropy(DenseCRF(iterations=2), logits, batch["image"], batch["mask"])
     assert two != crf_cross_entropy(five, logits, batch["image"], batch["mask"])
-    module = crf_module(DenseCRF(iterations=5), crf_train_iterations=2)
-    assert module.crf_loss.iterations == 2 and module.crf.iterations == 5
+    module = crf_module(DenseCRF(iterations=5), crf_training=CRFTraining(iterations=2))
+    assert module.crf_training.iterations == 2 and module.crf.iterations == 5
 
 
 def test_per_scale_crf_losses_and_their_weight():
-    module = crf_module(DenseCRF(iterations=2), msc_scales=(1.0, 0.5), crf_per_scale=True, crf_loss_weight=0.5)
+    module = crf_module(
+        DenseCRF(iterations=2), msc_scales=(1.0, 0.5), crf_training=CRFTraining(weight=0.5, per_scale=True)
+    )
     batch = synthetic_batch(batch=1, size=(32, 32))
     with torch.no_grad():
         outputs = module.model.forward_multi(batch["image"])
         names = list(module.training_losses(outputs, batch["mask"]))
-        losses = module.crf_loss(module.crf, outputs, names, batch["image"], batch["mask"])
+        losses = module.crf_training.losses(module.crf, outputs, names, batch["image"], batch["mask"])
         assert list(losses) == ["crf_scale1", "crf_scale0.5", "crf_fused"]
         for logits, value in zip(outputs, losses.values()):
             assert value == 0.5 * crf_cross_entropy(module.crf, logits, batch["image"], batch["mask"])
@@ -222,7 +225,7 @@ def test_unpadded_box_of_the_training_transform_output():
 
 # ------------------------------------------------------------------- optimiser and options
 def test_crf_parameters_get_their_own_group():
-    module = crf_module(lr=1e-3, crf_lr_mult=100.0)
+    module = crf_module(lr=1e-3, crf_training=CRFTraining(lr_mult=100.0))
     groups = {g["name"]: g for g in optimizer_of(module).param_groups}
     assert set(groups) == {"backbone", "head_weight", "head_bias", "crf"}
     assert groups["crf"]["lr"] == pytest.approx(0.1) and groups["crf"]["weight_decay"] == 0.0
@@ -232,22 +235,26 @@ def test_crf_parameters_get_their_own_group():
 
 
 def test_bad_options_are_refused_by_name():
-    with pytest.raises(ValueError, match="crf_loss_weight"):
-        crf_module(crf_loss_weight=-1.0)
-    with pytest.raises(ValueError, match="crf_train_iterations"):
-        crf_module(crf_train_iterations=0)
-    with pytest.raises(ValueError, match="only with train_with_crf"):
-        crf_module(train_with_crf=False, crf_train_iterations=5)
+    with pytest.raises(ValueError, match="crf_training.weight"):
+        CRFTraining(weight=-1.0)
+    with pytest.raises(ValueError, match="crf_training.lr_mult"):
+        CRFTraining(lr_mult=float("nan"))
+    with pytest.raises(ValueError, match="crf_training.iterations"):
+        CRFTraining(iterations=0)
+    with pytest.raises(TypeError, match="crf_training.per_scale"):
+        CRFTraining(per_scale="yes")
+    with pytest.raises(TypeError, match="crf_training must be a CRFTraining"):
+        crf_module(crf_training={"weight": 1.0})
     with pytest.raises(ValueError, match="compatibility is \\(2, 2\\) but there are 4 classes"):
         crf_module(DenseCRF(compatibility=[[1.0, 0.0], [0.0, 1.0]]))
-    module = crf_module(train_with_crf=False)  # a trainable CRF that nothing trains
-    with pytest.raises(ValueError, match="train_with_crf"):
+    module = crf_module(crf_training=None)  # a trainable CRF that nothing trains
+    with pytest.raises(ValueError, match="crf_training is not set"):
         optimizer_of(module)
 
 
-def test_without_train_with_crf_training_is_unchanged(monkeypatch):
-    module = crf_module(DenseCRF(), train_with_crf=False)
-    assert module.crf_loss is None and list(module.crf.parameters()) == []
+def test_without_crf_training_the_training_step_is_unchanged(monkeypatch):
+    module = crf_module(DenseCRF(), crf_training=None)
+    assert module.crf_training is None and list(module.crf.parameters()) == []
     assert [g["name"] for g in optimizer_of(module).param_groups] == ["backbone", "head_weight", "head_bias"]
     monkeypatch.setattr(DenseCRF, "forward", lambda *args, **kwargs: pytest.fail("the CRF ran in training"))
     monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
@@ -259,7 +266,7 @@ def test_without_train_with_crf_training_is_unchanged(monkeypatch):
 
 # ---------------------------------------------------------------------------- checkpoints
 def test_learned_crf_weights_survive_the_checkpoint_and_are_used_in_evaluation(tmp_path):
-    module = crf_module(lr=0.01, crf_lr_mult=10.0)
+    module = crf_module(lr=0.01, crf_training=CRFTraining(lr_mult=10.0))
     batch = synthetic_batch(batch=2, size=(32, 32))
     loader = DataLoader([{"image": batch["image"][i], "mask": batch["mask"][i]} for i in range(2)], batch_size=2)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -281,6 +288,7 @@ def test_learned_crf_weights_survive_the_checkpoint_and_are_used_in_evaluation(t
     # rebuilt from the checkpoint alone: the CRF it was built with, and what it learned
     alone = DeepLabV2Module.load_from_checkpoint(path)
     assert alone.crf.trainable and alone.crf.iterations == 3
+    assert alone.crf_training == CRFTraining(lr_mult=10.0)  # kept as plain values, rebuilt whole
     for name, value in learned.items():
         assert torch.equal(getattr(alone.crf, name).detach(), value)
     # the fixed settings from the (new) configuration, the learned ones from the checkpoint
@@ -299,17 +307,17 @@ def test_learned_crf_weights_survive_the_checkpoint_and_are_used_in_evaluation(t
 
     # a configuration that learns nothing uses its own values, and says the learned ones are unused
     with pytest.warns(UserWarning, match="crf.pos_w"):
-        fixed = DeepLabV2Module.load_from_checkpoint(path, crf=DenseCRF(pos_w=3.0), train_with_crf=False)
+        fixed = DeepLabV2Module.load_from_checkpoint(path, crf=DenseCRF(pos_w=3.0), crf_training=None)
     assert float(fixed.crf.pos_w) == 3.0 and list(fixed.crf.parameters()) == []
 
 
 def test_a_first_stage_checkpoint_starts_a_trainable_crf_at_its_configured_values(tmp_path):
-    first = crf_module(DenseCRF(), train_with_crf=False)
+    first = crf_module(DenseCRF(), crf_training=None)
     path = tmp_path / "stage1.ckpt"
     fit_no_batch(first).save_checkpoint(path)
     assert not any(k.startswith("crf.") for k in torch.load(path, weights_only=False)["state_dict"])
     second = DeepLabV2Module.load_from_checkpoint(
-        path, crf=DenseCRF(pos_w=2.0, compatibility="potts", trainable=True), train_with_crf=True
+        path, crf=DenseCRF(pos_w=2.0, compatibility="potts", trainable=True), crf_training=CRFTraining()
     )
     assert float(second.crf.pos_w) == 2.0 and torch.equal(second.crf.compatibility, torch.eye(NUM_CLASSES))
 
@@ -320,7 +328,7 @@ def test_second_stage_from_the_command_line(tmp_path):
     data_root, first, second = str(tmp_path / "data"), str(tmp_path / "first"), str(tmp_path / "second")
     off = ("--trainer.logger", "false", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2")
     DeepLabCLI(args=["fit", *tiny_args(data_root, first, *off)])
-    stage2 = tiny_args(data_root, second, *off, "--model.crf_train_iterations", "2")
+    stage2 = tiny_args(data_root, second, *off, "--model.crf_training.iterations", "2")
     at = stage2.index("--config") + 2  # the demo's config, then the overlays of its second stage
     stage2[at:at] = ["--config", str(REPO / "configs" / "crfrnn.yaml"),
                      "--config", str(REPO / "configs" / "synthetic_crfrnn.yaml")]  # fmt: skip

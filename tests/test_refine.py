@@ -142,7 +142,7 @@ def test_missing_inputs_and_an_earlier_output_are_refused(predicted, tmp_path, c
 
 
 def test_help_imports_no_torch():
-    code = "import sys; from lightning_deeplab.commands import crf_refine; refine.build_parser().format_help(); " \
+    code = "import sys; from lightning_deeplab.commands import crf_refine; crf_refine.build_parser().format_help(); " \
            "print(sorted({'torch', 'numpy', 'pytorch_lightning'} & set(sys.modules)))"  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "[]"

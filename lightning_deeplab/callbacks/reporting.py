@@ -170,7 +170,7 @@ class ReleaseCRFBuffers(pl.Callback):
 
 
 class LearnedCRFLog(pl.Callback):
-    """While a trainable CRF learns (``train_with_crf``): its kernel weights, and the mean
+    """While a trainable CRF learns (``model.crf_training``): its kernel weights, and the mean
     diagonal and off-diagonal of its compatibility, logged every ``log_every_n_steps``."""
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

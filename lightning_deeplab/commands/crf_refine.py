@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ckpt",
         type=Path,
         metavar="PATH",
-        help="take the CRF values a checkpoint learned (train_with_crf with a trainable CRF: pos_w, bi_w, "
+        help="take the CRF values a checkpoint learned (crf_training with a trainable CRF: pos_w, bi_w, "
         "compatibility); the other settings come from the options above",
     )
     parser.add_argument(

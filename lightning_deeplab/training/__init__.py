@@ -1,6 +1,7 @@
 """DeepLab v2's training step: the LightningModule, its SGD with the poly schedule, and the
 loss of training through the dense CRF."""
 
+from .crf_loss import CRFTraining
 from .module import DeepLabV2Module
 
-__all__ = ["DeepLabV2Module"]
+__all__ = ["CRFTraining", "DeepLabV2Module"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from dataclasses import dataclass
 from typing import Any, MutableMapping, NamedTuple, Optional, Sequence
 
 import torch
@@ -34,23 +35,6 @@ from ..viz import image_to_uint8
 CRF_PREFIX = "crf."
 
 Box = tuple[int, int, int, int]  # top, bottom, left, right (bottom and right exclusive)
-
-
-def check_crf_training_options(
-    train_with_crf: bool, loss_weight: float, iterations: Optional[int], lr_mult: float, per_scale: bool
-) -> None:
-    """Validates the module's CRF-training options, naming the one that is wrong."""
-    if not isinstance(train_with_crf, bool):
-        raise TypeError(f"train_with_crf must be true or false, got {train_with_crf!r}")
-    if not train_with_crf and (per_scale or iterations is not None):
-        raise ValueError("crf_per_scale and crf_train_iterations take effect only with train_with_crf: true")
-    for name, value in (("crf_loss_weight", loss_weight), ("crf_lr_mult", lr_mult)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if iterations is not None and (
-        isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1
-    ):
-        raise ValueError(f"crf_train_iterations must be a positive int or null, got {iterations!r}")
 
 
 def unpadded_boxes(image: Tensor) -> list[Optional[Box]]:
@@ -129,15 +113,41 @@ def crf_cross_entropy(
     return region_cross_entropy(crf, logits, mask, regions, iterations, ignore_index)
 
 
-class CRFTrainingLoss:
-    """The CRF term of the training loss, configured once from the module's options."""
+@dataclass(frozen=True)
+class CRFTraining:
+    """Training through the dense CRF (CRF-as-RNN): the fused logits, upsampled to the crop, go
+    through the module's CRF with the crop's image (padding left out), and the cross-entropy of
+    its marginals, times ``weight``, is added to the loss. A CRF built with ``trainable=True``
+    learns pos_w, bi_w and its compatibility (``"potts"`` starts it at the identity).
 
-    def __init__(self, weight: float = 1.0, iterations: Optional[int] = None, per_scale: bool = False) -> None:
-        self.weight = float(weight)
-        self.iterations = iterations
-        self.per_scale = per_scale
+    Attributes:
+        weight: weight of that cross-entropy in the loss.
+        iterations: mean-field iterations in training (None: the CRF's own).
+        lr_mult: LR multiplier of the CRF's learned parameters (their own optimiser group,
+            without weight decay).
+        per_scale: every MSC output through the CRF too, not only the fused one.
+    """
 
-    def __call__(
+    weight: float = 1.0
+    iterations: Optional[int] = None
+    lr_mult: float = 1.0
+    per_scale: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "lr_mult"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+                raise ValueError(f"crf_training.{name} must be a number >= 0, got {value!r}")
+        if self.iterations is not None and (
+            isinstance(self.iterations, bool)
+            or not isinstance(self.iterations, numbers.Integral)
+            or self.iterations < 1
+        ):
+            raise ValueError(f"crf_training.iterations must be a positive int or null, got {self.iterations!r}")
+        if not isinstance(self.per_scale, bool):
+            raise TypeError(f"crf_training.per_scale must be true or false, got {self.per_scale!r}")
+
+    def losses(
         self, crf: DenseCRF, outputs: Sequence[Tensor], names: Sequence[str], image: Tensor, mask: Tensor
     ) -> dict[str, Tensor]:
         """Weighted CRF losses, named ``crf_<output>``, of the fused output (the last) or, with
@@ -150,18 +160,18 @@ class CRFTrainingLoss:
         }
 
 
-def crf_parameter_group(crf: nn.Module, train_with_crf: bool, lr: float) -> Optional[dict[str, Any]]:
+def crf_parameter_group(crf: nn.Module, training: Optional[CRFTraining], lr: float) -> Optional[dict[str, Any]]:
     """The optimiser group of the CRF's learned parameters (no weight decay: it would pull the
     kernel weights and the compatibility towards 0), or None when the CRF learns nothing."""
     params = [p for p in crf.parameters() if p.requires_grad]
     if not params:
         return None
-    if not train_with_crf:
+    if training is None:
         raise ValueError(
-            "model.crf.init_args.trainable is true but model.train_with_crf is false: nothing would "
-            "train the CRF's parameters; set train_with_crf: true, or trainable: false"
+            "model.crf.init_args.trainable is true but model.crf_training is not set: nothing would "
+            "train the CRF's parameters; set model.crf_training (e.g. {iterations: 5}), or trainable: false"
         )
-    return {"name": "crf", "params": params, "lr": lr, "weight_decay": 0.0}
+    return {"name": "crf", "params": params, "lr": lr * training.lr_mult, "weight_decay": 0.0}
 
 
 def learned_crf_values(ckpt_path: str) -> dict[str, Tensor]:
@@ -171,7 +181,7 @@ def learned_crf_values(ckpt_path: str) -> dict[str, Tensor]:
     learned = {key[len(CRF_PREFIX) :]: value for key, value in state.items() if key.startswith(CRF_PREFIX)}
     if not learned:
         raise ValueError(
-            f"--ckpt {ckpt_path} holds no learned CRF values (it was not trained with train_with_crf and a "
+            f"--ckpt {ckpt_path} holds no learned CRF values (it was not trained with crf_training and a "
             "trainable CRF); give the CRF settings as options instead"
         )
     return learned

@@ -3,6 +3,7 @@ evaluation step (scores with and without the dense CRF). Reporting lives in :mod
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from ..constants import IGNORE_INDEX
 from ..crf import DenseCRF, unary_from_softmax
-from .crf_loss import CRFTrainingLoss, check_crf_training_options, crf_parameter_group, reconcile_crf_state
+from .crf_loss import CRFTraining, crf_parameter_group, reconcile_crf_state
 from ..evaluation.inference import InferenceConfig, infer_probabilities, scores_report
 from ..evaluation.metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
 from ..models import load_pretrained
@@ -60,16 +61,8 @@ class DeepLabV2Module(pl.LightningModule):
         class_names: one per class (the CLI links the dataset's).
         miou_over: the classes mIoU and mean accuracy average over (see
             :mod:`~lightning_deeplab.evaluation.metrics`): ``"all"`` as DeepLab's official evaluation.
-        train_with_crf: train through the CRF (CRF-as-RNN, :mod:`~lightning_deeplab.training.crf_loss`):
-            the fused logits, upsampled to the crop, go through ``crf`` with the crop's image
-            (padding left out), and the cross-entropy of its marginals is added to the loss. A
-            CRF built with ``trainable=True`` learns pos_w, bi_w and its compatibility
-            (``"potts"`` starts it at the identity).
-        crf_loss_weight: weight of that cross-entropy in the loss.
-        crf_train_iterations: mean-field iterations in training (default: the CRF's own).
-        crf_lr_mult: LR multiplier of the CRF's learned parameters (their own optimiser
-            group, without weight decay).
-        crf_per_scale: every MSC output through the CRF too, not only the fused one.
+        crf_training: train through ``crf`` too (CRF-as-RNN, :class:`CRFTraining`: the loss
+            weight, iterations, LR multiplier of the learned CRF values, per-scale); None: not.
 
     Checkpoints hold the CRF's learned parameters, which validate, test, predict and
     ``deeplab crf`` then use; the CRF's fixed settings (iterations, standard deviations,
@@ -93,11 +86,7 @@ class DeepLabV2Module(pl.LightningModule):
         eval_crf: bool = True,
         class_names: Optional[list[str]] = None,
         miou_over: Literal[MIOU_OVER] = DEFAULT_MIOU_OVER,  # type: ignore[valid-type]
-        train_with_crf: bool = False,
-        crf_loss_weight: float = 1.0,
-        crf_train_iterations: Optional[int] = None,
-        crf_lr_mult: float = 1.0,
-        crf_per_scale: bool = False,
+        crf_training: Optional[CRFTraining] = None,
     ) -> None:
         super().__init__()
         num_classes = getattr(model, "num_classes", None)
@@ -107,23 +96,22 @@ class DeepLabV2Module(pl.LightningModule):
             raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
         if loss_resolution not in ("logits", "image"):
             raise ValueError(f"loss_resolution must be 'logits' or 'image', got {loss_resolution!r}")
-        check_crf_training_options(train_with_crf, crf_loss_weight, crf_train_iterations, crf_lr_mult, crf_per_scale)
+        if crf_training is not None and not isinstance(crf_training, CRFTraining):
+            raise TypeError(f"crf_training must be a CRFTraining or None, got {type(crf_training).__name__}")
         # Plain values only, however the module is built (from Python or by LightningCLI), so a
         # checkpoint loads without unpickling classes: each part as the class_path/init_args that
         # rebuild it, and load_from_checkpoint rebuilds them as LightningCLI does.
-        self.save_hyperparameters(ignore=["model", "crf", "inference"])
+        self.save_hyperparameters(ignore=["model", "crf", "inference", "crf_training"])
         self.inference = InferenceConfig.from_value(inference)
         self.hparams.update(model=part_config(model), inference=self.inference.to_dict())
+        self.hparams["crf_training"] = asdict(crf_training) if crf_training is not None else None
         if crf is not None:
             self.hparams["crf"] = part_config(crf)
         self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
         self.model = model
         self.crf = crf if crf is not None else DenseCRF()
         self.crf.set_num_classes(num_classes)  # makes a "potts" compatibility, checks a matrix
-        self.crf_loss = (
-            CRFTrainingLoss(crf_loss_weight, crf_train_iterations, crf_per_scale)
-            if train_with_crf else None
-        )  # fmt: skip
+        self.crf_training = crf_training
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # One confusion matrix per stage and per refinement, summed over the whole split.
@@ -169,8 +157,8 @@ class DeepLabV2Module(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outputs = self.model.forward_multi(batch["image"])
         losses = self.training_losses(outputs, batch["mask"])
-        if self.crf_loss is not None:
-            losses.update(self.crf_loss(self.crf, outputs, list(losses), batch["image"], batch["mask"]))
+        if self.crf_training is not None:
+            losses.update(self.crf_training.losses(self.crf, outputs, list(losses), batch["image"], batch["mask"]))
         loss = sum(losses.values())
         batch_size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -189,7 +177,7 @@ class DeepLabV2Module(pl.LightningModule):
         }
         param_groups = [{"name": name, "params": groups[name], "lr": lr, "weight_decay": wd}
                         for name, (lr, wd) in settings.items()]  # fmt: skip
-        crf_group = crf_parameter_group(self.crf, hp.train_with_crf, hp.lr * hp.crf_lr_mult)
+        crf_group = crf_parameter_group(self.crf, self.crf_training, hp.lr)
         param_groups += [crf_group] if crf_group is not None else []
         max_steps = self.trainer.estimated_stepping_batches
         return sgd_with_poly(param_groups, hp.lr, hp.momentum, hp.weight_decay, max_steps, hp.poly_power)
