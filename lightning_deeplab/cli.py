@@ -47,6 +47,7 @@ from .module import DeepLabV2Module
 from .predict import SegmentationWriter
 from .progress import StepProgressBar
 from .reporting import default_reporting
+from .trainer import DeepLabTrainer
 
 #: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
 PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
@@ -140,6 +141,7 @@ class DeepLabCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", DurableSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
+        kwargs.setdefault("trainer_class", DeepLabTrainer)  # `--trainer.limit_val_batches 1` is one batch
         kwargs["parser_kwargs"] = {
             "description": HELP_DESCRIPTION,
             "formatter_class": _HelpFormatter,

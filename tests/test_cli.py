@@ -187,3 +187,17 @@ def test_every_shipped_config_parses(config, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "backbone:" in out and "dataset:" in out
+
+
+def test_an_integer_batch_limit_is_a_count_and_a_float_a_fraction(data_root, tmp_path):
+    overlay = tmp_path / "limits.yaml"
+    overlay.write_text("trainer:\n  limit_train_batches: 2\n  limit_test_batches: 1.0\n")
+    args = tiny_args(data_root, str(tmp_path / "run"), "--config", str(overlay), "--trainer.logger", "false",
+                     "--trainer.limit_val_batches", "1", "--trainer.limit_predict_batches", "0.5",
+                     "--trainer.val_check_interval", "1")  # fmt: skip
+    trainer = DeepLabCLI(args=args, run=False).trainer
+    limits = [trainer.limit_train_batches, trainer.limit_val_batches, trainer.limit_test_batches,
+              trainer.limit_predict_batches, trainer.val_check_interval]  # fmt: skip
+    assert [(type(value), value) for value in limits] == [(int, 2), (int, 1), (float, 1.0), (float, 0.5), (int, 1)]
+    trainer = DeepLabCLI(args=[*args, "--trainer.limit_val_batches", "1.0"], run=False).trainer
+    assert type(trainer.limit_val_batches) is float and trainer.limit_val_batches == 1.0
