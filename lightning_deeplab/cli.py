@@ -38,7 +38,9 @@ from .checkpointing import (
     DEFAULT_CHECKPOINT_EVERY_N_STEPS, AtomicCheckpointIO, DeepLabCheckpoint, exit_code_of, saved_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
+from .cli_parser import DeepLabArgumentParser
 from .command import command_list, main
+from .config_files import config_problem, config_values, shipped_configs_help, with_shipped_configs
 from .data import SegmentationDataModule
 from .fileio import atomic_output
 from .launch_check import check_launch, first_process
@@ -142,7 +144,9 @@ class DeepLabCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
         kwargs.setdefault("trainer_class", DeepLabTrainer)  # `--trainer.limit_val_batches 1` is one batch
+        kwargs.setdefault("parser_class", DeepLabArgumentParser)  # one-line configuration errors
         kwargs["parser_kwargs"] = {
+            "prog": "deeplab",
             "description": HELP_DESCRIPTION,
             "formatter_class": _HelpFormatter,
             **(kwargs.get("parser_kwargs") or {}),
@@ -153,6 +157,8 @@ class DeepLabCLI(LightningCLI):
         # jsonargparse would take `--model.head_lr` for `--model.head_lr_mult`: no prefixes, on
         # the main parser and on every subcommand's
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs["description"] = f"{kwargs.get('description') or ''}\n\n{shipped_configs_help()}".strip()
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -204,6 +210,9 @@ class DeepLabCLI(LightningCLI):
             # that a checkpoint must not override.
             self._given = parser.parse_object(args, defaults=False)
         else:
+            args = with_shipped_configs(sys.argv[1:] if args is None else args)
+            for problem in filter(None, map(config_problem, config_values(args))):
+                parser.error(problem)  # jsonargparse's YAML errors name no file, only "<unicode string>"
             self.config = parser.parse_args(args)
             self._given = parser.parse_args(args, defaults=False)
 
