@@ -268,7 +268,12 @@ class DeepLabCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={})
         root_dir = config.get("default_root_dir") or os.getcwd()
-        if config.get("logger") in (None, True):
+        if self.subcommand == "predict":
+            # predict writes under its --output_dir only: no run of the default logger, no config.yaml
+            self.save_config_callback = None
+            if config.get("logger") is None:
+                kwargs["logger"] = False
+        elif config.get("logger") in (None, True):
             kwargs["logger"] = default_logger(root_dir, run_id=self._resumed_wandb_run_id())
         # checkpoints written whole or not at all, unless the configuration brings its own writer
         plugins = _as_list(config.get("plugins"))
