@@ -243,7 +243,30 @@ class DeepLabCLI(LightningCLI):
         self._saved_model = saved
         self._saved_run_id = saved_wandb_run_id(checkpoint) if checkpoint is not None else None
 
-    def before_instantiate_classes(self) -> None:
+    def _check_before_the_run(self) -> None:
+        """What the configuration and the data can be checked for once the model and the data
+        exist, before the run folder is claimed and the logger creates its run: a user error
+        leaves nothing behind."""
+        self._check_class_count()
+        if self.subcommand is not None:
+            self.datamodule.check_data(self.subcommand)
+        self._claim_run_folder()
+
+    def _check_class_count(self) -> None:
+        """A class count the configuration gives the network must be the data's (unset, the
+        data's is linked in)."""
+        given = self._given.get(self.subcommand) if self.subcommand else self._given  # YAML + command line
+        given = given.get("model.model.init_args.num_classes") if given is not None else None
+        classes = self.datamodule.num_classes
+        if given is not None and given != classes:
+            section = self.config[self.subcommand] if self.subcommand else self.config
+            self.parser.error(
+                f"model.model.init_args.num_classes: the configuration says {given}, but the data "
+                f"(--data.dataset {section.get('data.dataset')}) has {classes} classes; leave it out to "
+                "follow the data"
+            )
+
+    def _claim_run_folder(self) -> None:
         """fit: claims the run folder before anything is written into it (`run_folder`): no other
         live fit holds it, and a fit that does not resume finds no earlier run's checkpoints."""
         if self.subcommand != "fit" or not first_process():
@@ -266,6 +289,7 @@ class DeepLabCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any):
+        self._check_before_the_run()  # the trainer creates the logger: user errors first
         config = self._get(self.config_init, "trainer", default={})
         root_dir = config.get("default_root_dir") or os.getcwd()
         if self.subcommand == "predict":

@@ -163,3 +163,22 @@ def test_a_shipped_config_is_found_by_name_after_a_file_of_that_name(tmp_path, m
     listed = out.split("shipped configs (--config NAME, when there is no file NAME here):\n")[1]
     shipped = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
     assert [line.strip() for line in listed.splitlines()[: len(shipped)]] == shipped
+
+
+def test_data_errors_come_before_the_run_folder_and_the_logger(data_root, tmp_path, capsys, monkeypatch):
+    from lightning_deeplab.data.synthetic import generate_synthetic_voc
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    empty, run = tmp_path / "empty", tmp_path / "run"
+    empty.mkdir()
+    voc = generate_synthetic_voc(tmp_path / "voc", num_train=4, num_val=2, image_size=(32, 32))
+    for root, extra, expected in [
+        (empty, [], f"error: no VOC 2012 tree under {empty}"),
+        (tmp_path / "missing", [], f"error: VOC data root {tmp_path / 'missing'} does not exist"),
+        (voc, ["--data.train_split", "trian"], "error: split list"),
+    ]:
+        args = tiny_args(str(root), str(run), "--data.dataset", "voc", *extra)
+        assert main(["fit", *args]) == USAGE_ERROR
+        err = capsys.readouterr().err
+        assert expected in err, err[-1000:]
+        assert not run.exists()  # no run folder, lock file or wandb run
