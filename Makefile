@@ -29,7 +29,7 @@ $(VENV)/.built: requirements/pinned.txt pyproject.toml setup.py $(CSRC)
 	touch $@
 
 demo: install
-	$(PY) -m lightning_deeplab.demo --output outputs/demo
+	$(PY) -m lightning_deeplab.commands.demo --output outputs/demo
 
 lint: install
 	$(PY) -m ruff check .

@@ -23,10 +23,9 @@ import time
 import torch
 
 from lightning_deeplab.crf import DenseCRF
-from lightning_deeplab.crf_training import crf_cross_entropy
-from lightning_deeplab.evaluation import pad_colour
+from lightning_deeplab.training.crf_loss import crf_cross_entropy
 from lightning_deeplab.models import DeepLabV2
-from lightning_deeplab.module import DeepLabV2Module
+from lightning_deeplab.training.module import DeepLabV2Module
 
 
 def saved_bytes(fn) -> int:
@@ -59,7 +58,7 @@ def crf_memory(args, device, model) -> dict:
     side = (args.crop - 1) // 8 + 1
     logits = torch.randn(args.batch, args.classes, side, side, device=device, requires_grad=True)
     crf = trainable_crf(args).to(device)
-    total = saved_bytes(lambda: crf_cross_entropy(crf, logits, image, mask, pad_colour(model)))
+    total = saved_bytes(lambda: crf_cross_entropy(crf, logits, image, mask))
     marginal = args.crop * args.crop * args.classes * 4
     return {"crf_saved_MiB_per_image": total / args.batch / 2**20, "marginal_MiB": marginal / 2**20,
             "saved_marginals_per_iteration": total / args.batch / marginal / args.iterations}  # fmt: skip

@@ -224,9 +224,9 @@ else
 fi
 COMMON=(--config configs/synthetic.yaml --trainer.precision bf16-mixed --trainer.default_root_dir "$RUN"
         --trainer.logger false --trainer.num_sanity_val_steps 0 --data.num_workers 2 "${ACCEL[@]}")
-step fit 120 $PY -m lightning_deeplab.cli fit "${COMMON[@]}" --model.eval_crf false
+step fit 120 $PY -m lightning_deeplab fit "${COMMON[@]}" --model.eval_crf false
 for crf in false true; do
-    step "validate_crf_$crf" 60 $PY -m lightning_deeplab.cli validate "${COMMON[@]}" \
+    step "validate_crf_$crf" 60 $PY -m lightning_deeplab validate "${COMMON[@]}" \
         --model.eval_crf "$crf" --ckpt_path "$RUN/checkpoints/last.ckpt"
 done
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_deeplab.models import DeepLabV2
-from lightning_deeplab.module import DeepLabV2Module
+from lightning_deeplab.training.module import DeepLabV2Module
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; override with --peak-tflops.
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -116,7 +116,7 @@ def time_inference(module, device, size: int, steps: int, warmup: int, flip: boo
     """Images/s of whole-image evaluation (the model's own MSC fusion, optionally + flip) through
     the evaluation code the module uses, with or without the dense CRF."""
     from lightning_deeplab.crf import DenseCRF, unary_from_softmax
-    from lightning_deeplab.evaluation import InferenceConfig, infer_probabilities
+    from lightning_deeplab.evaluation.inference import InferenceConfig, infer_probabilities
 
     model = module.model.eval()
     image = torch.rand(1, 3, size, size, device=device) * 255

@@ -10,13 +10,8 @@ CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
-#: The colour images are padded with, per input normalisation style ("caffe": the Caffe mean,
-#: "pytorch": the ImageNet mean), in RGB order, 0-255 scale: padded pixels normalise to ~0, as
-#: the paper pads with the mean.
-PAD_MEAN_RGB_BY_STYLE = {
-    "caffe": tuple(reversed(CAFFE_MEAN_BGR)),
-    "pytorch": tuple(255.0 * m for m in IMAGENET_MEAN_RGB),
-}
-
-#: The pad colour of the paper's (Caffe) normalisation, the default.
-PAD_MEAN_RGB = PAD_MEAN_RGB_BY_STYLE["caffe"]
+#: The value of every channel of a padded pixel in an image batch (RGB 0-255 images never hold
+#: it). The network's input normalisation turns such pixels into 0, its mean colour, as the paper
+#: pads with the mean: padding is marked where the data pads and filled where the normalisation
+#: lives, so the data need not know the network's normalisation.
+PAD_VALUE = -1.0

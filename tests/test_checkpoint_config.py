@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_deeplab.checkpoint_config import (
+from lightning_deeplab.runs.checkpoint_config import (
     CheckpointConfigError,
     DamagedCheckpoint,
     read_checkpoint,
     resolve_ckpt_path,
 )
-from lightning_deeplab.cli import DeepLabCLI, main
+from lightning_deeplab.commands.cli import DeepLabCLI
+from lightning_deeplab.commands.main import main
 from tiny_run import save_untrained_checkpoint, tiny_args
 
 
@@ -69,7 +70,7 @@ def test_predict_uses_the_given_inference_settings(trained, tmp_path):
         out = tmp_path / f"flip-{flip}"
         DeepLabCLI(args=["predict", *args, "--ckpt_path", ckpt, "--data.predict_path", str(images),
                          "--model.inference.flip", flip,
-                         "--trainer.callbacks+=lightning_deeplab.predict.SegmentationWriter",
+                         "--trainer.callbacks+=lightning_deeplab.callbacks.prediction_writer.SegmentationWriter",
                          "--trainer.callbacks.output_dir", str(out),
                          "--trainer.callbacks.save_probabilities", "true"])  # fmt: skip
         saved[flip] = np.load(out / "probabilities" / "x.npy")

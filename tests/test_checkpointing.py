@@ -14,13 +14,13 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from lightning_deeplab.checkpointing import (
+from lightning_deeplab.runs.checkpointing import (
     SIGTERM_EXIT_CODE,
     VALIDATION_SCORES_KEY,
     WANDB_RUN_ID_KEY,
     AtomicCheckpointIO,
 )
-from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.fileio import partial_files
 from step_log import StepLog, read_steps
 from tiny_run import deeplab, tiny_args
@@ -193,7 +193,7 @@ def test_val_check_interval_counts_optimizer_steps_under_gradient_accumulation(
 
 
 def test_checkpoint_period_is_validated():
-    from lightning_deeplab.checkpointing import DeepLabCheckpoint
+    from lightning_deeplab.runs.checkpointing import DeepLabCheckpoint
 
     with pytest.raises(ValueError, match="checkpoint_every_n_steps"):
         DeepLabCheckpoint(every_n_train_steps=-1)

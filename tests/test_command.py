@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from lightning_deeplab.command import EXTRA_COMMANDS, TRACEBACK_ENV, TRAINER_COMMANDS, USAGE_ERROR, main
+from lightning_deeplab.commands.main import EXTRA_COMMANDS, TRACEBACK_ENV, TRAINER_COMMANDS, USAGE_ERROR, main
 from tiny_run import REPO, tiny_args
 
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "albumentations")
@@ -31,8 +31,8 @@ def imported_modules(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["-m", "lightning_deeplab.command", "--help"], "convert-caffe"),
-        (["-m", "lightning_deeplab.command", "convert-caffe", "--help"], "caffemodel"),
+        (["-m", "lightning_deeplab.commands.main", "--help"], "convert-caffe"),
+        (["-m", "lightning_deeplab.commands.main", "convert-caffe", "--help"], "caffemodel"),
         (["-m", "lightning_deeplab.data.sbd", "--help"], "--sbd"),
     ],
 )
@@ -47,7 +47,7 @@ def test_help_imports_neither_torch_nor_lightning(args, expected):
 
 def test_console_script_is_the_light_entry_point():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["deeplab"] == "lightning_deeplab.command:main"
+    assert project["scripts"]["deeplab"] == "lightning_deeplab.commands.main:main"
     # the SPDX form: setuptools warns about the table form
     assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
     assert (REPO / "LICENSE").is_file()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_deeplab.cli import main as deeplab
+from lightning_deeplab.commands.main import main as deeplab
 from lightning_deeplab.crf import DenseCRF, unary_from_softmax
-from lightning_deeplab.crf_search import SearchSample, crf_grid_search
+from lightning_deeplab.commands.crf_search import SearchSample, crf_grid_search
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "synthetic.yaml")

@@ -14,22 +14,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_deeplab.cli import DeepLabCLI
-from lightning_deeplab.cli import main as deeplab
-from lightning_deeplab.constants import IGNORE_INDEX, PAD_MEAN_RGB_BY_STYLE
+from lightning_deeplab.commands.cli import DeepLabCLI
+from lightning_deeplab.commands.main import main as deeplab
+from lightning_deeplab.constants import IGNORE_INDEX, PAD_VALUE
 from lightning_deeplab.crf import DenseCRF, dense_crf, unary_from_logits, unary_from_softmax
-from lightning_deeplab.crf_training import crf_cross_entropy, unpadded_boxes
+from lightning_deeplab.training.crf_loss import crf_cross_entropy, unpadded_boxes
 from lightning_deeplab.data import build_train_transform
 from lightning_deeplab.data.synthetic import render_sample
 from lightning_deeplab.data.transforms import seed_transform
 from lightning_deeplab.models import DeepLabV2
-from lightning_deeplab.module import DeepLabV2Module
-from lightning_deeplab.reporting import LearnedCRFLog
+from lightning_deeplab.training.module import DeepLabV2Module
+from lightning_deeplab.callbacks.reporting import LearnedCRFLog
 from tiny_run import REPO, tiny_args
 
 NUM_CLASSES = 4
-PAD_RGB = PAD_MEAN_RGB_BY_STYLE["pytorch"]  # the style of the networks below
-PAD = torch.tensor(PAD_RGB).view(3, 1, 1)
 LEARNED = {"pos_w", "bi_w", "compatibility"}
 
 
@@ -67,9 +65,9 @@ def synthetic_batch(batch=4, size=(48, 64), seed=0) -> dict:
 
 
 def pad_bottom_right(image, mask, rows, cols):
-    """The padding the training transform adds: mean colour, ignore label."""
+    """The padding the training transform adds: PAD_VALUE, ignore label."""
     b, _, h, w = image.shape
-    out_image = PAD.expand(b, 3, h + rows, w + cols).clone()
+    out_image = torch.full((b, 3, h + rows, w + cols), PAD_VALUE)
     out_mask = torch.full((b, h + rows, w + cols), IGNORE_INDEX, dtype=torch.long)
     out_image[:, :, :h, :w], out_mask[:, :h, :w] = image, mask
     return out_image, out_mask
@@ -89,7 +87,7 @@ class LossOf(nn.Module):
         self.crf, self.image, self.mask = crf, image, mask
 
     def forward(self, logits):
-        return crf_cross_entropy(self.crf, logits, self.image, self.mask, PAD_RGB)
+        return crf_cross_entropy(self.crf, logits, self.image, self.mask)
 
 
 def test_gradcheck_of_the_crf_loss_in_float64():
@@ -98,7 +96,7 @@ def test_gradcheck_of_the_crf_loss_in_float64():
     mask = torch.randint(0, 3, (2, 6, 7), generator=gen)
     mask[0, 0, :3] = IGNORE_INDEX
     image, mask = pad_bottom_right(image, mask, 1, 2)
-    image[1, :, 5:, :], mask[1, 5:, :] = PAD, IGNORE_INDEX  # sample 1 padded more: per-sample calls
+    image[1, :, 5:, :], mask[1, 5:, :] = PAD_VALUE, IGNORE_INDEX  # sample 1 padded more: per-sample calls
     crf = DenseCRF(iterations=3, bi_xy_std=5.0, bi_rgb_std=20.0, compatibility="potts", num_classes=3, trainable=True)
     loss = LossOf(crf.double(), image, mask)
     logits = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -142,9 +140,9 @@ def test_fewer_iterations_in_training():
     batch = synthetic_batch(batch=1, size=(20, 24))
     logits = torch.randn(1, NUM_CLASSES, 20, 24)
     five = DenseCRF(iterations=5)
-    two = crf_cross_entropy(five, logits, batch["image"], batch["mask"], PAD_RGB, iterations=2)
-    assert two == crf_cross_entropy(DenseCRF(iterations=2), logits, batch["image"], batch["mask"], PAD_RGB)
-    assert two != crf_cross_entropy(five, logits, batch["image"], batch["mask"], PAD_RGB)
+    two = crf_cross_entropy(five, logits, batch["image"], batch["mask"], iterations=2)
+    assert two == crf_cross_entropy(DenseCRF(iterations=2), logits, batch["image"], batch["mask"])
+    assert two != crf_cross_entropy(five, logits, batch["image"], batch["mask"])
     module = crf_module(DenseCRF(iterations=5), crf_train_iterations=2)
     assert module.crf_loss.iterations == 2 and module.crf.iterations == 5
 
@@ -158,7 +156,7 @@ def test_per_scale_crf_losses_and_their_weight():
         losses = module.crf_loss(module.crf, outputs, names, batch["image"], batch["mask"])
         assert list(losses) == ["crf_scale1", "crf_scale0.5", "crf_fused"]
         for logits, value in zip(outputs, losses.values()):
-            assert value == 0.5 * crf_cross_entropy(module.crf, logits, batch["image"], batch["mask"], PAD_RGB)
+            assert value == 0.5 * crf_cross_entropy(module.crf, logits, batch["image"], batch["mask"])
 
 
 # -------------------------------------------------------------------------------- padding
@@ -172,12 +170,12 @@ def test_padding_does_not_leak_into_the_image():
     padded_logits[:, 0] = 20.0
     padded_logits[:, :, :30, :40] = logits
     padded_logits.requires_grad_(True)
-    loss = crf_cross_entropy(crf, padded_logits, image, mask, PAD_RGB)
-    assert loss == crf_cross_entropy(crf, logits, batch["image"], batch["mask"], PAD_RGB)
+    loss = crf_cross_entropy(crf, padded_logits, image, mask)
+    assert loss == crf_cross_entropy(crf, logits, batch["image"], batch["mask"])
     loss.backward()
     assert padded_logits.grad[:, :, 30:].abs().max() == 0 and padded_logits.grad[:, :, :, 40:].abs().max() == 0
     # the test has teeth: a CRF over the whole padded crop is pulled by the padding
-    naive = dense_crf(unary_from_logits(padded_logits.detach()), image.round().to(torch.uint8), iterations=5,
+    naive = dense_crf(unary_from_logits(padded_logits.detach()), image.round().clamp(0, 255).to(torch.uint8), iterations=5,
                       pos_xy_std=3.0, bi_w=10.0, bi_xy_std=30.0, bi_rgb_std=40.0)  # fmt: skip
     naive_loss = F.nll_loss(torch.log(naive), mask, ignore_index=IGNORE_INDEX)
     assert not torch.isclose(naive_loss, loss.detach(), rtol=1e-3)
@@ -186,11 +184,11 @@ def test_padding_does_not_leak_into_the_image():
 def test_samples_padded_differently_equal_their_own_runs():
     batch = synthetic_batch(batch=2, size=(30, 40))
     image, mask = batch["image"].clone(), batch["mask"].clone()
-    image[1, :, :, 25:], mask[1, :, 25:] = PAD, IGNORE_INDEX  # right padding
-    image[0, :, :, :6], mask[0, :, :6] = PAD, IGNORE_INDEX  # left padding (a flipped crop)
+    image[1, :, :, 25:], mask[1, :, 25:] = PAD_VALUE, IGNORE_INDEX  # right padding
+    image[0, :, :, :6], mask[0, :, :6] = PAD_VALUE, IGNORE_INDEX  # left padding (a flipped crop)
     logits = torch.randn(2, NUM_CLASSES, 30, 40)
     crf = DenseCRF(iterations=3)
-    loss = crf_cross_entropy(crf, logits, image, mask, PAD_RGB)
+    loss = crf_cross_entropy(crf, logits, image, mask)
 
     def summed(b, cols):
         target = mask[b : b + 1, :, cols]
@@ -201,10 +199,8 @@ def test_samples_padded_differently_equal_their_own_runs():
     torch.testing.assert_close(loss, (s0 + s1) / (n0 + n1))
 
 
-@pytest.mark.parametrize("style", sorted(PAD_MEAN_RGB_BY_STYLE))
-def test_unpadded_box_of_the_training_transform_output(style):
-    pad_rgb = PAD_MEAN_RGB_BY_STYLE[style]
-    transform = build_train_transform(64, scale_range=(1.0, 1.0), hflip=True, pad_rgb=pad_rgb)
+def test_unpadded_box_of_the_training_transform_output():
+    transform = build_train_transform(64, scale_range=(1.0, 1.0), hflip=True)
     image = np.random.default_rng(0).integers(0, 256, (40, 30, 3)).astype(np.float32)
     mask = np.ones((40, 30), np.uint8)
     mask[:5] = IGNORE_INDEX  # an ignore border in the image: not padding
@@ -214,19 +210,14 @@ def test_unpadded_box_of_the_training_transform_output(style):
         out = transform(image=image, mask=mask)
         flipped = bool(out["image"][0, 0, 0] != image[0, 0, 0])
         flips.add(flipped)
-        as_batch = torch.from_numpy(out["image"]).permute(2, 0, 1)[None], torch.from_numpy(out["mask"])[None]
-        assert unpadded_boxes(*as_batch, pad_rgb) == [(0, 40, 34, 64) if flipped else (0, 40, 0, 30)]
+        assert unpadded_boxes(torch.from_numpy(out["image"]).permute(2, 0, 1)[None]) == [
+            (0, 40, 34, 64) if flipped else (0, 40, 0, 30)
+        ]
     assert flips == {True, False}
-    whole_pad = torch.tensor(pad_rgb).view(1, 3, 1, 1).expand(1, 3, 4, 4).clone()
-    assert unpadded_boxes(whole_pad, torch.full((1, 4, 4), IGNORE_INDEX), pad_rgb) == [None]
-    assert unpadded_boxes(whole_pad, torch.zeros(1, 4, 4, dtype=torch.long), pad_rgb) == [(0, 4, 0, 4)]
-
-
-def test_the_module_pads_with_its_models_style():
-    for style in sorted(PAD_MEAN_RGB_BY_STYLE):
-        model = DeepLabV2("resnet18", "aspp-s", NUM_CLASSES, msc_scales=None, style=style, norm="bn")
-        module = DeepLabV2Module(model, DenseCRF(), train_with_crf=True)
-        assert module.crf_loss.pad_rgb == PAD_MEAN_RGB_BY_STYLE[style]
+    assert unpadded_boxes(torch.full((1, 3, 4, 4), PAD_VALUE)) == [None]
+    black = torch.zeros(1, 3, 4, 4)
+    black[:, :2] = PAD_VALUE  # a pixel is padding only when all its channels are
+    assert unpadded_boxes(black) == [(0, 4, 0, 4)]
 
 
 # ------------------------------------------------------------------- optimiser and options
@@ -330,13 +321,15 @@ def test_second_stage_from_the_command_line(tmp_path):
     off = ("--trainer.logger", "false", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2")
     DeepLabCLI(args=["fit", *tiny_args(data_root, first, *off)])
     stage2 = tiny_args(data_root, second, *off, "--model.crf_train_iterations", "2")
-    stage2[stage2.index("--config") + 1] = str(REPO / "configs" / "synthetic_crfrnn.yaml")
+    at = stage2.index("--config") + 2  # the demo's config, then the overlays of its second stage
+    stage2[at:at] = ["--config", str(REPO / "configs" / "crfrnn.yaml"),
+                     "--config", str(REPO / "configs" / "synthetic_crfrnn.yaml")]  # fmt: skip
     pretrained = os.path.join(first, "checkpoints", "last.ckpt")
     DeepLabCLI(args=["fit", *stage2, "--model.pretrained", pretrained])
     last = torch.load(os.path.join(second, "checkpoints", "last.ckpt"), weights_only=False)
     assert {k for k in last["state_dict"] if k.startswith("crf.")} == {f"crf.{name}" for name in LEARNED}
     learned_pos_w = float(last["state_dict"]["crf.pos_w"])
-    assert learned_pos_w != 3.0  # configs/synthetic_crfrnn.yaml starts it at 3
+    assert learned_pos_w != 3.0  # configs/synthetic.yaml starts it at 3
     # validate the checkpoint with its own configuration: the learned CRF is what it reports
     DeepLabCLI(args=["validate", *stage2, "--ckpt_path", "last"])
     scores = sorted(p for p in os.listdir(os.path.join(second, "checkpoints")) if p.endswith("val-scores.json"))

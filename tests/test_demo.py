@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from tiny_run import tiny_args
 
-from lightning_deeplab.demo import run
+from lightning_deeplab.commands.demo import run
 
 
 @pytest.mark.slow

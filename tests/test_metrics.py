@@ -4,7 +4,7 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from lightning_deeplab.constants import IGNORE_INDEX
-from lightning_deeplab.metrics import confusion_matrix_metric, scores_from_confusion
+from lightning_deeplab.evaluation.metrics import confusion_matrix_metric, scores_from_confusion
 
 
 def numpy_confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from lightning_deeplab.constants import IGNORE_INDEX
 from lightning_deeplab.crf import DenseCRF
 from lightning_deeplab.models import DeepLabV2
-from lightning_deeplab.module import DeepLabV2Module, poly_lr_factor, resize_labels
-from lightning_deeplab.reporting import WandbReport, training_flops
+from lightning_deeplab.training.module import DeepLabV2Module, poly_lr_factor, resize_labels
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_deeplab.callbacks.reporting import TrainingFlops, WandbReport
 
 NUM_CLASSES = 4
 MODEL_ARGS = ("backbone", "head", "msc_scales", "atrous_rates", "style", "norm", "num_classes")
@@ -165,11 +167,34 @@ def test_evaluation_scores_the_prediction_and_the_crf_refinement_separately():
     assert bool((outputs["crf_prediction"] == 0).all())
 
 
-def test_training_flops_are_counted_for_the_batch():
+def _first_batch_flops(module, batch_size: int) -> int:
+    """What TrainingFlops reads from the first training batch it sees, run as Lightning runs it
+    (the step and its backward between the batch hooks)."""
+    callback = TrainingFlops()
+    callback.setup(None, module, "fit")
+    batch = {
+        "image": torch.rand(batch_size, 3, 65, 65) * 255,
+        "mask": torch.randint(0, NUM_CLASSES, (batch_size, 65, 65)),
+    }
+    for index in range(2):  # the second batch is not counted again
+        callback.on_train_batch_start(None, module, batch, index)
+        module.training_step(batch, index).backward()
+        callback.on_train_batch_end(None, module, None, batch, index)
+        if index == 0:
+            first = module.flops_per_batch
+    assert module.flops_per_batch == first
+    return first
+
+
+def test_training_flops_are_counted_on_the_real_first_batch_forward_and_backward():
     module = small_module(msc_scales=None)
-    one = training_flops(module.model, (1, 3, 64, 64))
-    two = training_flops(module.model, (2, 3, 64, 64))
-    assert one > 1e8 and two == pytest.approx(2 * one, rel=1e-6)
+    batch = {"image": torch.rand(1, 3, 65, 65) * 255, "mask": torch.randint(0, NUM_CLASSES, (1, 65, 65))}
+    with FlopCounterMode(display=False) as forward_only:
+        module.training_step(batch, 0)
+    one, two = _first_batch_flops(module, 1), _first_batch_flops(small_module(msc_scales=None), 2)
+    # backward costs about twice the forward: the count must hold both
+    assert one > 2.5 * forward_only.get_total_flops() > 1e8
+    assert two == pytest.approx(2 * one, rel=1e-6)
 
 
 def test_wandb_report_refuses_a_bad_image_count():
@@ -225,7 +250,7 @@ class Loads:
 
 def test_initial_weights_load_when_fitting_from_scratch_only(tmp_path, monkeypatch):
     loads = Loads()
-    monkeypatch.setattr("lightning_deeplab.module.load_pretrained", loads)
+    monkeypatch.setattr("lightning_deeplab.training.module.load_pretrained", loads)
     module = small_module(msc_scales=None, pretrained="imagenet")
     assert loads.specs == []  # never in the constructor
     trainer = attach_trainer(module, max_steps=1)
@@ -260,7 +285,7 @@ def test_real_dense_crf_refines_the_upsampled_prediction():
 def test_inference_settings_are_saved_as_plain_values_and_restored(tmp_path):
     import pytorch_lightning as pl
 
-    from lightning_deeplab.evaluation import InferenceConfig
+    from lightning_deeplab.evaluation.inference import InferenceConfig
 
     config = InferenceConfig(mode="slide", window=33, stride=16, scales=(1.0, 0.5), flip=True)
     module = small_module(msc_scales=None, inference=config)
@@ -277,7 +302,7 @@ def test_inference_settings_are_saved_as_plain_values_and_restored(tmp_path):
 
 
 def test_evaluation_uses_the_inference_settings():
-    from lightning_deeplab.evaluation import InferenceConfig, infer_probabilities
+    from lightning_deeplab.evaluation.inference import InferenceConfig, infer_probabilities
 
     module = small_module(msc_scales=None, inference=InferenceConfig(flip=True))
     module.eval()

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.data import VOC_PALETTE
 from lightning_deeplab.data.images import PredictImages, find_predict_images, predict_collate
-from lightning_deeplab.predict import SegmentationWriter
+from lightning_deeplab.callbacks.prediction_writer import SegmentationWriter
 from tiny_run import save_untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_same_names_are_both_kept_and_earlier_outputs_are_never_replaced(setup, 
 
 def test_writer_options_with_a_writer_callback_are_refused(setup, tmp_path):
     args = ["predict", *setup.args, "--data.predict_path", str(setup.images),
-            "--trainer.callbacks+=lightning_deeplab.predict.SegmentationWriter",
+            "--trainer.callbacks+=lightning_deeplab.callbacks.prediction_writer.SegmentationWriter",
             "--trainer.callbacks.output_dir", str(tmp_path / "a")]  # fmt: skip
     with pytest.raises(ValueError, match="--crf cannot be used with a prediction writer"):
         DeepLabCLI(args=[*args, "--crf", "true"])
@@ -178,7 +178,7 @@ def test_a_batch_of_unreadable_files_only_reports_them(tmp_path):
     assert "gone.png" in batch["skipped"][1][1]
 
     from lightning_deeplab.models import DeepLabV2
-    from lightning_deeplab.module import DeepLabV2Module
+    from lightning_deeplab.training.module import DeepLabV2Module
 
     network = DeepLabV2("resnet18", num_classes=3, msc_scales=None, style="pytorch", norm="bn")
     module = DeepLabV2Module(network, eval_crf=False)

@@ -7,8 +7,8 @@ import os
 
 from pytorch_lightning import Callback
 
-from lightning_deeplab.cli import DeepLabCLI
-from lightning_deeplab.progress import StepProgressBar
+from lightning_deeplab.commands.cli import DeepLabCLI
+from lightning_deeplab.callbacks.progress import StepProgressBar
 from tiny_run import tiny_args
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_deeplab.cli import DeepLabCLI
-from lightning_deeplab.command import EXTRA_COMMANDS, main
+from lightning_deeplab.commands.cli import DeepLabCLI
+from lightning_deeplab.commands.main import EXTRA_COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,16 @@ def test_the_readme_has_commands():
     assert {"fit", "validate", "predict", "crf-search", "crf", "convert-caffe"} <= subcommands
 
 
+def test_the_readme_lists_every_config_and_composes_them():
+    table = re.findall(r"^\| `configs/([^`]+)` \|", (REPO / "README.md").read_text(), re.M)
+    assert sorted(table) == sorted(path.name for path in (REPO / "configs").glob("*.yaml"))
+    # a base and overlays: commands that give several --config files, every one of them shipped
+    assert max(words.count("--config") for words in readme_commands()) >= 4
+    for words in readme_commands():
+        given = [words[i + 1] for i, word in enumerate(words) if word == "--config"]
+        assert all((REPO / path).is_file() for path in given), given
+
+
 @pytest.mark.parametrize("words", readme_commands(), ids=" ".join)
 def test_readme_command_parses(words, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the README's paths are relative to the checkout
@@ -44,7 +54,7 @@ def test_readme_command_parses(words, monkeypatch, capsys):
         assert all(word in usage for word in args if word.startswith("--"))
         return
     if command == "crf-search":
-        from lightning_deeplab.crf_search import _parser
+        from lightning_deeplab.commands.crf_search import _parser
 
         _, rest = _parser().parse_known_args(args)
         cli = lambda: DeepLabCLI(args=[*rest, "--print_config"], run=False)  # noqa: E731

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_deeplab.cli import DeepLabCLI, main
+from lightning_deeplab.commands.cli import DeepLabCLI
+from lightning_deeplab.commands.main import main
 from lightning_deeplab.crf import DenseCRF, unary_from_logits, unary_from_softmax
 from tiny_run import save_untrained_checkpoint
 
@@ -141,7 +142,7 @@ def test_missing_inputs_and_an_earlier_output_are_refused(predicted, tmp_path, c
 
 
 def test_help_imports_no_torch():
-    code = "import sys; from lightning_deeplab import refine; refine.build_parser().format_help(); " \
+    code = "import sys; from lightning_deeplab.commands import crf_refine; refine.build_parser().format_help(); " \
            "print(sorted({'torch', 'numpy', 'pytorch_lightning'} & set(sys.modules)))"  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "[]"

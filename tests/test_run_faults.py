@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_deeplab.checkpoint_config import read_checkpoint
-from lightning_deeplab.command import main
+from lightning_deeplab.runs.checkpoint_config import read_checkpoint
+from lightning_deeplab.commands.main import main
 from lightning_deeplab.fileio import partial_files
-from lightning_deeplab.run_folder import LOCK_NAME
+from lightning_deeplab.runs.folder import LOCK_NAME
 from mounts import same_filesystem, tmpfs
 from tiny_run import deeplab, tiny_args
 

@@ -1,4 +1,4 @@
-"""One run per folder (run_folder.py) and launches that match the Trainer (launch_check.py)."""
+"""One run per folder (runs/folder.py) and launches that match the Trainer (runs/launch_check.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from lightning_deeplab import launch_check
-from lightning_deeplab.launch_check import check_launch
-from lightning_deeplab.run_folder import LOCK_NAME, RunFolderInUse, claim
+from lightning_deeplab.runs import launch_check
+from lightning_deeplab.runs.launch_check import check_launch
+from lightning_deeplab.runs.folder import LOCK_NAME, RunFolderInUse, claim
 
 
 def test_a_live_claim_refuses_a_second_naming_its_holder_and_a_released_one_is_clean(tmp_path):

@@ -35,7 +35,7 @@ def save_untrained_checkpoint(args: list[str], path) -> "DeepLabCLI":  # noqa: F
     checkpoint of it at ``path``, as fit saves one (the CLI's hyperparameters); returns the CLI."""
     import pytorch_lightning as pl
 
-    from lightning_deeplab.cli import DeepLabCLI
+    from lightning_deeplab.commands.cli import DeepLabCLI
 
     cli = DeepLabCLI(args=args, run=False)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
@@ -49,6 +49,6 @@ def deeplab(*args: str, env: dict | None = None) -> subprocess.Popen:
     started), output and errors together on its stdout, wandb offline."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
     return subprocess.Popen(
-        [sys.executable, "-m", "lightning_deeplab.command", *args], cwd=str(REPO), env={**full_env, **(env or {})},
+        [sys.executable, "-m", "lightning_deeplab.commands.main", *args], cwd=str(REPO), env={**full_env, **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip

@@ -23,18 +23,15 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-import numpy as np
 
 from ..fileio import atomic_output
-from .caffemodel import CaffeBlob, CaffeLayer, read_caffemodel
+from .caffemodel import CaffeLayer, read_caffemodel
+from .mapping import RELEASED_HEAD, ConversionReport, blob_tensor, check_blob_count, describe_layer, listing
 from .names import CAFFE_BACKBONES, CLASSIFIER_PATTERN, MSC_COPY_PATTERN, VGG_MARKER, ConvUnit, resnet_units
 
-#: The head the released ResNet models were trained with.
-RELEASED_HEAD = "aspp-l"
 #: Backbone names ``--backbone`` takes: the Caffe ResNets and VGG-16.
 CONVERTIBLE_BACKBONES = (*CAFFE_BACKBONES, "vgg16")
 # torch and the models are imported where used, so that `--help` answers without torch.
@@ -43,54 +40,6 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 _BACKBONE_PREFIX = "backbone."
-_MAX_LISTED = 10
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion did: which Caffe layers filled which tensors, and what was left out."""
-
-    source: str
-    backbone: str
-    #: The head the state dict is for (``aspp-l`` or, for VGG-16, ``largefov``).
-    head: str = RELEASED_HEAD
-    #: Classes of the head in the state dict; None when the head was left out.
-    num_classes: Optional[int] = None
-    #: ``"caffe_layer[blob] -> state_dict_key"`` for every tensor written.
-    mapped: list[str] = field(default_factory=list)
-    #: Layers of the MSC branches (copies of shared weights), skipped.
-    msc_copies: list[str] = field(default_factory=list)
-    #: Layers with blobs that fill nothing, as ``"name (type, shapes)"``.
-    unmapped: list[str] = field(default_factory=list)
-    #: Why the head is not in the state dict (it then stays randomly initialised).
-    head_note: Optional[str] = None
-    #: BatchNorm layers whose scale-factor blob was 0 (statistics taken as 0, as Caffe does).
-    zero_scale_factors: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """A few lines for people: backbone, head, and everything skipped or unmapped."""
-        lines = [
-            f"source: {self.source}",
-            f"backbone: {self.backbone} (style 'caffe'), {len(self.mapped)} tensors mapped",
-        ]
-        if self.num_classes is not None:
-            lines.append(f"head: {self.head}, {self.num_classes} classes (whole-model state dict)")
-        else:
-            lines.append(
-                f"head: NOT converted, stays randomly initialised (backbone-only state dict): {self.head_note}"
-            )
-        if self.msc_copies:
-            lines.append(f"skipped: {len(self.msc_copies)} layers of the MSC branches (copies of shared weights)")
-        if self.zero_scale_factors:
-            lines.append(
-                "BatchNorm scale factor 0 (Caffe then uses mean 0, variance 0; so does the checkpoint) in: "
-                + _listing(self.zero_scale_factors)
-            )
-        if self.unmapped:
-            lines.append(f"unmapped: {len(self.unmapped)} layers with weights: {_listing(self.unmapped)}")
-        else:
-            lines.append("unmapped: none")
-        return "\n".join(lines)
 
 
 def convert_caffemodel(
@@ -129,7 +78,7 @@ def convert_layers(
         from .vgg import convert_vgg_layers
 
         state, used = convert_vgg_layers(weighted, num_classes, report, source)
-        report.unmapped = [_describe(layer) for name, layer in weighted.items() if name not in used]
+        report.unmapped = [describe_layer(layer) for name, layer in weighted.items() if name not in used]
         return state, report
     expected, feature_channels = _expected_shapes(backbone)
 
@@ -144,7 +93,7 @@ def convert_layers(
     if missing:
         raise ValueError(
             f"{source}: {len(missing)} layers of the {backbone} backbone are missing (or have no weights): "
-            f"{_listing(missing)}"
+            f"{listing(missing)}"
         )
 
     head, head_layers = _convert_classifier(weighted, feature_channels, num_classes, report, source)
@@ -154,7 +103,7 @@ def convert_layers(
     else:
         state = {key[len(_BACKBONE_PREFIX) :]: value for key, value in state.items()}
         report.mapped = [line.replace(f"-> {_BACKBONE_PREFIX}", "-> ") for line in report.mapped]
-    report.unmapped = [_describe(layer) for name, layer in weighted.items() if name not in used]
+    report.unmapped = [describe_layer(layer) for name, layer in weighted.items() if name not in used]
     return state, report
 
 
@@ -244,7 +193,7 @@ def _choose_backbone(weighted: Mapping[str, CaffeLayer], backbone: Optional[str]
         raise ValueError(
             f"{source}: no DeepLab ResNet layer (conv1, res2a_branch2a, ...) nor VGG-16 layer ({VGG_MARKER}) with "
             "weights; layers with "
-            f"weights: {_listing(weighted) or 'none'}"
+            f"weights: {listing(weighted) or 'none'}"
         )
     return best
 
@@ -272,9 +221,9 @@ def _convert_unit(
     source: str,
 ) -> dict[str, Tensor]:
     conv, batch_norm, scale = weighted[unit.conv], weighted[unit.batch_norm], weighted[unit.scale]
-    _check_blob_count(conv, (1,), "weights only: the model's convs have no bias", source)
-    _check_blob_count(batch_norm, (2, 3), "mean, variance[, scale factor]", source)
-    _check_blob_count(scale, (2,), "gamma, beta", source)
+    check_blob_count(conv, (1,), "weights only: the model's convs have no bias", source)
+    check_blob_count(batch_norm, (2, 3), "mean, variance[, scale factor]", source)
+    check_blob_count(scale, (2,), "gamma, beta", source)
 
     multiplier = 1.0  # Caffe: statistics * (factor == 0 ? 0 : 1 / factor)
     if len(batch_norm.blobs) == 3:
@@ -297,7 +246,7 @@ def _convert_unit(
     }
     converted = {}
     for key, (layer, index, multiplier) in values.items():
-        tensor = _fit(layer, index, expected[key], key, source)
+        tensor = blob_tensor(layer, index, expected[key], key, source)
         converted[key] = tensor * multiplier if multiplier != 1.0 else tensor
         report.mapped.append(f"{layer.name}[{index}] -> {key}")
     return converted
@@ -323,9 +272,9 @@ def _convert_classifier(
             groups.setdefault(match["tag"] or "", {})[int(match["branch"])] = layer
     complete = {tag: group for tag, group in groups.items() if sorted(group) == list(range(branches))}
     if len(complete) > 1:
-        raise ValueError(f"{source}: several ASPP classifiers: {_listing(f'fc1_{tag}_c*' for tag in complete)}")
+        raise ValueError(f"{source}: several ASPP classifiers: {listing(f'fc1_{tag}_c*' for tag in complete)}")
     if not complete:
-        found = _listing(sorted(name for group in groups.values() for name in (layer.name for layer in group.values())))
+        found = listing(sorted(name for group in groups.values() for name in (layer.name for layer in group.values())))
         report.head_note = f"no ASPP-L classifier (fc1_<tag>_c0..c{branches - 1}) in the caffemodel" + (
             f"; incomplete classifier layers: {found}" if found else ""
         )
@@ -334,7 +283,7 @@ def _convert_classifier(
     group = next(iter(complete.values()))
     layers = [group[index] for index in range(branches)]
     for layer in layers:
-        _check_blob_count(layer, (2,), "weights, bias", source)
+        check_blob_count(layer, (2,), "weights, bias", source)
     shapes = {layer.blobs[0].shape for layer in layers}
     if len(shapes) != 1 or len(next(iter(shapes))) != 4 or next(iter(shapes))[1:] != (in_channels, 3, 3):
         raise ValueError(
@@ -353,47 +302,10 @@ def _convert_classifier(
     for index, layer in enumerate(layers):
         for blob_index, (suffix, shape) in enumerate((("weight", (classes, in_channels, 3, 3)), ("bias", (classes,)))):
             key = f"head.branches.{index}.{suffix}"
-            head[key] = _fit(layer, blob_index, torch.Size(shape), key, source)
+            head[key] = blob_tensor(layer, blob_index, torch.Size(shape), key, source)
             report.mapped.append(f"{layer.name}[{blob_index}] -> {key}")
     report.num_classes = classes
     return head, names
-
-
-def _check_blob_count(layer: CaffeLayer, allowed: tuple[int, ...], meaning: str, source: str) -> None:
-    if len(layer.blobs) not in allowed:
-        raise ValueError(
-            f"{source}: layer {layer.name!r} ({layer.type}) has {len(layer.blobs)} blobs, expected "
-            f"{' or '.join(map(str, allowed))} ({meaning})"
-        )
-
-
-def _fit(layer: CaffeLayer, index: int, shape: torch.Size, key: str, source: str) -> Tensor:
-    """Blob ``index`` of ``layer`` as a float32 tensor of ``shape``.
-
-    Legacy blobs are 4-D with padding dims of 1 (a bias stored as 1x1x1xN): a blob fits when
-    its shape equals ``shape`` once dims of size 1 are dropped from both.
-    """
-    import torch
-
-    blob: CaffeBlob = layer.blobs[index]
-    squeezed = tuple(dim for dim in blob.shape if dim != 1)
-    if squeezed != tuple(dim for dim in shape if dim != 1) or blob.data.size != shape.numel():
-        raise ValueError(
-            f"{source}: shape mismatch: {layer.name!r} blob {index} has shape {blob.shape}, "
-            f"but {key} needs {tuple(shape)}"
-        )
-    return torch.from_numpy(np.array(blob.data, dtype=np.float32)).reshape(shape)  # a writable copy
-
-
-def _describe(layer: CaffeLayer) -> str:
-    shapes = ", ".join("x".join(map(str, blob.shape)) or "scalar" for blob in layer.blobs)
-    return f"{layer.name} ({layer.type or 'unknown type'}, {shapes})"
-
-
-def _listing(items) -> str:
-    items = list(items)
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
 if __name__ == "__main__":

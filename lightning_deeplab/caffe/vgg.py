@@ -13,12 +13,13 @@ copies into every branch of its VGG head; the classifier then stays randomly ini
 """
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from .caffemodel import CaffeLayer
+from .mapping import ConversionReport, blob_tensor, check_blob_count, listing
 from .names import (
     ASPP_CLASSIFIER_PATTERN,
     ASPP_FC6_PATTERN,
@@ -28,9 +29,6 @@ from .names import (
     VGG_CONV_NAMES,
 )
 
-if TYPE_CHECKING:
-    from .convert import ConversionReport
-
 #: The head of a VGG caffemodel with four fc6_{i} branches: the released v2 VGG-16 ASPP net is ASPP-L.
 ASPP_HEAD = "aspp-l"
 LARGEFOV_HEAD = "largefov"
@@ -38,7 +36,7 @@ _WEIGHT_BIAS = ("weight", "bias")
 
 
 def convert_vgg_layers(
-    weighted: Mapping[str, CaffeLayer], num_classes: Optional[int], report: "ConversionReport", source: str
+    weighted: Mapping[str, CaffeLayer], num_classes: Optional[int], report: ConversionReport, source: str
 ) -> tuple[dict[str, Tensor], set[str]]:
     """The state dict of a DeepLab VGG-16 caffemodel and the names of the layers it used.
 
@@ -46,12 +44,10 @@ def convert_vgg_layers(
     ``report.head_note`` and ``report.mapped``. Raises ValueError naming the layer when a conv
     layer is missing or a blob does not fit its module.
     """
-    from .convert import _check_blob_count, _fit, _listing
-
     missing = [name for name in VGG_CONV_NAMES if name not in weighted]
     if missing:
         raise ValueError(
-            f"{source}: {len(missing)} VGG-16 conv layers are missing (or have no weights): {_listing(missing)}"
+            f"{source}: {len(missing)} VGG-16 conv layers are missing (or have no weights): {listing(missing)}"
         )
     branch_numbers = sorted(int(m["branch"]) for name in weighted if (m := ASPP_FC6_PATTERN.match(name)))
     head = ASPP_HEAD if branch_numbers else LARGEFOV_HEAD
@@ -61,10 +57,10 @@ def convert_vgg_layers(
     report.head = head
 
     def fit_pair(layer: CaffeLayer, key: str, shapes: Mapping[str, torch.Size]) -> dict[str, Tensor]:
-        _check_blob_count(layer, (2,), "weights, bias", source)
+        check_blob_count(layer, (2,), "weights, bias", source)
         out = {}
         for index, suffix in enumerate(_WEIGHT_BIAS):
-            out[f"{key}.{suffix}"] = _fit(layer, index, shapes[f"{key}.{suffix}"], f"{key}.{suffix}", source)
+            out[f"{key}.{suffix}"] = blob_tensor(layer, index, shapes[f"{key}.{suffix}"], f"{key}.{suffix}", source)
             report.mapped.append(f"{layer.name}[{index}] -> {key}.{suffix}")
         return out
 
@@ -80,7 +76,7 @@ def convert_vgg_layers(
     fc_names = [(f"fc6_{i}", f"fc7_{i}") for i in branch_numbers] if branch_numbers else [(LARGEFOV_FC6, LARGEFOV_FC7)]
     absent = [name for pair in fc_names for name in pair if name not in weighted]
     if absent:
-        raise ValueError(f"{source}: VGG-16 {head} layers are missing (or have no weights): {_listing(absent)}")
+        raise ValueError(f"{source}: VGG-16 {head} layers are missing (or have no weights): {listing(absent)}")
     fc_state: dict[str, Tensor] = {}
     for index, (fc6, fc7) in enumerate(fc_names):
         for name, module in ((fc6, "fc6"), (fc7, "fc7")):
@@ -116,15 +112,13 @@ def _vgg_model(head: str, num_classes: int) -> nn.Module:
 
 
 def _find_classifier(
-    weighted: Mapping[str, CaffeLayer], head: str, rates: int, report: "ConversionReport", source: str
+    weighted: Mapping[str, CaffeLayer], head: str, rates: int, report: ConversionReport, source: str
 ) -> Optional[list[CaffeLayer]]:
     """The fc8 layer(s) in branch order, or None (``report.head_note`` says why)."""
-    from .convert import _listing
-
     if head == LARGEFOV_HEAD:
         found = [layer for name, layer in weighted.items() if LARGEFOV_CLASSIFIER_PATTERN.match(name)]
         if len(found) > 1:
-            raise ValueError(f"{source}: several LargeFOV classifiers: {_listing(layer.name for layer in found)}")
+            raise ValueError(f"{source}: several LargeFOV classifiers: {listing(layer.name for layer in found)}")
         if not found:
             report.head_note = "no LargeFOV classifier (fc8 or fc8_<tag>) in the caffemodel"
         return found or None
@@ -135,11 +129,11 @@ def _find_classifier(
             groups.setdefault(match["tag"], {})[int(match["branch"])] = layer
     complete = {tag: group for tag, group in groups.items() if sorted(group) == list(range(1, rates + 1))}
     if len(complete) > 1:
-        raise ValueError(f"{source}: several ASPP classifiers: {_listing(f'fc8_{tag}_*' for tag in complete)}")
+        raise ValueError(f"{source}: several ASPP classifiers: {listing(f'fc8_{tag}_*' for tag in complete)}")
     if not complete:
         partial = sorted(layer.name for group in groups.values() for layer in group.values())
         report.head_note = f"no ASPP classifier (fc8_<tag>_1..{rates}) in the caffemodel" + (
-            f"; incomplete classifier layers: {_listing(partial)}" if partial else ""
+            f"; incomplete classifier layers: {listing(partial)}" if partial else ""
         )
         return None
     group = next(iter(complete.values()))
@@ -158,7 +152,7 @@ def _classifier_classes(classifier: list[CaffeLayer], source: str) -> int:
 
 
 def _without_classifier(
-    state: dict[str, Tensor], fc_state: dict[str, Tensor], head: str, report: "ConversionReport", used: set[str]
+    state: dict[str, Tensor], fc_state: dict[str, Tensor], head: str, report: ConversionReport, used: set[str]
 ) -> dict[str, Tensor]:
     """Backbone keys (``features.*``), plus LargeFOV's ``fc6.*`` / ``fc7.*`` for every branch of a VGG head."""
     backbone = {key.removeprefix("backbone."): value for key, value in state.items()}

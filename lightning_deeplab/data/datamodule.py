@@ -14,8 +14,6 @@ import torch.distributed as dist
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from ..constants import PAD_MEAN_RGB_BY_STYLE
-from ..models.registry import StyleName
 from .check import BadSamples, split_problems
 from .collate import pad_collate
 from .files import LabelledImage
@@ -74,8 +72,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         predict_path: what ``predict`` reads: an image, a folder of images or a list file (see
             :func:`~lightning_deeplab.data.images.find_predict_images`), at their own sizes,
             unreadable files skipped and reported. None: the ``test_split``.
-        pad_style: the model's input normalisation ("caffe" or "pytorch", its ``style``):
-            images are padded with that style's mean colour, which normalises to ~0.
         check_files: at ``setup``, open the header of every image and label of the splits the
             stage uses (in parallel) and report every unreadable file, colour label or label
             whose size differs from its image's, with its list line, in one error. Off: only
@@ -100,7 +96,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         synthetic_image_size: Union[int, tuple[int, int]] = (120, 160),
         synthetic_seed: int = 0,
         predict_path: Optional[Union[str, Path]] = None,
-        pad_style: StyleName = "caffe",
         check_files: bool = True,
     ) -> None:
         super().__init__()
@@ -117,11 +112,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
-        if pad_style not in PAD_MEAN_RGB_BY_STYLE:
-            raise ValueError(f"pad_style must be one of {tuple(PAD_MEAN_RGB_BY_STYLE)}, got {pad_style!r}")
-        self.pad_rgb = PAD_MEAN_RGB_BY_STYLE[pad_style]
         self.check_files = check_files
-        self.train_transform = build_train_transform(crop_size, scale_range, hflip, self.pad_rgb)
+        self.train_transform = build_train_transform(crop_size, scale_range, hflip)
         self.source = open_source(
             dataset,
             root,
@@ -236,7 +228,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=True,  # under DDP Lightning swaps in its DistributedSampler
             drop_last=True,
-            collate_fn=partial(pad_collate, pad_rgb=self.pad_rgb),
+            collate_fn=pad_collate,
             worker_init_fn=partial(_seed_worker_transform, rank=rank) if self.num_workers else None,
             **self._loader_options(),
         )
@@ -250,7 +242,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_path is None:
             return self._eval_dataloader("test")
-        return self._eval_dataloader("predict", self.predict_images(), partial(predict_collate, pad_rgb=self.pad_rgb))
+        return self._eval_dataloader("predict", self.predict_images(), predict_collate)
 
     def predict_images(self) -> PredictImages:
         """The images at ``predict_path``, listed on first use."""
@@ -281,7 +273,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _eval_dataloader(self, role: str, dataset: Optional[Dataset] = None,
                          collate_fn=None) -> DataLoader:  # fmt: skip
         dataset = self.dataset(role) if dataset is None else dataset
-        collate_fn = collate_fn or partial(pad_collate, pad_rgb=self.pad_rgb)
+        collate_fn = collate_fn or pad_collate
         world_size, rank = _distributed()
         sampler = None
         if world_size > 1:

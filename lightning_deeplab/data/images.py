@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import PAD_MEAN_RGB
 from .collate import pad_images
 from .files import IMAGE_EXTENSIONS, read_rgb_image
 from .listing import name_under, read_path_list
@@ -122,15 +121,15 @@ class PredictImages(Dataset):
         return {"image": tensor, "name": name, "path": str(path)}
 
 
-def predict_collate(samples: Sequence[dict], pad_rgb: Sequence[float] = PAD_MEAN_RGB) -> dict:
-    """Batch prediction samples: ``{"image": [B, 3, H, W] (padded bottom/right with the mean
-    colour ``pad_rgb``), "name", "path", "size": [(h, w)], "skipped": [(path, reason)]}``;
+def predict_collate(samples: Sequence[dict]) -> dict:
+    """Batch prediction samples: ``{"image": [B, 3, H, W] (padded bottom/right with
+    PAD_VALUE), "name", "path", "size": [(h, w)], "skipped": [(path, reason)]}``;
     unreadable samples are only listed in ``skipped`` (the batch may then hold no image)."""
     good = [s for s in samples if "error" not in s]
     skipped = [(s["path"], s["error"]) for s in samples if "error" in s]
     sizes = [tuple(s["image"].shape[-2:]) for s in good]
     return {
-        "image": pad_images([s["image"] for s in good], pad_rgb),
+        "image": pad_images([s["image"] for s in good]),
         "name": [s["name"] for s in good],
         "path": [s["path"] for s in good],
         "size": sizes,

@@ -1,8 +1,9 @@
 """The training augmentation of DeepLab v2, as an albumentations pipeline.
 
-Random scale (image bilinear, mask nearest) -> pad to the crop (image with the mean, mask with
-the ignore index, bottom/right like the original data layer) -> random crop -> horizontal flip.
-No normalisation here: the model normalises its own input, so images stay RGB 0-255.
+Random scale (image bilinear, mask nearest) -> pad to the crop (image with PAD_VALUE, which the
+network's normalisation turns into its mean colour; mask with the ignore index; bottom/right like
+the original data layer) -> random crop -> horizontal flip. No normalisation here: the model
+normalises its own input, so images stay RGB 0-255.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from ..constants import IGNORE_INDEX, PAD_MEAN_RGB
+from ..constants import IGNORE_INDEX, PAD_VALUE
 
 
 def check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
@@ -31,12 +32,11 @@ def build_train_transform(
     crop_size: int,
     scale_range: Sequence[float] = (0.5, 1.5),
     hflip: bool = True,
-    pad_rgb: Sequence[float] = PAD_MEAN_RGB,
 ) -> A.Compose:
     """The paper's training augmentation, producing ``crop_size`` x ``crop_size`` samples.
 
-    Call it as ``transform(image=float32 HxWx3, mask=uint8 HxW)``; float images keep the pad
-    value exact (the mean colour ``pad_rgb``, RGB 0-255, is not an integer).
+    Call it as ``transform(image=float32 HxWx3, mask=uint8 HxW)`` (float, so the padding can
+    hold PAD_VALUE, a value no 0-255 pixel has).
     """
     if not isinstance(crop_size, int) or isinstance(crop_size, bool) or crop_size < 1:
         raise ValueError(f"crop_size must be a positive int, got {crop_size!r}")
@@ -53,7 +53,7 @@ def build_train_transform(
             min_width=crop_size,
             position="top_left",
             border_mode=cv2.BORDER_CONSTANT,
-            fill=tuple(float(v) for v in pad_rgb),
+            fill=(PAD_VALUE,) * 3,
             fill_mask=IGNORE_INDEX,
         ),
         A.RandomCrop(height=crop_size, width=crop_size),

@@ -10,16 +10,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ..constants import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, PAD_VALUE
+from .arguments import check_choices, given_arguments
 from .aspp import ASPP, VGGASPP
 from .msc import fuse_max, resize_input, validate_caffe_scales, validate_scales
 from .registry import (
-    BACKBONES,
     HEADS,
-    MSC_RESIZES,
-    NORMS,
     RESNETS,
-    STYLES,
     BackboneName,
     HeadName,
     MscResizeName,
@@ -95,13 +92,10 @@ class DeepLabV2(nn.Module):
         norm: NormName = "frozen",
         msc_resize: Optional[MscResizeName] = None,
     ) -> None:
+        arguments = given_arguments(DeepLabV2.__init__, locals())
         super().__init__()
-        _check_choice("backbone", backbone, BACKBONES)
-        _check_choice("head", head, tuple(HEADS))
-        _check_choice("style", style, STYLES)
-        _check_choice("norm", norm, NORMS)
-        msc_resize_arg, msc_resize = msc_resize, style if msc_resize is None else msc_resize
-        _check_choice("msc_resize", msc_resize, MSC_RESIZES)
+        check_choices(DeepLabV2.__init__, arguments)
+        msc_resize = style if msc_resize is None else msc_resize
         if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         rates = HEADS[head] if atrous_rates is None else _check_rates(atrous_rates)
@@ -114,12 +108,8 @@ class DeepLabV2(nn.Module):
         self.msc_resize = msc_resize
         self._input_range_checked = False
         self.atrous_rates = rates
-        #: The constructor's arguments, as plain values (a checkpoint rebuilds the network from them).
-        self.init_args: dict[str, Any] = {
-            "backbone": backbone, "head": head, "num_classes": self.num_classes,
-            "msc_scales": list(self.msc_scales), "atrous_rates": None if atrous_rates is None else list(rates),
-            "style": style, "norm": norm, "msc_resize": msc_resize_arg,
-        }  # fmt: skip
+        #: The constructor's arguments as given, plain values (a checkpoint rebuilds the network from them).
+        self.init_args: dict[str, Any] = arguments
 
         self.backbone: nn.Module = build_backbone(backbone, style, norm, pool5a=head == "largefov")
         self.head: nn.Module = build_head(self.backbone, self.num_classes, rates)
@@ -136,10 +126,12 @@ class DeepLabV2(nn.Module):
         self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def normalize_input(self, x: Tensor) -> Tensor:
-        """RGB 0-255 -> what the backbone expects (channel order, mean, std of :attr:`style`)."""
+        """RGB 0-255 -> what the backbone expects (channel order, mean, std of :attr:`style`);
+        padded pixels (:data:`~lightning_deeplab.constants.PAD_VALUE`) become 0, the mean."""
+        padding = (x == PAD_VALUE).all(dim=1, keepdim=True)
         if self.input_channel_order == "BGR":
             x = x.flip(1)
-        return (x - self.input_mean) / self.input_std
+        return ((x - self.input_mean) / self.input_std).masked_fill(padding, 0.0)
 
     def forward_multi(self, x: Tensor) -> list[Tensor]:
         """Score maps at each MSC scale (in ``msc_scales`` order, each its own size), then the fused map.
@@ -161,7 +153,11 @@ class DeepLabV2(nn.Module):
         if x.device.type == "meta" or x.numel() == 0:
             return  # nothing to look at; check a later, real input
         self._input_range_checked = True
-        low, high = torch.aminmax(x.detach())
+        values = x.detach()
+        values = values[values != PAD_VALUE]  # the padding is not part of the image
+        if values.numel() == 0:
+            return
+        low, high = torch.aminmax(values)
         if float(low) >= 0.0 and float(high) <= 1.0:
             warnings.warn(
                 f"DeepLabV2 got an input with values only in [{float(low):.3g}, {float(high):.3g}]; it expects RGB "
@@ -217,13 +213,6 @@ def load_pretrained(model: DeepLabV2, pretrained: "str | os.PathLike[str]") -> N
     fc_weights = vgg_fc_weights(state, unused) if isinstance(model.head, VGGASPP) else None
     if fc_weights is not None:
         model.head.load_fc6_fc7(fc_weights)
-
-
-def _check_choice(argument: str, value: object, valid: Sequence[str]) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{argument} must be a string, one of {', '.join(valid)}; got {value!r}")
-    if value not in valid:
-        raise ValueError(f"unknown {argument} {value!r}; valid names: {', '.join(valid)}")
 
 
 def _check_rates(rates: Sequence[int]) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from dataset_layouts import (
     cityscapes_stem, write_cityscapes, write_cocostuff10k, write_cocostuff164k, write_gray, write_rgb,
 )  # fmt: skip
 
-from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.constants import IGNORE_INDEX
 from lightning_deeplab.data import (
     CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, COCO_STUFF_CLASSES, DATASETS, VOC_PALETTE, SegmentationDataModule,
@@ -114,15 +114,17 @@ def test_validate_through_the_cli_links_the_dataset_classes(tmp_path):
     assert "val/mIoU" in cli.trainer.callback_metrics
 
 
-@pytest.mark.parametrize("config", ["deeplabv2_resnet101_cocostuff164k.yaml", "deeplabv2_resnet101_cityscapes.yaml"])
+@pytest.mark.parametrize("config", ["cocostuff164k.yaml", "cityscapes.yaml"])
 def test_dataset_configs(config, capsys):
     path = REPO / "configs" / config
     assert path.is_file(), f"{config} is missing"
     settings = yaml.safe_load(path.read_text())
     assert settings["data"]["dataset"] in DATASETS
-    network = settings["model"]["model"]["init_args"]
-    assert network["backbone"] == "resnet101" and network["head"] == "aspp-l"
+    base = REPO / "configs" / "deeplabv2_resnet101.yaml"
     with pytest.raises(SystemExit) as exit_info:  # parsing checks every key against the classes
-        DeepLabCLI(args=["fit", "--config", str(path), "--print_config"])
+        DeepLabCLI(args=["fit", "--config", str(base), "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0
-    assert yaml.safe_load(capsys.readouterr().out)["data"]["dataset"] == settings["data"]["dataset"]
+    parsed = yaml.safe_load(capsys.readouterr().out)
+    assert parsed["data"]["dataset"] == settings["data"]["dataset"]
+    network = parsed["model"]["model"]["init_args"]
+    assert network["backbone"] == "resnet101" and network["head"] == "aspp-l"

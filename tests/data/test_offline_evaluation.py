@@ -10,11 +10,15 @@ import pytest
 import torch.hub
 import torchvision.models
 
-from lightning_deeplab.cli import DeepLabCLI
+from lightning_deeplab.commands.cli import DeepLabCLI
 from tiny_run import save_untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
-VOC_CONFIG = str(REPO / "configs" / "deeplabv2_resnet101_voc12aug.yaml")
+VOC_CONFIGS = [
+    word
+    for name in ("deeplabv2_resnet101", "voc12aug")
+    for word in ("--config", str(REPO / "configs" / f"{name}.yaml"))
+]
 
 
 def test_validate_with_the_voc_config_and_a_checkpoint_fetches_nothing(make_voc, tmp_path, monkeypatch):
@@ -26,7 +30,7 @@ def test_validate_with_the_voc_config_and_a_checkpoint_fetches_nothing(make_voc,
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_network)
     # the VOC recipe on a network small enough for a test (the checkpoint says the same)
-    args = ["--config", VOC_CONFIG, "--data.root", str(root), "--data.num_workers", "0",
+    args = [*VOC_CONFIGS, "--data.root", str(root), "--data.num_workers", "0",
             "--model.model.init_args.backbone", "resnet18", "--model.model.init_args.msc_scales", "null",
             "--model.eval_crf", "false", "--model.inference.pad_to", "null",
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",

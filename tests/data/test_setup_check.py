@@ -7,16 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from voc_layout import block_label, write_palette_png
 
-from lightning_deeplab.constants import IMAGENET_MEAN_RGB, PAD_MEAN_RGB_BY_STYLE
+from lightning_deeplab.constants import PAD_VALUE
 from lightning_deeplab.data import SegmentationDataModule
 from lightning_deeplab.data import check as check_module
 from lightning_deeplab.data.check import BadSamples
 from lightning_deeplab.data.files import read_rgb_image
-from lightning_deeplab.models import STYLES
 
 SIZE = (24, 32)  # (height, width)
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
@@ -105,26 +103,23 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
         read_rgb_image(float_path)
 
 
-def test_padding_follows_the_model_style(make_voc):
-    assert set(PAD_MEAN_RGB_BY_STYLE) == set(STYLES)
-    assert np.allclose(PAD_MEAN_RGB_BY_STYLE["pytorch"], 255 * np.asarray(IMAGENET_MEAN_RGB))
+def test_padding_is_marked_for_the_network_to_fill(make_voc):
     root = make_voc({"small": (20, 30), "big": SIZE}, {"train": ["big"], "val": ["small", "big"]})
-    for style in STYLES:
-        dm = voc_dm(root, pad_style=style)
-        dm.setup("validate")
-        batch = next(iter(dm.val_dataloader()))
-        padded = batch["image"][0, :, 22, 31]  # below and right of the 20x30 image
-        assert torch.allclose(padded, torch.tensor(PAD_MEAN_RGB_BY_STYLE[style], dtype=torch.float32))
-        train = voc_dm(root, pad_style=style, crop_size=40, scale_range=(1.0, 1.0), hflip=False)
-        train.setup("fit")
-        crop = next(iter(train.train_dataloader()))["image"][0]
-        assert torch.allclose(crop[:, 39, 39], torch.tensor(PAD_MEAN_RGB_BY_STYLE[style], dtype=torch.float32))
-    with pytest.raises(ValueError, match="pad_style.*tensorflow"):
-        voc_dm(root, pad_style="tensorflow")
+    dm = voc_dm(root)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert bool((batch["image"][0, :, 20:, :] == PAD_VALUE).all()) and bool(
+        (batch["image"][0, :, :, 30:] == PAD_VALUE).all()
+    )
+    assert bool((batch["image"][0, :, :20, :30] >= 0).all())
+    train = voc_dm(root, crop_size=40, scale_range=(1.0, 1.0), hflip=False)
+    train.setup("fit")
+    crop = next(iter(train.train_dataloader()))["image"][0]
+    assert bool((crop[:, 39, 39] == PAD_VALUE).all())
 
 
-def test_deeplab_validate_stops_at_setup_on_bad_data_and_pads_as_the_model_normalises(bad_voc, tmp_path):
-    from lightning_deeplab.cli import DeepLabCLI
+def test_deeplab_validate_stops_at_setup_on_bad_data(bad_voc, tmp_path):
+    from lightning_deeplab.commands.cli import DeepLabCLI
 
     root, _ = bad_voc
     args = ["--config", str(CONFIG), "--data.dataset", "voc", "--data.root", str(root), "--data.val_split", "val",
@@ -135,6 +130,3 @@ def test_deeplab_validate_stops_at_setup_on_bad_data_and_pads_as_the_model_norma
     assert len(caught.value.problems) == 2
     assert "val.txt:2: image" in caught.value.problems[0] and "val.txt:3: label" in caught.value.problems[1]
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing ran
-    for style in STYLES:  # the pad colour follows --model.model.init_args.style
-        cli = DeepLabCLI(args=[*args, "--model.model.init_args.style", style], run=False)
-        assert cli.datamodule.pad_rgb == PAD_MEAN_RGB_BY_STYLE[style]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lightning_deeplab.constants import IGNORE_INDEX, PAD_MEAN_RGB
+from lightning_deeplab.constants import IGNORE_INDEX, PAD_VALUE
 from lightning_deeplab.data import build_train_transform
 from lightning_deeplab.data.transforms import seed_transform
 
@@ -24,7 +24,7 @@ def test_output_is_a_crop_of_the_requested_size():
         assert out["mask"].shape == (48, 48) and out["mask"].dtype == np.uint8
 
 
-def test_padding_uses_the_mean_and_the_ignore_index():
+def test_padding_is_pad_value_and_the_ignore_index():
     transform = build_train_transform(64, scale_range=(1.0, 1.0), hflip=False)
     image = np.full((20, 30, 3), 10.0, np.float32)
     mask = np.ones((20, 30), np.uint8)
@@ -35,7 +35,7 @@ def test_padding_uses_the_mean_and_the_ignore_index():
     pad = np.ones((64, 64), bool)
     pad[:20, :30] = False
     assert np.all(out["mask"][pad] == IGNORE_INDEX)
-    assert np.allclose(out["image"][pad], np.asarray(PAD_MEAN_RGB, np.float32))
+    assert np.all(out["image"][pad] == PAD_VALUE)
 
 
 def test_flip_is_applied_to_image_and_mask_together():

@@ -213,3 +213,45 @@ def test_resnet18_demo_configuration_is_cheap() -> None:
     logits = model(x)
     logits.logsumexp(1).mean().backward()
     assert logits.shape == (4, 6, 16, 16)
+
+
+def test_init_args_are_the_arguments_as_given_and_rebuild_the_network() -> None:
+    with torch.device("meta"):
+        model = DeepLabV2("resnet18", "aspp-s", num_classes=5, msc_scales=None, style="pytorch")
+        assert model.init_args == {
+            "backbone": "resnet18",
+            "head": "aspp-s",
+            "num_classes": 5,
+            "msc_scales": None,
+            "atrous_rates": None,
+            "style": "pytorch",
+            "norm": "frozen",
+            "msc_resize": None,
+        }
+        scaled = DeepLabV2("resnet18", msc_scales=(1.0, 0.5), atrous_rates=(2, 4))
+        assert scaled.init_args["msc_scales"] == [1.0, 0.5] and scaled.init_args["atrous_rates"] == [2, 4]
+        rebuilt = DeepLabV2(**scaled.init_args)
+    assert rebuilt.msc_scales == scaled.msc_scales and rebuilt.atrous_rates == scaled.atrous_rates
+
+
+def test_an_unknown_msc_resize_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="msc_resize 'nearest'; valid names: caffe, pytorch"):
+        with torch.device("meta"):
+            DeepLabV2("resnet18", msc_resize="nearest")
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_padding_normalises_to_zero_the_mean_colour(style: str) -> None:
+    from lightning_deeplab.constants import PAD_VALUE
+
+    model = DeepLabV2("resnet18", "aspp-s", num_classes=3, msc_scales=None, style=style)
+    image = torch.rand(2, 3, 9, 11) * 255
+    image[0, :, 5:, :] = PAD_VALUE
+    image[1, :2, :, 7:] = PAD_VALUE  # not every channel: a pixel, not padding (never from the data)
+    normalised = model.normalize_input(image)
+    assert bool((normalised[0, :, 5:] == 0).all())
+    assert torch.equal(normalised[0, :, :5], model.normalize_input(image[:1, :, :5])[0])
+    assert not bool((normalised[1, :2, :, 7:] == 0).any())
+    # the mean colour itself normalises to (nearly) the same zero
+    mean_rgb = model.input_mean.flip(1) if model.input_channel_order == "BGR" else model.input_mean
+    torch.testing.assert_close(model.normalize_input(mean_rgb.expand(1, 3, 2, 2)), torch.zeros(1, 3, 2, 2))

@@ -32,7 +32,7 @@ def test_other_lists_derive_from_the_registry():
 
 
 def test_cli_help_lists_the_registry_names(capsys):
-    from lightning_deeplab.cli import DeepLabCLI
+    from lightning_deeplab.commands.cli import DeepLabCLI
 
     with pytest.raises(SystemExit):
         DeepLabCLI(args=["fit", "--model.model", "lightning_deeplab.models.DeepLabV2", "--model.model.help",

@@ -3,7 +3,7 @@ the scores table and JSON (:class:`ScoresReport`), the wandb per-class table and
 (:class:`WandbReport`), the training FLOPs that ThroughputMonitor reads (:class:`TrainingFlops`), the learned CRF
 weights while they train (:class:`LearnedCRFLog`) and the release of the CPU CRF's scratch memory after an evaluation (:class:`ReleaseCRFBuffers`).
 
-Each reads the module's :attr:`~lightning_deeplab.module.DeepLabV2Module.scores` after its
+Each reads the module's :attr:`~lightning_deeplab.training.module.DeepLabV2Module.scores` after its
 evaluation epoch has ended (``on_validation_end`` runs after the module's epoch-end hook).
 """
 
@@ -13,14 +13,13 @@ import os
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import measure_flops
+from torch.utils.flop_counter import FlopCounterMode
 
-from .constants import IGNORE_INDEX
-from .evaluation import format_scores_table
-from .fileio import write_json
-from .viz import image_to_uint8
+from ..constants import IGNORE_INDEX
+from ..evaluation.inference import format_scores_table
+from ..fileio import write_json
+from ..viz import image_to_uint8
 
 
 def evaluated_checkpoint(trainer: pl.Trainer) -> Optional[str]:
@@ -119,9 +118,12 @@ class WandbReport(pl.Callback):
 
 
 class TrainingFlops(pl.Callback):
-    """Counts the forward + backward FLOPs of one training batch on the first batch, on a
-    meta-device copy of the network (no memory, no compute), as ``pl_module.flops_per_batch``
-    (what ThroughputMonitor reads)."""
+    """Counts the FLOPs of the first training batch as it runs (forward and backward, with
+    ``torch.utils.flop_counter``), as ``pl_module.flops_per_batch``, what ThroughputMonitor
+    reads. Operators without a FLOP formula (the CRF's) count 0."""
+
+    def __init__(self) -> None:
+        self._counter: Optional[FlopCounterMode] = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # unknown until the first training batch (ThroughputMonitor warns when there is no attribute)
@@ -130,17 +132,23 @@ class TrainingFlops(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:  # fmt: skip
-        if getattr(pl_module, "flops_per_batch", None) is None:
-            pl_module.flops_per_batch = training_flops(pl_module.model, tuple(batch["image"].shape))
+        if getattr(pl_module, "flops_per_batch", None) is None and self._counter is None:
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        if self._counter is not None:
+            pl_module.flops_per_batch = self._stop()
 
-def training_flops(model: torch.nn.Module, image_shape: tuple[int, ...]) -> int:
-    """Forward + backward FLOPs of ``model.forward_multi`` (rebuilt from its ``init_args`` on the
-    meta device) for an image batch of ``image_shape``."""
-    with torch.device("meta"):
-        copy = type(model)(**model.init_args)
-        image = torch.empty(image_shape)
-    return measure_flops(copy, lambda: copy.forward_multi(image), lambda outs: sum(o.sum() for o in outs))
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._counter is not None:
+            self._stop()
+
+    def _stop(self) -> int:
+        counter, self._counter = self._counter, None
+        counter.__exit__(None, None, None)
+        return counter.get_total_flops()
 
 
 class ReleaseCRFBuffers(pl.Callback):
@@ -156,7 +164,7 @@ class ReleaseCRFBuffers(pl.Callback):
     @staticmethod
     def _release(pl_module: pl.LightningModule) -> None:
         if pl_module.hparams.get("eval_crf"):
-            from .crf import release_cached_buffers
+            from ..crf import release_cached_buffers
 
             release_cached_buffers()
 

@@ -30,7 +30,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from .fileio import DiskFullError, PathLike, atomic_output
+from ..fileio import DiskFullError, PathLike, atomic_output
 
 #: Training steps between two writes of `last.ckpt` when the configuration does not say.
 DEFAULT_CHECKPOINT_EVERY_N_STEPS = 500

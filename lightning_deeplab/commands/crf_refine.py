@@ -121,7 +121,7 @@ def _positive_int(text: str) -> int:
 def find_arrays(path: Path) -> list[tuple[str, Path]]:
     """``(name, path)`` of every ``.npy`` under the folder ``path`` (name: the path below it
     without ``.npy``), or of every path listed in the list file ``path``."""
-    from .data.listing import name_under, read_path_list
+    from ..data.listing import name_under, read_path_list
 
     if path.is_dir():
         return [(name_under(p, path), p) for p in sorted(path.rglob("*.npy"))]
@@ -210,9 +210,9 @@ class Refiner:
         import numpy as np
         import torch
 
-        from .crf import unary_from_logits, unary_from_softmax
-        from .data.files import read_rgb_image, write_index_png
-        from .fileio import atomic_output
+        from ..crf import unary_from_logits, unary_from_softmax
+        from ..data.files import read_rgb_image, write_index_png
+        from ..fileio import atomic_output
 
         images, kept = [], []
         for name, path, image_path in batch:
@@ -262,14 +262,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from .crf import DenseCRF
-    from .data.images import find_predict_images
-    from .data.palette import VOC_PALETTE
+    from ..crf import DenseCRF
+    from ..data.images import find_predict_images
+    from ..data.palette import VOC_PALETTE
 
     settings = {name: getattr(args, name) for name in CRF_OPTIONS if getattr(args, name) is not None}
     try:
         if args.ckpt is not None:
-            from .crf_training import learned_crf_values
+            from ..training.crf_loss import learned_crf_values
 
             learned = learned_crf_values(str(args.ckpt))
             given = sorted(set(learned) & set(settings))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from .crf._build import packaged_folder
+from ..crf._build import packaged_folder
 
 #: The option names of LightningCLI's config file argument.
 CONFIG_OPTIONS = ("--config", "-c")

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .crf._build import DEFAULT_CUDA_ARCH_LIST, KERNEL_DIR_ENV
+    from ..crf._build import DEFAULT_CUDA_ARCH_LIST, KERNEL_DIR_ENV
 
     parser = argparse.ArgumentParser(
         prog="deeplab build-kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`deeplab build-kernels`; returns the exit status."""
     args = _parser().parse_args(argv)
-    from .crf import _build as build
-    from .crf._ops import build_kernels, cached_build
+    from ..crf import _build as build
+    from ..crf._ops import build_kernels, cached_build
 
     if args.cpu_only and args.cuda_arch:
         print("error: --cuda-arch and --cpu-only contradict each other", file=sys.stderr)

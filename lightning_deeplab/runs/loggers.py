@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
-from .fileio import disk_full_code
+from ..fileio import disk_full_code
 
 WANDB_PROJECT = "lightning-deeplab"
 

@@ -22,7 +22,7 @@ import socket
 from pathlib import Path
 from typing import IO, Optional
 
-from .fileio import remove_partial_files
+from ..fileio import remove_partial_files
 
 #: The lock file in a run folder.
 LOCK_NAME = "run.lock"

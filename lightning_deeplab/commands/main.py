@@ -13,36 +13,13 @@ import sys
 from importlib import import_module
 from typing import Callable, Optional, Sequence
 
-#: The Trainer's commands, run by the LightningCLI: name -> one-line description.
-TRAINER_COMMANDS: dict[str, str] = {
-    "fit": "train (and validate) a model; --ckpt_path resumes a run",
-    "validate": "score a checkpoint on the validation split",
-    "test": "score a checkpoint on the test split",
-    "predict": "write label maps (and overlays) for a folder or split",
-}
-
-#: Commands handled outside LightningCLI: name -> (module with a `main(argv)`, description).
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "crf-search": ("lightning_deeplab.crf_search", "grid search of the CRF's bi_w, bi_xy_std, bi_rgb_std on val"),
-    "crf": ("lightning_deeplab.refine", "refine saved probabilities or logits of any model with the dense CRF"),
-    "convert-caffe": ("lightning_deeplab.caffe.convert", "convert a released DeepLab .caffemodel to a checkpoint"),
-    "build-kernels": (
-        "lightning_deeplab.build_kernels",
-        "compile the CRF kernels ahead of time (else done on first use)",
-    ),
-}
+from .registry import EXTRA_COMMANDS, TRAINER_COMMANDS, command_list
 
 #: Set to 1 to see the traceback of a user error.
 TRACEBACK_ENV = "DEEPLAB_TRACEBACK"
 
 #: Exit status of a command stopped by a user error (argparse's).
 USAGE_ERROR = 2
-
-
-def command_list() -> list[str]:
-    """One line per command, name and description (the command's help and the CLI's)."""
-    summaries = {**TRAINER_COMMANDS, **{name: summary for name, (_, summary) in EXTRA_COMMANDS.items()}}
-    return [f"  {name:<14} {summary}" for name, summary in summaries.items()]
 
 
 def usage() -> str:

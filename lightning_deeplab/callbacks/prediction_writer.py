@@ -27,9 +27,9 @@ from PIL import Image
 from tqdm import tqdm
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from .data.palette import VOC_PALETTE
-from .fileio import atomic_output
-from .viz import blend, colorize, image_to_uint8, save_atomically, save_label_png
+from ..data.palette import VOC_PALETTE
+from ..fileio import atomic_output
+from ..viz import blend, colorize, image_to_uint8, save_atomically, save_label_png
 
 OVERLAY_KINDS = ("blend", "side_by_side", "none")
 #: Output folder (below ``output_dir``) -> file extension.

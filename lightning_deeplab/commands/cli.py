@@ -23,8 +23,8 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import CheckpointIO
 
-from . import run_folder
-from .checkpoint_config import (
+from ..runs import folder as run_folder
+from ..runs.checkpoint_config import (
     CHECKPOINT_DIR,
     CheckpointConfigError,
     DamagedCheckpoint,
@@ -34,25 +34,28 @@ from .checkpoint_config import (
     resolve_ckpt_path,
     saved_model_config,
 )
-from .checkpointing import (
+from ..runs.checkpointing import (
     DEFAULT_CHECKPOINT_EVERY_N_STEPS, AtomicCheckpointIO, DeepLabCheckpoint, exit_code_of, saved_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
 from .cli_parser import DeepLabArgumentParser
-from .command import command_list, main
 from .config_files import config_problem, config_values, shipped_configs_help, with_shipped_configs
-from .data import SegmentationDataModule
-from .fileio import atomic_output
-from .launch_check import check_launch, first_process
-from .loggers import QuietShutdownOnFullDisk, default_logger
-from .module import DeepLabV2Module
-from .predict import SegmentationWriter
-from .progress import StepProgressBar
-from .reporting import default_reporting
-from .trainer import DeepLabTrainer
+from .registry import command_list
+from ..data import SegmentationDataModule
+from ..fileio import atomic_output
+from ..runs.launch_check import check_launch, first_process
+from ..runs.loggers import QuietShutdownOnFullDisk, default_logger
+from ..training.module import DeepLabV2Module
+from ..training.trainer import DeepLabTrainer
+from ..callbacks.prediction_writer import SegmentationWriter
+from ..callbacks.progress import StepProgressBar
+from ..callbacks.reporting import default_reporting
 
 #: The start of Lightning's warning that a checkpoint's callbacks are missing from the Trainer.
 PREDICT_CALLBACKS_WARNING = "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
+
+#: The key of predict's parser_kwargs that asks `init_parser` for the prediction writer's options.
+WRITER_OPTIONS_KEY = "with_prediction_writer_options"
 
 #: The validation score that picks the best checkpoint.
 MONITOR = "val/mIoU"
@@ -113,13 +116,6 @@ def default_callbacks(
     return callbacks
 
 
-def _style_of(model: Any) -> str:
-    """The ``style`` of a network given as ``class_path``/``init_args`` (DeepLabV2's default when unset)."""
-    init_args = getattr(model, "init_args", None)
-    style = getattr(init_args, "style", None) if init_args is not None else None
-    return style or "caffe"
-
-
 def _as_list(value: Any) -> list:
     if value is None:
         return []
@@ -145,11 +141,14 @@ class DeepLabCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
         kwargs.setdefault("trainer_class", DeepLabTrainer)  # `--trainer.limit_val_batches 1` is one batch
         kwargs.setdefault("parser_class", DeepLabArgumentParser)  # one-line configuration errors
+        parser_kwargs = kwargs.get("parser_kwargs") or {}
         kwargs["parser_kwargs"] = {
             "prog": "deeplab",
             "description": HELP_DESCRIPTION,
             "formatter_class": _HelpFormatter,
-            **(kwargs.get("parser_kwargs") or {}),
+            **parser_kwargs,
+            # predict's parser also takes the prediction writer's settings (see init_parser)
+            "predict": {WRITER_OPTIONS_KEY: True, **parser_kwargs.get("predict", {})},
         }
         super().__init__(DeepLabV2Module, SegmentationDataModule, *args, **kwargs)
 
@@ -159,29 +158,22 @@ class DeepLabCLI(LightningCLI):
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", _HelpFormatter)
         kwargs["description"] = f"{kwargs.get('description') or ''}\n\n{shipped_configs_help()}".strip()
-        return super().init_parser(**kwargs)
+        with_writer_options = kwargs.pop(WRITER_OPTIONS_KEY, False)
+        parser = super().init_parser(**kwargs)
+        if with_writer_options:
+            # The writer's settings are predict's own options (`deeplab predict --crf true
+            # --output_dir DIR`); `_prediction_writer` builds the writer from them.
+            self._writer_options = parser.add_class_arguments(SegmentationWriter, instantiate=False)
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The dataset decides the classes; the model follows it.
         parser.link_arguments("data.num_classes", "model.model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        # Images are padded with the mean colour of the model's normalisation.
-        parser.link_arguments("model.model", "data.pad_style", compute_fn=_style_of, apply_on="parse")
         parser.add_argument(
             "--checkpoint_every_n_steps", type=int, default=DEFAULT_CHECKPOINT_EVERY_N_STEPS,
             help="fit: write checkpoints/last.ckpt every N training steps (0: only at validation and at the end)",
         )  # fmt: skip
-
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "predict":
-            # The writer's settings are predict's own options (`deeplab predict --crf true
-            # --output_dir DIR`); `_prediction_writer` builds the writer from them.
-            self._writer_options = parser.add_class_arguments(SegmentationWriter, instantiate=False)
-        if subcommand in ("validate", "test"):
-            # the scores report prints its own table; Lightning's raw one would repeat it
-            parser.set_defaults(verbose=False)
-        return parser
 
     def _prediction_writer(self, callbacks: list) -> list:
         """The predict callbacks: ``callbacks`` plus a SegmentationWriter from predict's own
@@ -215,10 +207,16 @@ class DeepLabCLI(LightningCLI):
                 parser.error(problem)  # jsonargparse's YAML errors name no file, only "<unicode string>"
             self.config = parser.parse_args(args)
             self._given = parser.parse_args(args, defaults=False)
+        self._apply_checkpoint()
 
-    def _parse_ckpt_path(self) -> None:
-        """Replaces LightningCLI's, which overwrites the configuration with the checkpoint's
-        hyperparameters: resolve ``best``/``last`` and take only the missing architecture."""
+    def _apply_checkpoint(self) -> None:
+        """``--ckpt_path``: resolve ``best``/``last``, read the checkpoint once and take from it
+        only the architecture the configuration does not give.
+
+        LightningCLI (2.x) applies all of a checkpoint's saved hyperparameters over the
+        configuration when the parsed ``ckpt_path`` names a file; here the configuration wins, so
+        the file is held back from the parsed configuration until `before_instantiate_classes`
+        gives it back to the Trainer's command."""
         subcommand = self.config.get("subcommand")
         section = self.config[subcommand] if subcommand else self.config
         given = self._given.get(subcommand) if subcommand else self._given
@@ -238,10 +236,15 @@ class DeepLabCLI(LightningCLI):
         except CheckpointConfigError as err:
             self.parser.error(str(err))
         if subcommand:
-            section.ckpt_path = ckpt_path
+            section.ckpt_path = None if checkpoint is not None else ckpt_path
         self.ckpt_path = ckpt_path
         self._saved_model = saved
         self._saved_run_id = saved_wandb_run_id(checkpoint) if checkpoint is not None else None
+
+    def before_instantiate_classes(self) -> None:
+        """The checkpoint file back into the configuration (see `_apply_checkpoint`)."""
+        if self.subcommand:
+            self.config[self.subcommand].ckpt_path = self.ckpt_path
 
     def _check_before_the_run(self) -> None:
         """What the configuration and the data can be checked for once the model and the data
@@ -255,11 +258,10 @@ class DeepLabCLI(LightningCLI):
     def _check_class_count(self) -> None:
         """A class count the configuration gives the network must be the data's (unset, the
         data's is linked in)."""
-        given = self._given.get(self.subcommand) if self.subcommand else self._given  # YAML + command line
-        given = given.get("model.model.init_args.num_classes") if given is not None else None
+        given = self._section(self._given).get("model.model.init_args.num_classes")  # YAML + command line
         classes = self.datamodule.num_classes
         if given is not None and given != classes:
-            section = self.config[self.subcommand] if self.subcommand else self.config
+            section = self._section(self.config)
             self.parser.error(
                 f"model.model.init_args.num_classes: the configuration says {given}, but the data "
                 f"(--data.dataset {section.get('data.dataset')}) has {classes} classes; leave it out to "
@@ -290,7 +292,7 @@ class DeepLabCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         self._check_before_the_run()  # the trainer creates the logger: user errors first
-        config = self._get(self.config_init, "trainer", default={})
+        config = self._section(self.config_init).get("trainer") or {}
         root_dir = config.get("default_root_dir") or os.getcwd()
         if self.subcommand == "predict":
             # predict writes under its --output_dir only: no run of the default logger, no config.yaml
@@ -308,7 +310,7 @@ class DeepLabCLI(LightningCLI):
         if val_check_batches is not None:
             kwargs["val_check_interval"] = val_check_batches
         if self.subcommand in (None, "fit", "validate", "test"):
-            every_n = self._get(self.config_init, "checkpoint_every_n_steps", default=DEFAULT_CHECKPOINT_EVERY_N_STEPS)
+            every_n = self._section(self.config_init).get("checkpoint_every_n_steps", DEFAULT_CHECKPOINT_EVERY_N_STEPS)
             kwargs["callbacks"] = callbacks + default_callbacks(root_dir, config.get("logger") is not False, every_n)
             if config.get("enable_progress_bar") is not False and not any(
                 isinstance(cb, ProgressBar) for cb in callbacks
@@ -320,6 +322,10 @@ class DeepLabCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         check_launch(trainer.num_devices, trainer.num_nodes)  # before a mismatched launch hangs
         return trainer
+
+    def _section(self, config: Namespace) -> Namespace:
+        """The running subcommand's part of ``config`` (all of it without a subcommand)."""
+        return config[self.subcommand] if self.subcommand else config
 
     def _resumed_wandb_run_id(self) -> Optional[str]:
         """A fit resumed from a checkpoint goes on logging into the wandb run that wrote it."""
@@ -340,6 +346,20 @@ class DeepLabCLI(LightningCLI):
             if self._run_folder is not None:
                 self._run_folder.release()
 
+    def validate(self, **kwargs: Any) -> Any:
+        return self.trainer.validate(**self._quiet_unless_asked(kwargs))
+
+    def test(self, **kwargs: Any) -> Any:
+        return self.trainer.test(**self._quiet_unless_asked(kwargs))
+
+    def _quiet_unless_asked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The scores report prints its own table; Lightning's raw one (``verbose``) would
+        repeat it, unless the command line or the configuration asks for it."""
+        given = self._given.get(self.subcommand)
+        if given is None or given.get("verbose") is None:
+            kwargs["verbose"] = False
+        return kwargs
+
     def predict(self, **kwargs: Any) -> Any:
         """`deeplab predict`: the writer saves each batch as it comes, so the predictions are not
         also kept in memory (unless ``--return_predictions true``)."""
@@ -350,7 +370,3 @@ class DeepLabCLI(LightningCLI):
             # holds; prediction has no use for it.
             warnings.filterwarnings("ignore", message=PREDICT_CALLBACKS_WARNING)
             return self.trainer.predict(**kwargs)
-
-
-if __name__ == "__main__":  # `python -m lightning_deeplab.cli fit ...` (e.g. under torchrun)
-    sys.exit(main())

@@ -2,12 +2,13 @@
 augmentation, and the report of one split's scores (a table and a JSON file).
 
 Plain torch: ``model`` is any callable that maps an RGB 0-255 batch [B, 3, H, W] to class
-scores at output stride 8 (:class:`~lightning_deeplab.models.DeepLabV2`, MSC fusion included).
+scores at output stride 8 (:class:`~lightning_deeplab.models.DeepLabV2`, MSC fusion included)
+and reads pixels of PAD_VALUE as padding (DeepLabV2 normalises them to its mean colour).
 
 The size rule. Every network here turns an input side of ``8k + 1`` into ``k + 1`` scores whose
 ``i``-th sample sits on input pixel ``8i`` (the paper's crops, 321 and 513, follow the rule).
-Inputs are therefore padded (bottom/right, with the mean colour, which the network normalises
-to ~0) to ``8k + 1`` and the scores upsampled with ``align_corners=True``, which puts every score
+Inputs are therefore padded (bottom/right, with PAD_VALUE, which the network normalises
+to 0, its mean colour) to ``8k + 1`` and the scores upsampled with ``align_corners=True``, which puts every score
 back on the pixel it was computed at, before the padding is cropped away.
 """
 
@@ -23,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .constants import PAD_MEAN_RGB, PAD_MEAN_RGB_BY_STYLE
+from ..constants import PAD_VALUE
 from .metrics import DEFAULT_MIOU_OVER, scores_from_confusion
-from .models.msc import scaled_size
+from ..models.msc import scaled_size
 
 #: Output stride of every DeepLab v2 network.
 OUTPUT_STRIDE = 8
@@ -126,21 +127,15 @@ def padded_side(side: int, minimum: int = 0) -> int:
     return (target - 1 + OUTPUT_STRIDE - 1) // OUTPUT_STRIDE * OUTPUT_STRIDE + 1
 
 
-def pad_colour(model: Model) -> tuple[float, ...]:
-    """The mean colour (RGB 0-255) of ``model``'s input normalisation (its ``style``; the Caffe
-    mean for a model without one): padded pixels normalise to ~0, as in training."""
-    return PAD_MEAN_RGB_BY_STYLE.get(getattr(model, "style", None), PAD_MEAN_RGB)
-
-
-def pad_image(image: Tensor, size: tuple[int, int], pad_rgb: Sequence[float] = PAD_MEAN_RGB) -> Tensor:
-    """``image`` [B, 3, H, W] padded at the bottom/right with the mean colour ``pad_rgb`` to ``size``."""
+def pad_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """``image`` [B, 3, H, W] padded at the bottom/right to ``size`` with PAD_VALUE, which the
+    network's normalisation turns into its mean colour (as the training crops' padding)."""
     height, width = image.shape[-2:]
     if (height, width) == tuple(size):
         return image
     if size[0] < height or size[1] < width:
         raise ValueError(f"cannot pad an image of {height}x{width} to the smaller {size[0]}x{size[1]}")
-    padded = torch.empty((*image.shape[:-2], *size), dtype=image.dtype, device=image.device)
-    padded[:] = torch.tensor(tuple(pad_rgb), dtype=image.dtype, device=image.device).view(3, 1, 1)
+    padded = torch.full((*image.shape[:-2], *size), PAD_VALUE, dtype=image.dtype, device=image.device)
     padded[..., :height, :width] = image
     return padded
 
@@ -166,7 +161,7 @@ def whole_logits(model: Model, image: Tensor, pad_to: Optional[tuple[int, int]] 
     height, width = image.shape[-2:]
     minimum = pad_to or (0, 0)
     size = (padded_side(height, minimum[0]), padded_side(width, minimum[1]))
-    logits = upsample_aligned(model(pad_image(image, size, pad_colour(model))), size)
+    logits = upsample_aligned(model(pad_image(image, size)), size)
     return logits[..., :height, :width]
 
 
@@ -185,7 +180,7 @@ def slide_logits(model: Model, image: Tensor, window: tuple[int, int], stride: t
     _check_image(image)
     height, width = image.shape[-2:]
     size = (max(height, window[0]), max(width, window[1]))
-    padded = pad_image(image, size, pad_colour(model))
+    padded = pad_image(image, size)
     total: Optional[Tensor] = None
     count = torch.zeros((1, 1, *size), dtype=torch.float32, device=image.device)
     for top in window_starts(size[0], window[0], stride[0]):
@@ -269,7 +264,7 @@ def scores_report(
     prediction). Returns ``{"classes", "num_pixels", "without_crf": {mIoU, pixel_acc, mean_acc,
     fw_iou, miou_over, iou: {class: IoU}, confusion}, "with_crf": ... or None}``; a class present
     neither in the ground truth nor in the predictions has IoU None; ``miou_over`` says which
-    classes the means run over (see :mod:`lightning_deeplab.metrics`; default: all, as DeepLab's
+    classes the means run over (see :mod:`lightning_deeplab.evaluation.metrics`; default: all, as DeepLab's
     official evaluation).
     """
     if confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:

@@ -1,5 +1,5 @@
 """The LightningModule: DeepLab v2's training step (loss, SGD with the poly schedule) and its
-evaluation step (scores with and without the dense CRF). Reporting lives in :mod:`.reporting`."""
+evaluation step (scores with and without the dense CRF). Reporting lives in :mod:`lightning_deeplab.callbacks`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
 import torch.nn.functional as F
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
-from .constants import IGNORE_INDEX
-from .crf import DenseCRF, unary_from_softmax
-from .crf_training import CRFTrainingLoss, check_crf_training_options, crf_parameter_group, reconcile_crf_state
-from .evaluation import InferenceConfig, infer_probabilities, pad_colour, scores_report
-from .metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
-from .models import load_pretrained
+from ..constants import IGNORE_INDEX
+from ..crf import DenseCRF, unary_from_softmax
+from .crf_loss import CRFTrainingLoss, check_crf_training_options, crf_parameter_group, reconcile_crf_state
+from ..evaluation.inference import InferenceConfig, infer_probabilities, scores_report
+from ..evaluation.metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
+from ..models import load_pretrained
+from ..models.arguments import part_config
 from .optimization import poly_lr_factor, sgd_with_poly
-from .viz import image_to_uint8
+from ..viz import image_to_uint8
 
 #: The stages that are scored, each without and with the CRF.
 EVALUATION_STAGES = ("val", "test")
@@ -33,13 +33,6 @@ def resize_labels(mask: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def part_config(part: nn.Module) -> dict[str, Any]:
-    """``class_path``/``init_args`` of a part built in Python (what LightningCLI saves for a part
-    it built from the YAML), so a checkpoint says how to rebuild it."""
-    cls = type(part)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(part, "init_args", {}))}
-
-
 class DeepLabV2Module(pl.LightningModule):
     """DeepLab v2 training and evaluation of ``model`` (e.g. :class:`~lightning_deeplab.models.DeepLabV2`
     or a factory's network: RGB 0-255 in, scores at output stride 8 out, ``num_classes`` and
@@ -50,7 +43,7 @@ class DeepLabV2Module(pl.LightningModule):
         crf: the dense CRF of evaluation and prediction (default: :class:`DenseCRF`'s defaults,
             the paper's ResNet-101 setting).
         inference: how validation, test and predict run the network on whole images
-            (:class:`~lightning_deeplab.evaluation.InferenceConfig`); training is unaffected.
+            (:class:`~lightning_deeplab.evaluation.inference.InferenceConfig`); training is unaffected.
         pretrained: initial weights (``"imagenet"`` or a path, see
             :func:`~lightning_deeplab.models.load_pretrained`), loaded when fitting starts from
             scratch only (at ``on_fit_start``): a resumed or evaluated checkpoint brings its own.
@@ -62,8 +55,8 @@ class DeepLabV2Module(pl.LightningModule):
         eval_crf: validation and test also score the CRF-refined prediction.
         class_names: one per class (the CLI links the dataset's).
         miou_over: the classes mIoU and mean accuracy average over (see
-            :mod:`~lightning_deeplab.metrics`): ``"all"`` as DeepLab's official evaluation.
-        train_with_crf: train through the CRF (CRF-as-RNN, :mod:`~lightning_deeplab.crf_training`):
+            :mod:`~lightning_deeplab.evaluation.metrics`): ``"all"`` as DeepLab's official evaluation.
+        train_with_crf: train through the CRF (CRF-as-RNN, :mod:`~lightning_deeplab.training.crf_loss`):
             the fused logits, upsampled to the crop, go through ``crf`` with the crop's image
             (padding left out), and the cross-entropy of its marginals is added to the loss. A
             CRF built with ``trainable=True`` learns pos_w, bi_w and its compatibility
@@ -111,20 +104,20 @@ class DeepLabV2Module(pl.LightningModule):
         if loss_resolution not in ("logits", "image"):
             raise ValueError(f"loss_resolution must be 'logits' or 'image', got {loss_resolution!r}")
         check_crf_training_options(train_with_crf, crf_loss_weight, crf_train_iterations, crf_lr_mult, crf_per_scale)
-        cli_hparams = _given_hyperparameters.get() is not None  # LightningCLI gives the YAML's parts
-        self.save_hyperparameters(ignore=None if cli_hparams else ["model", "crf", "inference"])
+        # Plain values only, however the module is built (from Python or by LightningCLI), so a
+        # checkpoint loads without unpickling classes: each part as the class_path/init_args that
+        # rebuild it, and load_from_checkpoint rebuilds them as LightningCLI does.
+        self.save_hyperparameters(ignore=["model", "crf", "inference"])
         self.inference = InferenceConfig.from_value(inference)
-        if not cli_hparams:  # plain values only, so checkpoints load without unpickling classes
-            self.hparams.update(model=part_config(model), inference=self.inference.to_dict())
-            if crf is not None:
-                self.hparams["crf"] = part_config(crf)
-            # load_from_checkpoint rebuilds the parts from class_path/init_args as LightningCLI does
-            self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
+        self.hparams.update(model=part_config(model), inference=self.inference.to_dict())
+        if crf is not None:
+            self.hparams["crf"] = part_config(crf)
+        self.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
         self.model = model
         self.crf = crf if crf is not None else DenseCRF()
         self.crf.set_num_classes(num_classes)  # makes a "potts" compatibility, checks a matrix
         self.crf_loss = (
-            CRFTrainingLoss(pad_colour(model), crf_loss_weight, crf_train_iterations, crf_per_scale)
+            CRFTrainingLoss(crf_loss_weight, crf_train_iterations, crf_per_scale)
             if train_with_crf else None
         )  # fmt: skip
         self.num_classes = num_classes

@@ -6,7 +6,7 @@ kernel's weight ``bi_w`` (3..6), spatial std ``bi_xy_std`` (30..100 by 10) and c
 from the ``.npy`` files ``deeplab predict`` saves) and kept; every setting then runs only the
 CRF, on the GPU when there is one, and is scored with one confusion matrix over the images.
 
-    deeplab crf-search --config configs/deeplabv2_resnet101_voc12aug.yaml \\
+    deeplab crf-search --config configs/deeplabv2_resnet101.yaml --config configs/voc12aug.yaml \\
         --ckpt_path best --num_images 100
 """
 
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint_config import read_checkpoint
-from .constants import IGNORE_INDEX
+from ..runs.checkpoint_config import read_checkpoint
+from ..constants import IGNORE_INDEX
 from .devices import DEVICE_HELP, resolve_device
-from .fileio import write_json
-from .metrics import scores_from_confusion
-from .viz import image_to_uint8
+from ..fileio import write_json
+from ..evaluation.metrics import scores_from_confusion
+from ..viz import image_to_uint8
 
 #: The grid of the paper (DeepLab v2, section 4.1: w1 in [3:6], sigma_alpha in [30:10:100],
 #: sigma_beta in [3:6]); the smoothness kernel and the iterations stay as configured.
@@ -88,7 +88,7 @@ def crf_grid_search(
     Returns ``{"baseline": mIoU without CRF, "results": [{bi_w, bi_xy_std, bi_rgb_std, mIoU}] in
     grid order, "best": the result with the highest mIoU (the first one on ties)}``.
     """
-    from .crf import DenseCRF, unary_from_softmax
+    from ..crf import DenseCRF, unary_from_softmax
 
     if not samples:
         raise ValueError("crf_grid_search needs at least one sample")

@@ -1,7 +1,7 @@
 """The offline demo: train DeepLab v2 on a synthetic VOC-layout dataset on the CPU, evaluate it
 with and without the dense CRF, and write colour predictions, a results table and a plot.
 
-    python -m lightning_deeplab.demo --output outputs/demo
+    python -m lightning_deeplab.commands.demo --output outputs/demo
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
-from .checkpoint_config import CHECKPOINT_DIR, LAST_NAME
+from ..runs.checkpoint_config import CHECKPOINT_DIR, LAST_NAME
 from .cli import DeepLabCLI
-from .crf._build import packaged_folder
-from .evaluation import format_scores_table
-from .fileio import atomic_output, write_json
-from .reporting import scores_path
-from .viz import colorize, image_to_uint8, save_atomically, save_label_png
+from ..crf._build import packaged_folder
+from ..evaluation.inference import format_scores_table
+from ..fileio import atomic_output, write_json
+from ..callbacks.reporting import scores_path
+from ..viz import colorize, image_to_uint8, save_atomically, save_label_png
 
 
 def shipped_config(name: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from .constants import IGNORE_INDEX
+from ..constants import IGNORE_INDEX
 
 #: Valid ``miou_over`` names (see the module docstring); the first is the default.
 MIOU_OVER = ("all", "gt", "present")

@@ -5,13 +5,12 @@ mean-field marginals log Q (ignore label excluded) is added to the training loss
 gradient reaches the network through every mean-field iteration and, with a trainable CRF,
 its kernel weights and compatibility matrix.
 
-Padding: training crops are padded (bottom/right, or left after the flip) with the mean colour
-of the model's style and the ignore label. The CRF runs per sample on the bounding box of the
-pixels that are not padding, so padded pixels are not in the lattice at all and cannot pass
-labels into the image (a zero unary weight would still let their marginals, which follow
-their neighbours, carry messages). Padding is told from an ignore border inside the image by
-the pad colour, exact and non-integer (no pixel of a 0-255 image carries it), together with
-the ignore label.
+Padding: training crops are padded (bottom/right, or left after the flip) with PAD_VALUE and
+the ignore label. The CRF runs per sample on the bounding box of the pixels that are not
+padding, so padded pixels are not in the lattice at all and cannot pass labels into the image
+(a zero unary weight would still let their marginals, which follow their neighbours, carry
+messages). PAD_VALUE tells padding from an ignore border inside the image: no pixel of a
+0-255 image holds it.
 
 Plain torch: nothing here knows about Lightning.
 """
@@ -26,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint_config import read_checkpoint
-from .constants import IGNORE_INDEX
-from .crf import DenseCRF, unary_from_softmax
-from .viz import image_to_uint8
+from ..runs.checkpoint_config import read_checkpoint
+from ..constants import IGNORE_INDEX, PAD_VALUE
+from ..crf import DenseCRF, unary_from_softmax
+from ..viz import image_to_uint8
 
 #: Key prefix of the CRF layer's entries in the LightningModule's state dict.
 CRF_PREFIX = "crf."
@@ -54,14 +53,10 @@ def check_crf_training_options(
         raise ValueError(f"crf_train_iterations must be a positive int or null, got {iterations!r}")
 
 
-def unpadded_boxes(
-    image: Tensor, mask: Tensor, pad_rgb: Sequence[float], ignore_index: int = IGNORE_INDEX
-) -> list[Optional[Box]]:
-    """Per sample of ``image`` [B, 3, H, W] (float 0-255) and ``mask`` [B, H, W], the bounding
-    box of the pixels that are not padding (None when all are). Padding: the ignore label and
-    exactly the pad colour."""
-    pad_colour = torch.tensor(tuple(pad_rgb), dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-    real = ~((mask == ignore_index) & (image == pad_colour).all(dim=1))
+def unpadded_boxes(image: Tensor) -> list[Optional[Box]]:
+    """Per sample of ``image`` [B, 3, H, W] (float 0-255), the bounding box of the pixels that
+    are not padding (PAD_VALUE; None when all are)."""
+    real = ~(image == PAD_VALUE).all(dim=1)
     rows, cols = real.any(dim=2).cpu(), real.any(dim=1).cpu()
     boxes: list[Optional[Box]] = []
     for b in range(image.shape[0]):
@@ -80,10 +75,10 @@ class CRFRegions(NamedTuple):
     labelled: int
 
 
-def crf_regions(image: Tensor, mask: Tensor, pad_rgb: Sequence[float], ignore_index: int = IGNORE_INDEX) -> CRFRegions:
+def crf_regions(image: Tensor, mask: Tensor, ignore_index: int = IGNORE_INDEX) -> CRFRegions:
     """The :class:`CRFRegions` of ``image`` [B, 3, H, W] (float RGB 0-255, padded with
-    ``pad_rgb`` and the ignore label as the training transform pads) and ``mask`` [B, H, W]."""
-    boxes = unpadded_boxes(image, mask, pad_rgb, ignore_index)
+    PAD_VALUE and the ignore label as the training transform pads) and ``mask`` [B, H, W]."""
+    boxes = unpadded_boxes(image)
     if boxes[0] is not None and all(box == boxes[0] for box in boxes):
         groups = [(slice(None), boxes[0])]  # the usual case: one batched call
     else:
@@ -123,25 +118,21 @@ def crf_cross_entropy(
     logits: Tensor,
     image: Tensor,
     mask: Tensor,
-    pad_rgb: Sequence[float],
     iterations: Optional[int] = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Mean cross-entropy, over the batch's labelled pixels, of the CRF marginals of ``logits``
     [B, C, h, w] upsampled (bilinear) to ``image`` [B, 3, H, W] (float RGB 0-255, padded with
-    ``pad_rgb`` and the ignore label as the training transform pads), against ``mask`` [B, H, W].
+    PAD_VALUE and the ignore label as the training transform pads), against ``mask`` [B, H, W].
     ``iterations`` overrides the CRF's own count. Padding never enters the CRF."""
-    regions = crf_regions(image, mask, pad_rgb, ignore_index)
+    regions = crf_regions(image, mask, ignore_index)
     return region_cross_entropy(crf, logits, mask, regions, iterations, ignore_index)
 
 
 class CRFTrainingLoss:
     """The CRF term of the training loss, configured once from the module's options."""
 
-    def __init__(
-        self, pad_rgb: Sequence[float], weight: float = 1.0, iterations: Optional[int] = None, per_scale: bool = False
-    ) -> None:
-        self.pad_rgb = tuple(float(v) for v in pad_rgb)
+    def __init__(self, weight: float = 1.0, iterations: Optional[int] = None, per_scale: bool = False) -> None:
         self.weight = float(weight)
         self.iterations = iterations
         self.per_scale = per_scale
@@ -152,7 +143,7 @@ class CRFTrainingLoss:
         """Weighted CRF losses, named ``crf_<output>``, of the fused output (the last) or, with
         ``per_scale``, of every output of ``forward_multi`` (the batch's regions found once)."""
         chosen = list(zip(names, outputs)) if self.per_scale else [(names[-1], outputs[-1])]
-        regions = crf_regions(image, mask, self.pad_rgb)
+        regions = crf_regions(image, mask)
         return {
             f"crf_{name}": self.weight * region_cross_entropy(crf, logits, mask, regions, self.iterations)
             for name, logits in chosen
