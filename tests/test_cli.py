@@ -177,3 +177,30 @@ def test_inference_settings_from_the_command_line(data_root, tmp_path, capsys):
     assert "slyde" in capsys.readouterr().err
     with pytest.raises(ValueError, match="inference.window must be >= 8"):
         DeepLabCLI(args=[*args, "--model.inference.window=7"], run=False)
+
+
+def test_an_integer_batch_limit_is_a_count_and_a_float_a_fraction(data_root, tmp_path):
+    overlay = tmp_path / "limits.yaml"
+    overlay.write_text("trainer:\n  limit_train_batches: 2\n  limit_test_batches: 1.0\n")
+    args = tiny_args(data_root, str(tmp_path / "run"), "--config", str(overlay), "--trainer.logger", "false",
+                     "--trainer.limit_val_batches", "1", "--trainer.limit_predict_batches", "0.5",
+                     "--trainer.val_check_interval", "1")  # fmt: skip
+    trainer = DeepLabCLI(args=args, run=False).trainer
+    limits = [trainer.limit_train_batches, trainer.limit_val_batches, trainer.limit_test_batches,
+              trainer.limit_predict_batches, trainer.val_check_interval]  # fmt: skip
+    assert [(type(value), value) for value in limits] == [(int, 2), (int, 1), (float, 1.0), (float, 0.5), (int, 1)]
+    trainer = DeepLabCLI(args=[*args, "--trainer.limit_val_batches", "1.0"], run=False).trainer
+    assert type(trainer.limit_val_batches) is float and trainer.limit_val_batches == 1.0
+
+
+def test_a_class_count_that_contradicts_the_data_is_an_error_naming_both(data_root, tmp_path, capsys):
+    args = tiny_args(data_root, str(tmp_path / "run"), "--trainer.logger", "false")
+    with pytest.raises(SystemExit) as stop:
+        DeepLabCLI(args=["fit", *args, "--model.model.init_args.num_classes", "5"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "num_classes: the configuration says 5, but the data (--data.dataset synthetic) has 6 classes" in err
+    assert not (tmp_path / "run").exists()
+    # the data's own count, or none: the data decides
+    assert DeepLabCLI(args=[*args, "--model.model.init_args.num_classes", "6"], run=False).model.num_classes == 6
+    assert DeepLabCLI(args=args, run=False).model.num_classes == 6

@@ -112,3 +112,73 @@ def test_validate_and_predict_print_no_lightning_table_and_no_callback_warning(d
         assert main(["predict", *args, "--ckpt_path", ckpt]) == 0
     assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
     assert not [w for w in caught if "args parameter is intended" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--trainer.max_stepz", "3"], "error: unrecognized arguments: --trainer.max_stepz 3"),
+        (["--trainer.max_steps", "abc"], 'error: Parser key "trainer.max_steps": Expected a <class \'int\'>. Got value: abc'),
+    ],
+)  # fmt: skip
+def test_a_configuration_error_is_one_line_and_a_pointer_to_help(extra, expected, data_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *tiny_args(data_root, str(tmp_path / "run"), *extra)])
+    assert stop.value.code == USAGE_ERROR
+    assert capsys.readouterr().err.splitlines() == [expected, "(`deeplab fit --help` lists the options)"]
+
+
+def test_a_broken_yaml_file_is_named_with_its_line(data_root, tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_steps: 3\n  limit_val_batches: [1\n  devices: 1\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *tiny_args(data_root, str(tmp_path / "run"), "--config", str(broken))])
+    assert stop.value.code == USAGE_ERROR
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"error: --config {broken}, line 4, column 10: ")
+    assert "<unicode string>" not in lines[0]
+
+
+def test_a_shipped_config_is_found_by_name_after_a_file_of_that_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: as after a wheel install
+    for given in ("synthetic.yaml", "synthetic"):
+        with pytest.raises(SystemExit) as stop:
+            main(["fit", "--config", given, "--data.root", str(tmp_path / "data"), "--print_config"])
+        assert stop.value.code == 0
+        assert "dataset: synthetic" in capsys.readouterr().out
+    # a file of that name in the working folder comes first
+    (tmp_path / "synthetic.yaml").write_text((REPO / "configs" / "synthetic.yaml").read_text().replace(
+        "max_steps: 300", "max_steps: 7"))  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "synthetic.yaml", "--print_config"])
+    assert "max_steps: 7" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", "synthetik.yaml"])
+    err = capsys.readouterr().err
+    assert stop.value.code == USAGE_ERROR
+    assert "error: --config synthetik.yaml: no such file, and no shipped config of that name (shipped: " in err
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    listed = out.split("shipped configs (--config NAME, when there is no file NAME here):\n")[1]
+    shipped = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+    assert [line.strip() for line in listed.splitlines()[: len(shipped)]] == shipped
+
+
+def test_data_errors_come_before_the_run_folder_and_the_logger(data_root, tmp_path, capsys, monkeypatch):
+    from lightning_deeplab.data.synthetic import generate_synthetic_voc
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    empty, run = tmp_path / "empty", tmp_path / "run"
+    empty.mkdir()
+    voc = generate_synthetic_voc(tmp_path / "voc", num_train=4, num_val=2, image_size=(32, 32))
+    for root, extra, expected in [
+        (empty, [], f"error: no VOC 2012 tree under {empty}"),
+        (tmp_path / "missing", [], f"error: VOC data root {tmp_path / 'missing'} does not exist"),
+        (voc, ["--data.train_split", "trian"], "error: split list"),
+    ]:
+        args = tiny_args(str(root), str(run), "--data.dataset", "voc", *extra)
+        assert main(["fit", *args]) == USAGE_ERROR
+        err = capsys.readouterr().err
+        assert expected in err, err[-1000:]
+        assert not run.exists()  # no run folder, lock file or wandb run

@@ -229,3 +229,18 @@ def test_writer_with_crf_writes_both_label_maps_and_overlays(tmp_path, capsys):
 def test_bad_writer_options_are_named(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         SegmentationWriter(**kwargs)
+
+
+def test_predict_writes_only_under_its_output_dir(setup, tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.finish()  # a run left open by an earlier test would be reused
+    run, out = tmp_path / "run", tmp_path / "out"
+    logger = setup.args.index("--trainer.logger")
+    args = setup.args[:logger] + setup.args[logger + 2 :]  # the default logger
+    DeepLabCLI(args=["predict", *args, "--trainer.default_root_dir", str(run), "--ckpt_path", setup.ckpt,
+                     "--data.predict_path", str(setup.images), "--output_dir", str(out), "--overlay", "none"])  # fmt: skip
+    assert sorted(p.name for p in (out / "labels").rglob("*.png")) == ["a.png", "b.png", "c.png"]
+    assert not run.exists()  # no wandb run, no config.yaml in the run's root
+    assert not (out / "wandb").exists() and not (out / "config.yaml").exists()

@@ -176,3 +176,51 @@ def test_the_crf_a_checkpoint_learned(predicted, tmp_path, capsys):
         with pytest.raises(SystemExit) as caught:
             main([*common, "--output_dir", str(tmp_path / "refused"), *extra])
         assert caught.value.code == 2 and pattern in capsys.readouterr().err
+
+
+def test_one_array_or_a_binary_file_as_probabilities_is_refused_by_name(predicted, tmp_path, capsys):
+    base = ["crf", "--images", str(predicted / "images"), "--output_dir", str(tmp_path / "out")]
+    one = predicted / "predicted" / "probabilities" / "p.npy"
+    binary = tmp_path / "arrays.txt"
+    binary.write_bytes(one.read_bytes())
+    for given, pattern in [(one, "is one array: give the folder"), (binary, "is neither a folder nor a text list")]:
+        with pytest.raises(SystemExit) as caught:
+            main([*base, "--probabilities", str(given)])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and f"error: --probabilities {given} {pattern}" in err
+        assert "codec" not in err
+
+
+def test_an_images_folder_without_images_is_named_by_its_option(predicted, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as caught:
+        main(["crf", "--probabilities", str(predicted / "predicted" / "probabilities"), "--images",
+              str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and f"error: --images {tmp_path / 'empty'} holds no images" in err
+    assert "predict_path" not in err
+
+
+def test_probabilities_that_do_not_sum_to_one_are_refused_or_with_a_flag_refined(predicted, tmp_path, capsys):
+    saved = predicted / "predicted" / "probabilities"
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    p = np.load(saved / "p.npy")
+    assert p.dtype == np.float16  # as `deeplab predict` stores them: rounding must not count as unnormalised
+    np.save(arrays / "p.npy", p)
+    np.save(arrays / "q.npy", np.full(p.shape, 0.9, np.float32))
+    np.save(arrays / "r.npy", np.zeros(np.load(saved / "r.npy").shape, np.float32))
+    base = ["crf", "--probabilities", str(arrays), "--images", str(predicted / "images"), "--iterations", "2"]
+    assert main([*base, "--output_dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "1 refined label map(s)" in err and "2 array(s) skipped" in err
+    assert f"{arrays / 'q.npy'}: its 6 class probabilities sum to 5.4 at every pixel, up to 4.4 away from 1" in err
+    assert f"{arrays / 'r.npy'}: its 6 class probabilities sum to 0 at every pixel, up to 1 away from 1" in err
+    assert err.count("pass --logits for raw scores, or --allow_unnormalized") == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["p.png"]
+
+    assert main([*base, "--output_dir", str(tmp_path / "warned"), "--allow_unnormalized"]) == 0
+    err = capsys.readouterr().err
+    assert "3 refined label map(s)" in err and "skipped" not in err
+    assert "warning: 2 of them refined from probabilities that do not sum to 1" in err
+    assert f"{arrays / 'q.npy'}: its 6 class probabilities sum to 5.4" in err

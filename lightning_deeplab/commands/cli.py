@@ -38,12 +38,15 @@ from ..runs.checkpointing import (
     DEFAULT_CHECKPOINT_EVERY_N_STEPS, AtomicCheckpointIO, DeepLabCheckpoint, exit_code_of, saved_wandb_run_id,
     validation_interval_in_batches,
 )  # fmt: skip
+from .cli_parser import DeepLabArgumentParser
+from .config_files import config_problem, config_values, shipped_configs_help, with_shipped_configs
 from .registry import command_list
 from ..data import SegmentationDataModule
 from ..fileio import atomic_output
 from ..runs.launch_check import check_launch, first_process
 from ..runs.loggers import QuietShutdownOnFullDisk, default_logger
 from ..training.module import DeepLabV2Module
+from ..training.trainer import DeepLabTrainer
 from ..callbacks.prediction_writer import SegmentationWriter
 from ..callbacks.progress import StepProgressBar
 from ..callbacks.reporting import default_reporting
@@ -138,8 +141,11 @@ class DeepLabCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", DurableSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the paper's SGD + poly
+        kwargs.setdefault("trainer_class", DeepLabTrainer)  # `--trainer.limit_val_batches 1` is one batch
+        kwargs.setdefault("parser_class", DeepLabArgumentParser)  # one-line configuration errors
         parser_kwargs = kwargs.get("parser_kwargs") or {}
         kwargs["parser_kwargs"] = {
+            "prog": "deeplab",
             "description": HELP_DESCRIPTION,
             "formatter_class": _HelpFormatter,
             **parser_kwargs,
@@ -152,6 +158,8 @@ class DeepLabCLI(LightningCLI):
         # jsonargparse would take `--model.head_lr` for `--model.head_lr_mult`: no prefixes, on
         # the main parser and on every subcommand's
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs["description"] = f"{kwargs.get('description') or ''}\n\n{shipped_configs_help()}".strip()
         with_writer_options = kwargs.pop(WRITER_OPTIONS_KEY, False)
         parser = super().init_parser(**kwargs)
         if with_writer_options:
@@ -196,6 +204,9 @@ class DeepLabCLI(LightningCLI):
             # that a checkpoint must not override.
             self._given = parser.parse_object(args, defaults=False)
         else:
+            args = with_shipped_configs(sys.argv[1:] if args is None else args)
+            for problem in filter(None, map(config_problem, config_values(args))):
+                parser.error(problem)  # jsonargparse's YAML errors name no file, only "<unicode string>"
             self.config = parser.parse_args(args)
             self._given = parser.parse_args(args, defaults=False)
         self._apply_checkpoint()
@@ -233,11 +244,35 @@ class DeepLabCLI(LightningCLI):
         self._saved_run_id = saved_wandb_run_id(checkpoint) if checkpoint is not None else None
 
     def before_instantiate_classes(self) -> None:
-        """The checkpoint file back into the configuration (see `_apply_checkpoint`). fit: claims
-        the run folder before anything is written into it (`run_folder`): no other live fit
-        holds it, and a fit that does not resume finds no earlier run's checkpoints."""
+        """The checkpoint file back into the configuration (see `_apply_checkpoint`)."""
         if self.subcommand:
             self.config[self.subcommand].ckpt_path = self.ckpt_path
+
+    def _check_before_the_run(self) -> None:
+        """What the configuration and the data can be checked for once the model and the data
+        exist, before the run folder is claimed and the logger creates its run: a user error
+        leaves nothing behind."""
+        self._check_class_count()
+        if self.subcommand is not None:
+            self.datamodule.check_data(self.subcommand)
+        self._claim_run_folder()
+
+    def _check_class_count(self) -> None:
+        """A class count the configuration gives the network must be the data's (unset, the
+        data's is linked in)."""
+        given = self._section(self._given).get("model.model.init_args.num_classes")  # YAML + command line
+        classes = self.datamodule.num_classes
+        if given is not None and given != classes:
+            section = self._section(self.config)
+            self.parser.error(
+                f"model.model.init_args.num_classes: the configuration says {given}, but the data "
+                f"(--data.dataset {section.get('data.dataset')}) has {classes} classes; leave it out to "
+                "follow the data"
+            )
+
+    def _claim_run_folder(self) -> None:
+        """fit: claims the run folder before anything is written into it (`run_folder`): no other
+        live fit holds it, and a fit that does not resume finds no earlier run's checkpoints."""
         if self.subcommand != "fit" or not first_process():
             return
         section = self.config["fit"]
@@ -258,9 +293,15 @@ class DeepLabCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any):
+        self._check_before_the_run()  # the trainer creates the logger: user errors first
         config = self._section(self.config_init).get("trainer") or {}
         root_dir = config.get("default_root_dir") or os.getcwd()
-        if config.get("logger") in (None, True):
+        if self.subcommand == "predict":
+            # predict writes under its --output_dir only: no run of the default logger, no config.yaml
+            self.save_config_callback = None
+            if config.get("logger") is None:
+                kwargs["logger"] = False
+        elif config.get("logger") in (None, True):
             kwargs["logger"] = default_logger(root_dir, run_id=self._resumed_wandb_run_id())
         # checkpoints written whole or not at all, unless the configuration brings its own writer
         plugins = _as_list(config.get("plugins"))

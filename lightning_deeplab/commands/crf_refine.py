@@ -11,8 +11,10 @@ the folder without extension, the same names ``deeplab predict`` gives its outpu
 ``OUT``: ``labels/<name>.png`` (palette PNGs, pixel value = class index) and, with
 ``--save_probabilities``, ``probabilities/<name>.npy`` (float16 refined marginals). Arrays whose
 image is missing or unreadable, whose size differs from the image's or whose class count differs
-from the others' are reported by file and skipped; the rest is written. Exit status: 0 when every
-array was refined, 1 when some were skipped, 2 on a usage error.
+from the others' are reported by file and skipped, and so are probabilities whose classes do not
+sum to 1 (within ``SUM_TOLERANCE``; ``--allow_unnormalized`` refines them with a warning); the
+rest is written. Exit status: 0 when every array was refined, 1 when some were skipped, 2 on a
+usage error.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from .devices import DEVICE_HELP, resolve_device
 LABELS_DIR, PROBABILITIES_DIR = "labels", "probabilities"
 #: Probabilities may overshoot [0, 1] by this much (float16 rounding) before they are refused.
 PROBABILITY_SLACK = 1e-2
+#: How far from 1 the class probabilities of a pixel may sum. float16 rounds each value by at
+#: most 2**-11 of itself, so stored softmax outputs sum within ~5e-4 of 1 (bfloat16: ~4e-3).
+SUM_TOLERANCE = 1e-2
 
 #: The CRF settings given as options: name -> (type, help). Unset ones keep DenseCRF's defaults
 #: (the paper's), so the defaults live in one place (lightning_deeplab.crf).
@@ -73,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--logits", action="store_true", help="the arrays are raw class scores (softmax is taken), not probabilities"
     )
+    parser.add_argument(
+        "--allow_unnormalized",
+        action="store_true",
+        help=f"refine probability arrays whose classes do not sum to 1 (within {SUM_TOLERANCE}) and list them as "
+        "warnings (default: skip them)",
+    )
     crf = parser.add_argument_group("CRF settings (default: the paper's, as lightning_deeplab.crf.DenseCRF)")
     for name, (kind, text) in CRF_OPTIONS.items():
         crf.add_argument(f"--{name}", type=kind, default=None, help=text)
@@ -114,7 +125,25 @@ def find_arrays(path: Path) -> list[tuple[str, Path]]:
 
     if path.is_dir():
         return [(name_under(p, path), p) for p in sorted(path.rglob("*.npy"))]
-    return [(name, file) for _, name, file in read_path_list(path)]
+    if path.suffix.lower() == ".npy":
+        raise ValueError(f"--probabilities {path} is one array: give the folder that holds the .npy arrays, "
+                         "or a list file of their paths (one per line)")  # fmt: skip
+    try:
+        return [(name, file) for _, name, file in read_path_list(path)]
+    except UnicodeDecodeError:
+        raise ValueError(f"--probabilities {path} is neither a folder nor a text list file of .npy paths") from None
+
+
+def sum_problem(probabilities: Any) -> Optional[str]:
+    """What is wrong with the sums over the classes (axis 0) of ``probabilities``, or None when
+    every pixel's sum lies within :data:`SUM_TOLERANCE` of 1."""
+    sums = probabilities.sum(axis=0)
+    low, high = float(sums.min()), float(sums.max())
+    off = max(abs(low - 1), abs(high - 1))
+    if off <= SUM_TOLERANCE:
+        return None
+    where = f"{low:.3g} at every pixel" if high - low <= SUM_TOLERANCE else f"between {low:.3g} and {high:.3g}"
+    return f"its {probabilities.shape[0]} class probabilities sum to {where}, up to {off:.3g} away from 1"
 
 
 class Refiner:
@@ -125,6 +154,8 @@ class Refiner:
     def __init__(self, args: argparse.Namespace, crf: Any, device: Any, palette: Any) -> None:
         self.args, self.crf, self.device, self.palette = args, crf, device, palette
         self.skipped: list[tuple[str, str]] = []
+        #: arrays refined although something is off (--allow_unnormalized): (path, what)
+        self.warnings: list[tuple[str, str]] = []
         self.written = 0
 
     def skip(self, path: Path, reason: str) -> None:
@@ -166,6 +197,12 @@ class Refiner:
             return self.skip(path, "holds NaN or infinite values")
         if not self.args.logits and (array.min() < -PROBABILITY_SLACK or array.max() > 1 + PROBABILITY_SLACK):
             return self.skip(path, "holds values outside [0, 1]: not probabilities (pass --logits for raw scores)")
+        problem = None if self.args.logits else sum_problem(array)
+        if problem is not None:
+            if not self.args.allow_unnormalized:
+                return self.skip(path, f"{problem} (tolerance {SUM_TOLERANCE}): not probabilities (pass --logits "
+                                       "for raw scores, or --allow_unnormalized to refine them as they are)")  # fmt: skip
+            self.warnings.append((str(path), problem))
         return array
 
     def refine(self, batch: list[tuple[str, Path, Path]]) -> None:
@@ -242,7 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = resolve_device(args.device)
         crf = DenseCRF(**settings).to(device)
         arrays = find_arrays(args.probabilities)
-        images = dict(find_predict_images(args.images))
+        images = dict(find_predict_images(args.images, option="--images"))
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.error(str(err))
     if not arrays:
@@ -279,6 +316,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     progress.close()
 
     print(f"{refiner.written} refined label map(s) written to {args.output_dir / LABELS_DIR}", file=sys.stderr)
+    if refiner.warnings:
+        print(
+            f"warning: {len(refiner.warnings)} of them refined from probabilities that do not sum to 1:",
+            file=sys.stderr,
+        )
+        for path, problem in refiner.warnings:
+            print(f"  {path}: {problem}", file=sys.stderr)
     if refiner.skipped:
         print(f"{len(refiner.skipped)} array(s) skipped:", file=sys.stderr)
         for path, reason in refiner.skipped:

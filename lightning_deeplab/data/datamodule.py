@@ -173,6 +173,19 @@ class SegmentationDataModule(pl.LightningDataModule):
         if problems:
             raise BadSamples(problems)
 
+    def check_data(self, stage: str) -> None:
+        """The cheap checks of the data ``stage`` reads (the root, the split lists, the files'
+        headers: those of :meth:`setup`), for a caller that must know before it creates anything
+        (the CLI: before the run folder and the logger). A dataset that ``prepare_data`` generates
+        is left to it. The splits opened here are kept: ``setup`` does not open them again."""
+        if stage == "predict" and self.predict_path is not None:
+            self.predict_images()
+            return
+        if self.source.generates_data:
+            return
+        self.source.prepare()  # checks the root: nothing to prepare for a dataset that is not generated
+        self.setup(stage)
+
     def _open_checked(self, role: str) -> list[str]:
         """Open the dataset of ``role`` and, with ``check_files``, check its files' headers;
         the problems found (the dataset is kept only when there are none)."""

@@ -46,10 +46,13 @@ def distinct_names(items: Sequence[tuple[str, Path]]) -> tuple[list[tuple[str, P
     return out, renamed
 
 
-def _read_list(list_file: Path) -> list[tuple[str, Path]]:
-    entries = read_path_list(list_file)
+def _read_list(list_file: Path, option: str) -> list[tuple[str, Path]]:
+    try:
+        entries = read_path_list(list_file)
+    except UnicodeDecodeError:
+        raise ValueError(f"{option} {list_file} is not a text list file of image paths") from None
     if not entries:
-        raise ValueError(f"predict list {list_file} names no images")
+        raise ValueError(f"{option} list {list_file} names no images")
     seen: dict[Path, int] = {}
     for lineno, _, path in entries:
         if path in seen:
@@ -58,7 +61,9 @@ def _read_list(list_file: Path) -> list[tuple[str, Path]]:
     return [(name, path) for _, name, path in entries]
 
 
-def find_predict_images(path: Union[str, Path], renamed: Optional[list] = None) -> list[tuple[str, Path]]:
+def find_predict_images(
+    path: Union[str, Path], renamed: Optional[list] = None, option: str = "predict_path"
+) -> list[tuple[str, Path]]:
     """``(name, path)`` of every image to predict under ``path``, names distinct (see the
     module notes; ``renamed``, when given, receives ``(path, name)`` of each image whose name
     was made distinct).
@@ -67,25 +72,26 @@ def find_predict_images(path: Union[str, Path], renamed: Optional[list] = None) 
     under it, recursively, sorted; name: the path below the folder without extension), or a
     list file (``.txt``/``.lst``: one image path per line, relative to the list's folder; blank
     lines and ``#`` comments skipped; a listed file that is missing is reported and skipped
-    when read, like an unreadable one). Names become the output file names.
+    when read, like an unreadable one). Names become the output file names. Errors name
+    ``path`` as the value of ``option`` (the command's own name for it).
     """
-    items, changed = distinct_names(_find_images(path))
+    items, changed = distinct_names(_find_images(path, option))
     if renamed is not None:
         renamed.extend(changed)
     return items
 
 
-def _find_images(path: Union[str, Path]) -> list[tuple[str, Path]]:
+def _find_images(path: Union[str, Path], option: str) -> list[tuple[str, Path]]:
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"predict_path {path} does not exist (expected an image, a folder or a list file)")
+        raise FileNotFoundError(f"{option} {path} does not exist (expected an image, a folder or a list file)")
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
-            raise ValueError(f"predict_path {path} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(f"{option} {path} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
         return [(name_under(p, path), p) for p in found]
     if path.suffix.lower() in LIST_EXTENSIONS:
-        return _read_list(path)
+        return _read_list(path, option)
     return [(path.stem, path)]
 
 

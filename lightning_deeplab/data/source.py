@@ -23,6 +23,8 @@ class SegmentationSource(ABC):
     """
 
     ignore_index: int = IGNORE_INDEX
+    #: True for a dataset that ``prepare`` writes (generates): it cannot be checked before then.
+    generates_data: bool = False
 
     def __init__(self, root: Union[str, Path]) -> None:
         self.root = Path(root).expanduser()

@@ -276,6 +276,7 @@ class SyntheticSource(SegmentationSource):
 
     class_names = SYNTHETIC_CLASSES
     palette = VOC_PALETTE
+    generates_data = True
 
     def __init__(
         self,
