@@ -80,8 +80,11 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     samples = inputs(args.size, args.images)
-    times: dict[str, list[float]] = {"pydensecrf2, a process per core": [], "ours, a process per core": [],
-                                     f"ours, one process, batches of {args.batch}": []}  # fmt: skip
+    times: dict[str, list[float]] = {
+        "pydensecrf2, a process per core": [],
+        "ours, a process per core": [],
+        f"ours, one process, batches of {args.batch}": [],
+    }
     load = []
     for _ in range(args.repeats):
         load.append(os.getloadavg()[0])
@@ -89,9 +92,11 @@ def main() -> None:
         times["ours, a process per core"].append(per_process(ours_one, samples, cores))
         times[f"ours, one process, batches of {args.batch}"].append(batched(samples, args.batch, cores))
     reference = statistics.median(times["pydensecrf2, a process per core"])
-    print(f"{args.images} images of {args.size}, {ITERATIONS} iterations, {cores} cores "
-          f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"load average {min(load):.1f}-{max(load):.1f}, medians of {args.repeats}")  # fmt: skip
+    print(
+        f"{args.images} images of {args.size}, {ITERATIONS} iterations, {cores} cores "
+        f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"load average {min(load):.1f}-{max(load):.1f}, medians of {args.repeats}"
+    )
     print("| way | images/s | vs pydensecrf2 |\n|---|---|---|")
     for name, values in times.items():
         seconds = statistics.median(values)

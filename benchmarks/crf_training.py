@@ -61,8 +61,11 @@ def crf_memory(args, device, model) -> dict:
     crf = trainable_crf(args).to(device)
     total = saved_bytes(lambda: crf_cross_entropy(crf, logits, image, mask))
     marginal = args.crop * args.crop * args.classes * 4
-    return {"crf_saved_MiB_per_image": total / args.batch / 2**20, "marginal_MiB": marginal / 2**20,
-            "saved_marginals_per_iteration": total / args.batch / marginal / args.iterations}  # fmt: skip
+    return {
+        "crf_saved_MiB_per_image": total / args.batch / 2**20,
+        "marginal_MiB": marginal / 2**20,
+        "saved_marginals_per_iteration": total / args.batch / marginal / args.iterations,
+    }
 
 
 def step_time(args, device, train_with_crf: bool) -> float:
@@ -101,16 +104,21 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     model = DeepLabV2(args.backbone, args.head, args.classes, msc_scales=None, style="pytorch", norm="frozen")
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "device": str(device), "torch": torch.__version__, **vars(args)}  # fmt: skip
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "device": str(device),
+        "torch": torch.__version__,
+        **vars(args),
+    }
     result.update(crf_memory(args, device, model))
     # alternate the two, so load from other jobs hits both alike
     without, with_crf = [], []
     for _ in range(2):
         without.append(step_time(args, device, train_with_crf=False))
         with_crf.append(step_time(args, device, train_with_crf=True))
-    result.update({"step_s_without_crf": min(without), "step_s_with_crf": min(with_crf),
-                   "ratio": min(with_crf) / min(without)})  # fmt: skip
+    result.update(
+        {"step_s_without_crf": min(without), "step_s_with_crf": min(with_crf), "ratio": min(with_crf) / min(without)}
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -44,16 +44,19 @@ def class_name(index: int, class_names: Optional[Sequence[str]]) -> str:
     return "ignore" if index == IGNORE_INDEX else f"class {index}"
 
 
-def legend_entries(masks: Iterable[np.ndarray], palette, class_names: Optional[Sequence[str]] = None,
-                   leave_out: Iterable[int] = ()) -> list[Entry]:  # fmt: skip
+def legend_entries(
+    masks: Iterable[np.ndarray], palette, class_names: Optional[Sequence[str]] = None, leave_out: Iterable[int] = ()
+) -> list[Entry]:
     """The classes present in any of ``masks`` (label maps), in index order, less ``leave_out``."""
     present = set()
     for mask in masks:
         present.update(int(v) for v in np.unique(np.asarray(mask)))
     colours = full_palette(palette)
     skipped = set(leave_out)
-    return [Entry(i, class_name(i, class_names), tuple(int(c) for c in colours[min(max(i, 0), 255)]))
-            for i in sorted(present - skipped)]  # fmt: skip
+    return [
+        Entry(i, class_name(i, class_names), tuple(int(c) for c in colours[min(max(i, 0), 255)]))
+        for i in sorted(present - skipped)
+    ]
 
 
 def legend_band(entries: Sequence[Entry], width: int, size: int) -> np.ndarray:

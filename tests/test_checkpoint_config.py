@@ -45,8 +45,20 @@ def test_evaluation_uses_the_given_crf_and_inference_settings(trained, stage):
     saved = scores(ckpt, key)
     assert saved["crf"]["bi_w"] == 10.0 and saved["inference"]["flip"] is False  # the YAML's
 
-    DeepLabCLI(args=[stage, *args, "--ckpt_path", ckpt, "--model.crf.bi_w", "0", "--model.crf.pos_w", "0",
-                     "--model.inference.flip", "true"])  # fmt: skip
+    DeepLabCLI(
+        args=[
+            stage,
+            *args,
+            "--ckpt_path",
+            ckpt,
+            "--model.crf.bi_w",
+            "0",
+            "--model.crf.pos_w",
+            "0",
+            "--model.inference.flip",
+            "true",
+        ]
+    )
     changed = scores(ckpt, key)
     assert changed["crf"]["bi_w"] == 0.0 and changed["crf"]["pos_w"] == 0.0
     assert changed["inference"]["flip"] is True
@@ -68,11 +80,23 @@ def test_predict_uses_the_given_inference_settings(trained, tmp_path):
     saved = {}
     for flip in ("false", "true"):
         out = tmp_path / f"flip-{flip}"
-        DeepLabCLI(args=["predict", *args, "--ckpt_path", ckpt, "--data.predict_path", str(images),
-                         "--model.inference.flip", flip,
-                         "--trainer.callbacks+=lightning_deeplab.callbacks.prediction_writer.SegmentationWriter",
-                         "--trainer.callbacks.output_dir", str(out),
-                         "--trainer.callbacks.save_probabilities", "true"])  # fmt: skip
+        DeepLabCLI(
+            args=[
+                "predict",
+                *args,
+                "--ckpt_path",
+                ckpt,
+                "--data.predict_path",
+                str(images),
+                "--model.inference.flip",
+                flip,
+                "--trainer.callbacks+=lightning_deeplab.callbacks.prediction_writer.SegmentationWriter",
+                "--trainer.callbacks.output_dir",
+                str(out),
+                "--trainer.callbacks.save_probabilities",
+                "true",
+            ]
+        )
         saved[flip] = np.load(out / "probabilities" / "x.npy")
     assert saved["false"].shape == saved["true"].shape and not np.allclose(saved["false"], saved["true"])
 
@@ -110,8 +134,18 @@ def test_the_architecture_comes_from_the_checkpoint_unless_the_config_contradict
     )
     data = tmp_path / "never-generated"
     with pytest.raises(SystemExit) as exit_info:
-        DeepLabCLI(args=["validate", *args, "--data.root", str(data), "--ckpt_path", ckpt,
-                         "--model.model.init_args.head", "aspp-l"])  # fmt: skip
+        DeepLabCLI(
+            args=[
+                "validate",
+                *args,
+                "--data.root",
+                str(data),
+                "--ckpt_path",
+                ckpt,
+                "--model.model.init_args.head",
+                "aspp-l",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "model.model.init_args.head" in err and "aspp-s" in err and "aspp-l" in err

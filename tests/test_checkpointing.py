@@ -26,9 +26,15 @@ from step_log import StepLog, read_steps
 from tiny_run import deeplab, tiny_args
 
 VALIDATE_EVERY_2 = (
-    "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2",
-    "--trainer.check_val_every_n_epoch", "null", "--model.eval_crf", "false",
-)  # fmt: skip
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.val_check_interval",
+    "2",
+    "--trainer.check_val_every_n_epoch",
+    "null",
+    "--model.eval_crf",
+    "false",
+)
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +158,12 @@ def test_sigterm_during_fit_saves_a_checkpoint_exits_nonzero_and_resume_continue
     last = os.path.join(run, "checkpoints", "last.ckpt")
     args = [
         *tiny_args(data_root, run, "--model.eval_crf", "false", "--trainer.limit_val_batches", "1"),
-        "--checkpoint_every_n_steps", "2", "--trainer.callbacks+=step_log.StepLog", "--trainer.callbacks.path", steps,
-    ]  # fmt: skip
+        "--checkpoint_every_n_steps",
+        "2",
+        "--trainer.callbacks+=step_log.StepLog",
+        "--trainer.callbacks.path",
+        steps,
+    ]
     proc = deeplab("fit", *args, "--trainer.max_steps", "100000")
     deadline = time.monotonic() + 300
     while len(read_steps(steps)) < 4 and proc.poll() is None and time.monotonic() < deadline:
@@ -184,10 +194,17 @@ def test_val_check_interval_counts_optimizer_steps_under_gradient_accumulation(
 ):
     args = tiny_args(data_root, str(tmp_path / "run"), "--trainer.logger", "false")
     cli = DeepLabCLI(
-        args=[*args, "--trainer.val_check_interval", "2", "--trainer.accumulate_grad_batches", str(accumulate),
-              "--trainer.check_val_every_n_epoch", every_n_epochs],
+        args=[
+            *args,
+            "--trainer.val_check_interval",
+            "2",
+            "--trainer.accumulate_grad_batches",
+            str(accumulate),
+            "--trainer.check_val_every_n_epoch",
+            every_n_epochs,
+        ],
         run=False,
-    )  # fmt: skip
+    )
     # per epoch (check_val_every_n_epoch: 1) Lightning's count is the batch within the epoch: left alone
     assert cli.trainer.val_check_interval == batches
 

@@ -67,10 +67,16 @@ def test_validation_under_ddp_counts_every_image_exactly_once(data_root, tmp_pat
     single_scores = {k: float(v) for k, v in single.trainer.callback_metrics.items()}
     ddp = DeepLabCLI(
         args=[
-            "validate", *common, "--ckpt_path", ckpt,
-            "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn",
+            "validate",
+            *common,
+            "--ckpt_path",
+            ckpt,
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp_spawn",
         ]
-    )  # fmt: skip
+    )
     ddp_scores = {k: float(v) for k, v in ddp.trainer.callback_metrics.items()}
     assert fit.trainer.global_step == 2
     # 5 images over 2 processes: a padding sampler would score one image twice
@@ -163,8 +169,18 @@ def test_validate_prints_the_scores_table_and_saves_it_beside_the_checkpoint(dat
 
 def test_inference_settings_from_the_command_line(data_root, tmp_path, capsys):
     args = tiny_args(data_root, str(tmp_path), "--trainer.logger", "false")
-    cli = DeepLabCLI(args=[*args, "--model.inference.mode", "slide", "--model.inference.window", "33",
-                           "--model.inference.scales", "[1.0, 0.5]"], run=False)  # fmt: skip
+    cli = DeepLabCLI(
+        args=[
+            *args,
+            "--model.inference.mode",
+            "slide",
+            "--model.inference.window",
+            "33",
+            "--model.inference.scales",
+            "[1.0, 0.5]",
+        ],
+        run=False,
+    )
     inference = cli.model.inference
     assert (inference.mode, inference.window, inference.stride, inference.scales) == (
         "slide",
@@ -182,12 +198,28 @@ def test_inference_settings_from_the_command_line(data_root, tmp_path, capsys):
 def test_an_integer_batch_limit_is_a_count_and_a_float_a_fraction(data_root, tmp_path):
     overlay = tmp_path / "limits.yaml"
     overlay.write_text("trainer:\n  limit_train_batches: 2\n  limit_test_batches: 1.0\n")
-    args = tiny_args(data_root, str(tmp_path / "run"), "--config", str(overlay), "--trainer.logger", "false",
-                     "--trainer.limit_val_batches", "1", "--trainer.limit_predict_batches", "0.5",
-                     "--trainer.val_check_interval", "1")  # fmt: skip
+    args = tiny_args(
+        data_root,
+        str(tmp_path / "run"),
+        "--config",
+        str(overlay),
+        "--trainer.logger",
+        "false",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_predict_batches",
+        "0.5",
+        "--trainer.val_check_interval",
+        "1",
+    )
     trainer = DeepLabCLI(args=args, run=False).trainer
-    limits = [trainer.limit_train_batches, trainer.limit_val_batches, trainer.limit_test_batches,
-              trainer.limit_predict_batches, trainer.val_check_interval]  # fmt: skip
+    limits = [
+        trainer.limit_train_batches,
+        trainer.limit_val_batches,
+        trainer.limit_test_batches,
+        trainer.limit_predict_batches,
+        trainer.val_check_interval,
+    ]
     assert [(type(value), value) for value in limits] == [(int, 2), (int, 1), (float, 1.0), (float, 0.5), (int, 1)]
     trainer = DeepLabCLI(args=[*args, "--trainer.limit_val_batches", "1.0"], run=False).trainer
     assert type(trainer.limit_val_batches) is float and trainer.limit_val_batches == 1.0

@@ -20,8 +20,9 @@ HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "albumentations")
 def imported_modules(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Runs `python -X importtime ARGS` and returns the result and every module it imported."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=str(REPO), env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120
+    )
     modules = {
         line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
     }
@@ -118,9 +119,12 @@ def test_validate_and_predict_print_no_lightning_table_and_no_callback_warning(d
     "extra, expected",
     [
         (["--trainer.max_stepz", "3"], "error: unrecognized arguments: --trainer.max_stepz 3"),
-        (["--trainer.max_steps", "abc"], 'error: Parser key "trainer.max_steps": Expected a <class \'int\'>. Got value: abc'),
+        (
+            ["--trainer.max_steps", "abc"],
+            "error: Parser key \"trainer.max_steps\": Expected a <class 'int'>. Got value: abc",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_configuration_error_is_one_line_and_a_pointer_to_help(extra, expected, data_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["fit", *tiny_args(data_root, str(tmp_path / "run"), *extra)])
@@ -147,8 +151,9 @@ def test_a_shipped_config_is_found_by_name_after_a_file_of_that_name(tmp_path, m
         assert stop.value.code == 0
         assert "dataset: synthetic" in capsys.readouterr().out
     # a file of that name in the working folder comes first
-    (tmp_path / "synthetic.yaml").write_text((REPO / "configs" / "synthetic.yaml").read_text().replace(
-        "max_steps: 300", "max_steps: 7"))  # fmt: skip
+    (tmp_path / "synthetic.yaml").write_text(
+        (REPO / "configs" / "synthetic.yaml").read_text().replace("max_steps: 300", "max_steps: 7")
+    )
     with pytest.raises(SystemExit):
         main(["fit", "--config", "synthetic.yaml", "--print_config"])
     assert "max_steps: 7" in capsys.readouterr().out

@@ -52,14 +52,20 @@ def test_grid_search_scores_every_setting_and_finds_the_one_that_is_best_by_cons
     base = {"iterations": 5, "pos_w": 0.0, "pos_xy_std": 1.0}
     seen = []
     outcome = crf_grid_search(
-        samples, 2, {"bi_w": [0.0, 10.0], "bi_xy_std": [5.0], "bi_rgb_std": [3.0, 1000.0]}, base,
+        samples,
+        2,
+        {"bi_w": [0.0, 10.0], "bi_xy_std": [5.0], "bi_rgb_std": [3.0, 1000.0]},
+        base,
         on_result=seen.append,
-    )  # fmt: skip
+    )
     results = outcome["results"]
     assert seen == results
     assert [(r["bi_w"], r["bi_xy_std"], r["bi_rgb_std"]) for r in results] == [
-        (0.0, 5.0, 3.0), (0.0, 5.0, 1000.0), (10.0, 5.0, 3.0), (10.0, 5.0, 1000.0)
-    ]  # fmt: skip
+        (0.0, 5.0, 3.0),
+        (0.0, 5.0, 1000.0),
+        (10.0, 5.0, 3.0),
+        (10.0, 5.0, 1000.0),
+    ]
     for r in results:  # one confusion matrix over all the images, per setting
         expected = crf_miou(samples, **base, bi_w=r["bi_w"], bi_xy_std=r["bi_xy_std"], bi_rgb_std=r["bi_rgb_std"])
         assert r["mIoU"] == pytest.approx(expected, abs=1e-6)
@@ -87,18 +93,31 @@ def data_root(tmp_path_factory) -> Path:
 def tiny_args(data_root) -> list[str]:
     root = data_root
     return [
-        "--config", CONFIG, "--data.root", str(root), "--data.synthetic_num_train", "2",
-        "--data.synthetic_num_val", "3", "--data.synthetic_image_size", "[40, 48]",
-        "--data.num_workers", "0", "--model.crf.iterations", "2", "--model.crf.pos_w", "3",
-        "--model.crf.pos_xy_std", "3",
-    ]  # fmt: skip
+        "--config",
+        CONFIG,
+        "--data.root",
+        str(root),
+        "--data.synthetic_num_train",
+        "2",
+        "--data.synthetic_num_val",
+        "3",
+        "--data.synthetic_image_size",
+        "[40, 48]",
+        "--data.num_workers",
+        "0",
+        "--model.crf.iterations",
+        "2",
+        "--model.crf.pos_w",
+        "3",
+        "--model.crf.pos_xy_std",
+        "3",
+    ]
 
 
 def test_crf_search_command_prints_every_setting_and_the_best(tiny_args, tmp_path, capsys):
     output = tmp_path / "search.json"
     grid = ["--bi_w", "2", "8", "--bi_xy_std", "30", "--bi_rgb_std", "5", "13"]
-    status = deeplab(["crf-search", *tiny_args, "--num_images", "2", *grid, "--device", "cpu",
-                      "--output", str(output)])  # fmt: skip
+    status = deeplab(["crf-search", *tiny_args, "--num_images", "2", *grid, "--device", "cpu", "--output", str(output)])
     assert status == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("[")]
@@ -116,8 +135,14 @@ def test_crf_search_command_prints_every_setting_and_the_best(tiny_args, tmp_pat
 def test_crf_search_reads_saved_probabilities_and_names_a_missing_file(data_root, tiny_args, tmp_path, capsys):
     from lightning_deeplab.data import SegmentationDataModule
 
-    datamodule = SegmentationDataModule(root=data_root, dataset="synthetic", synthetic_num_train=2,
-                                        synthetic_num_val=3, synthetic_image_size=(40, 48), num_workers=0)  # fmt: skip
+    datamodule = SegmentationDataModule(
+        root=data_root,
+        dataset="synthetic",
+        synthetic_num_train=2,
+        synthetic_num_val=3,
+        synthetic_image_size=(40, 48),
+        num_workers=0,
+    )
     datamodule.prepare_data()
     val = datamodule.dataset("val")
     probs_dir = tmp_path / "probabilities"
@@ -128,8 +153,22 @@ def test_crf_search_reads_saved_probabilities_and_names_a_missing_file(data_root
         probs = np.full((datamodule.num_classes, *mask.shape), 0.01, dtype=np.float16)
         np.put_along_axis(probs, np.where(mask == 255, 0, mask)[None], 0.95, axis=0)
         np.save(probs_dir / f"{val[i]['name']}.npy", probs)
-    args = ["crf-search", *tiny_args, "--probabilities", str(probs_dir), "--bi_w", "1", "--bi_xy_std", "30",
-            "--bi_rgb_std", "13", "--device", "cpu", "--output", str(tmp_path / "r.json")]  # fmt: skip
+    args = [
+        "crf-search",
+        *tiny_args,
+        "--probabilities",
+        str(probs_dir),
+        "--bi_w",
+        "1",
+        "--bi_xy_std",
+        "30",
+        "--bi_rgb_std",
+        "13",
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / "r.json"),
+    ]
     assert deeplab([*args, "--num_images", "2"]) == 0
     assert "without CRF: mIoU 100.00" in capsys.readouterr().out
 

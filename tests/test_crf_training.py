@@ -48,8 +48,15 @@ def optimizer_of(module: DeepLabV2Module, max_steps: int = 10) -> torch.optim.Op
 
 def fit_no_batch(module: DeepLabV2Module, max_steps: int = 10) -> pl.Trainer:
     """A fit of no batch (configure_optimizers runs, nothing trains)."""
-    trainer = pl.Trainer(max_steps=max_steps, limit_train_batches=0, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        limit_train_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     batch = synthetic_batch(batch=1, size=(16, 16))
     trainer.fit(module, DataLoader([{"image": batch["image"][0], "mask": batch["mask"][0]}]))
     return trainer
@@ -178,8 +185,15 @@ def test_padding_does_not_leak_into_the_image():
     loss.backward()
     assert padded_logits.grad[:, :, 30:].abs().max() == 0 and padded_logits.grad[:, :, :, 40:].abs().max() == 0
     # the test has teeth: a CRF over the whole padded crop is pulled by the padding
-    naive = dense_crf(unary_from_logits(padded_logits.detach()), image.round().clamp(0, 255).to(torch.uint8), iterations=5,
-                      pos_xy_std=3.0, bi_w=10.0, bi_xy_std=30.0, bi_rgb_std=40.0)  # fmt: skip
+    naive = dense_crf(
+        unary_from_logits(padded_logits.detach()),
+        image.round().clamp(0, 255).to(torch.uint8),
+        iterations=5,
+        pos_xy_std=3.0,
+        bi_w=10.0,
+        bi_xy_std=30.0,
+        bi_rgb_std=40.0,
+    )
     naive_loss = F.nll_loss(torch.log(naive), mask, ignore_index=IGNORE_INDEX)
     assert not torch.isclose(naive_loss, loss.detach(), rtol=1e-3)
 
@@ -269,9 +283,16 @@ def test_learned_crf_weights_survive_the_checkpoint_and_are_used_in_evaluation(t
     module = crf_module(lr=0.01, crf_training=CRFTraining(lr_mult=10.0))
     batch = synthetic_batch(batch=2, size=(32, 32))
     loader = DataLoader([{"image": batch["image"][i], "mask": batch["mask"][i]} for i in range(2)], batch_size=2)
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                         callbacks=[LearnedCRFLog()])  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[LearnedCRFLog()],
+    )
     trainer.fit(module, loader)
     learned = {name: p.detach().clone() for name, p in module.crf.named_parameters()}
     # the weights as they were logged after the last step
@@ -301,8 +322,15 @@ def test_learned_crf_weights_survive_the_checkpoint_and_are_used_in_evaluation(t
     image = batch["image"][:1]
     with torch.no_grad():
         refined = loaded.refine_probabilities(probs, image)
-    expected = dense_crf(unary_from_softmax(probs), image.round().byte(), iterations=4, bi_xy_std=20.0,
-                         pos_w=learned["pos_w"], bi_w=learned["bi_w"], compatibility=learned["compatibility"])  # fmt: skip
+    expected = dense_crf(
+        unary_from_softmax(probs),
+        image.round().byte(),
+        iterations=4,
+        bi_xy_std=20.0,
+        pos_w=learned["pos_w"],
+        bi_w=learned["bi_w"],
+        compatibility=learned["compatibility"],
+    )
     torch.testing.assert_close(refined, expected)
 
     # a configuration that learns nothing uses its own values, and says the learned ones are unused
@@ -330,8 +358,12 @@ def test_second_stage_from_the_command_line(tmp_path):
     DeepLabCLI(args=["fit", *tiny_args(data_root, first, *off)])
     stage2 = tiny_args(data_root, second, *off, "--model.crf_training.iterations", "2")
     at = stage2.index("--config") + 2  # the demo's config, then the overlays of its second stage
-    stage2[at:at] = ["--config", str(REPO / "configs" / "crfrnn.yaml"),
-                     "--config", str(REPO / "configs" / "synthetic_crfrnn.yaml")]  # fmt: skip
+    stage2[at:at] = [
+        "--config",
+        str(REPO / "configs" / "crfrnn.yaml"),
+        "--config",
+        str(REPO / "configs" / "synthetic_crfrnn.yaml"),
+    ]
     pretrained = os.path.join(first, "checkpoints", "last.ckpt")
     DeepLabCLI(args=["fit", *stage2, "--model.pretrained", pretrained])
     last = torch.load(os.path.join(second, "checkpoints", "last.ckpt"), weights_only=False)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from lightning_deeplab.constants import IGNORE_INDEX
 from lightning_deeplab.crf import DenseCRF
 from lightning_deeplab.models import DeepLabV2
-from lightning_deeplab.training.module import DeepLabV2Module, poly_lr_factor, resize_labels
+from lightning_deeplab.training.module import DeepLabV2Module, resize_labels
+from lightning_deeplab.training.optimization import poly_lr_factor
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_deeplab.callbacks.reporting import TrainingFlops, WandbReport
@@ -26,8 +27,14 @@ def small_module(**kwargs) -> DeepLabV2Module:
 
 
 def attach_trainer(module: DeepLabV2Module, **trainer_args) -> pl.Trainer:
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
-                         enable_model_summary=False, **trainer_args)  # fmt: skip
+    trainer = pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        enable_model_summary=False,
+        **trainer_args,
+    )
     trainer.strategy.connect(module)
     module.trainer = trainer
     return trainer
@@ -35,8 +42,9 @@ def attach_trainer(module: DeepLabV2Module, **trainer_args) -> pl.Trainer:
 
 def tiny_batches(count: int) -> torch.utils.data.DataLoader:
     torch.manual_seed(1)
-    samples = [{"image": torch.rand(3, 17, 17) * 255, "mask": torch.randint(0, NUM_CLASSES, (17, 17))}
-               for _ in range(count)]  # fmt: skip
+    samples = [
+        {"image": torch.rand(3, 17, 17) * 255, "mask": torch.randint(0, NUM_CLASSES, (17, 17))} for _ in range(count)
+    ]
     return torch.utils.data.DataLoader(samples, batch_size=1)
 
 

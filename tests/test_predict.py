@@ -38,23 +38,46 @@ def setup(tmp_path_factory):
     predictions, are under test)."""
     root = tmp_path_factory.mktemp("predict")
     write_images(root / "images")
-    base = ["--config", CONFIG, "--data.root", str(root / "unused-data-root"), "--data.num_workers", "0",
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    base = [
+        "--config",
+        CONFIG,
+        "--data.root",
+        str(root / "unused-data-root"),
+        "--data.num_workers",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     cli = save_untrained_checkpoint(base, root / "model.ckpt")
-    return SimpleNamespace(root=root, images=root / "images", ckpt=str(root / "model.ckpt"), args=base,
-                           num_classes=cli.model.num_classes)  # fmt: skip
+    return SimpleNamespace(
+        root=root, images=root / "images", ckpt=str(root / "model.ckpt"), args=base, num_classes=cli.model.num_classes
+    )
 
 
 def test_predict_folder_through_the_cli(setup, tmp_path, capsys):
     out = tmp_path / "out"
     DeepLabCLI(
         args=[
-            "predict", *setup.args, "--ckpt_path", setup.ckpt,
-            "--data.predict_path", str(setup.images), "--data.val_batch_size", "3",
-            "--output_dir", str(out), "--overlay", "side_by_side", "--save_probabilities", "true",
-            "--crf", "true",
+            "predict",
+            *setup.args,
+            "--ckpt_path",
+            setup.ckpt,
+            "--data.predict_path",
+            str(setup.images),
+            "--data.val_batch_size",
+            "3",
+            "--output_dir",
+            str(out),
+            "--overlay",
+            "side_by_side",
+            "--save_probabilities",
+            "true",
+            "--crf",
+            "true",
         ]
-    )  # fmt: skip
+    )
     err = capsys.readouterr().err
     # the corrupt file is named and skipped; the others (in its batch too) are all written
     assert "bad.png" in err and "skipped" in err
@@ -78,16 +101,22 @@ def test_predict_folder_through_the_cli(setup, tmp_path, capsys):
         crf_label = Image.open(out / "labels_crf" / f"{name}.png")
         assert crf_label.mode == "P" and crf_label.size == (w, h)
         assert Image.open(out / "overlays_crf" / f"{name}.jpg").size[0] == 2 * w
-    assert not np.array_equal(np.array(Image.open(out / "labels" / "a.png")),
-                              np.array(Image.open(out / "labels_crf" / "a.png")))  # fmt: skip
+    assert not np.array_equal(
+        np.array(Image.open(out / "labels" / "a.png")), np.array(Image.open(out / "labels_crf" / "a.png"))
+    )
 
 
 def test_predict_options_are_listed_in_predict_help(capsys):
     with pytest.raises(SystemExit):
         DeepLabCLI(args=["predict", "--help"])
     help_text = capsys.readouterr().out
-    for option in ("--crf", "--save_probabilities", "--output_dir", "--overlay {blend,side_by_side,none}",
-                   "--overwrite"):  # fmt: skip
+    for option in (
+        "--crf",
+        "--save_probabilities",
+        "--output_dir",
+        "--overlay {blend,side_by_side,none}",
+        "--overwrite",
+    ):
         assert option in help_text
 
 
@@ -98,8 +127,18 @@ def test_same_names_are_both_kept_and_earlier_outputs_are_never_replaced(setup, 
     for file, (h, w) in (("x.jpg", (20, 24)), ("x.png", (22, 26))):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / file)
     out = tmp_path / "out"
-    args = ["predict", *setup.args, "--ckpt_path", setup.ckpt, "--data.predict_path", str(folder),
-            "--output_dir", str(out), "--overlay", "none"]  # fmt: skip
+    args = [
+        "predict",
+        *setup.args,
+        "--ckpt_path",
+        setup.ckpt,
+        "--data.predict_path",
+        str(folder),
+        "--output_dir",
+        str(out),
+        "--overlay",
+        "none",
+    ]
     DeepLabCLI(args=args)
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["x.png", "x.png.png"]
     assert Image.open(out / "labels" / "x.png").size == (24, 20)  # x.jpg keeps the plain name
@@ -116,9 +155,15 @@ def test_same_names_are_both_kept_and_earlier_outputs_are_never_replaced(setup, 
 
 
 def test_writer_options_with_a_writer_callback_are_refused(setup, tmp_path):
-    args = ["predict", *setup.args, "--data.predict_path", str(setup.images),
-            "--trainer.callbacks+=lightning_deeplab.callbacks.prediction_writer.SegmentationWriter",
-            "--trainer.callbacks.output_dir", str(tmp_path / "a")]  # fmt: skip
+    args = [
+        "predict",
+        *setup.args,
+        "--data.predict_path",
+        str(setup.images),
+        "--trainer.callbacks+=lightning_deeplab.callbacks.prediction_writer.SegmentationWriter",
+        "--trainer.callbacks.output_dir",
+        str(tmp_path / "a"),
+    ]
     with pytest.raises(ValueError, match="--crf cannot be used with a prediction writer"):
         DeepLabCLI(args=[*args, "--crf", "true"])
 
@@ -127,8 +172,9 @@ def test_predict_without_a_writer_saves_under_the_run_and_reads_a_list(setup, tm
     listing = setup.images / "some.txt"
     listing.write_text("# two of them\nsub/b.jpg\n\n" + str(setup.images / "a.png") + "\n")
     run = tmp_path / "run"
-    DeepLabCLI(args=["predict", *setup.args, "--data.predict_path", str(listing),
-                     "--trainer.default_root_dir", str(run)])  # fmt: skip
+    DeepLabCLI(
+        args=["predict", *setup.args, "--data.predict_path", str(listing), "--trainer.default_root_dir", str(run)]
+    )
     out = run / "predictions"
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["labels/a.png", "labels/sub/b.png", "overlays/a.jpg", "overlays/sub/b.jpg"]
@@ -202,8 +248,13 @@ def test_writer_with_crf_writes_both_label_maps_and_overlays(tmp_path, capsys):
     probs = torch.zeros(2, 3, 10, 12)
     probs[:, 2] = 1  # the network says class 2 everywhere
     image = torch.full((2, 3, 10, 12), 40.0)
-    prediction = {"probabilities": probs, "image": image, "name": ["x", "y"], "size": [(10, 12), (6, 7)],
-                  "skipped": [("/data/broken.jpg", "cannot read image")]}  # fmt: skip
+    prediction = {
+        "probabilities": probs,
+        "image": image,
+        "name": ["x", "y"],
+        "size": [(10, 12), (6, 7)],
+        "skipped": [("/data/broken.jpg", "cannot read image")],
+    }
     trainer = SimpleNamespace(datamodule=None, world_size=1, global_rank=0)
     writer.on_predict_start(trainer, None)
     writer.write_on_batch_end(trainer, ClassZeroRefiner(), prediction, None, None, 0, 0)
@@ -223,9 +274,12 @@ def test_writer_with_crf_writes_both_label_maps_and_overlays(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "kwargs, pattern",
-    [({"overlay": "sideways"}, "overlay.*sideways"), ({"overlay_alpha": 1.5}, "overlay_alpha"),
-     ({"output_dir": ""}, "output_dir")],
-)  # fmt: skip
+    [
+        ({"overlay": "sideways"}, "overlay.*sideways"),
+        ({"overlay_alpha": 1.5}, "overlay_alpha"),
+        ({"output_dir": ""}, "output_dir"),
+    ],
+)
 def test_bad_writer_options_are_named(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         SegmentationWriter(**kwargs)
@@ -239,8 +293,22 @@ def test_predict_writes_only_under_its_output_dir(setup, tmp_path, monkeypatch):
     run, out = tmp_path / "run", tmp_path / "out"
     logger = setup.args.index("--trainer.logger")
     args = setup.args[:logger] + setup.args[logger + 2 :]  # the default logger
-    DeepLabCLI(args=["predict", *args, "--trainer.default_root_dir", str(run), "--ckpt_path", setup.ckpt,
-                     "--data.predict_path", str(setup.images), "--output_dir", str(out), "--overlay", "none"])  # fmt: skip
+    DeepLabCLI(
+        args=[
+            "predict",
+            *args,
+            "--trainer.default_root_dir",
+            str(run),
+            "--ckpt_path",
+            setup.ckpt,
+            "--data.predict_path",
+            str(setup.images),
+            "--output_dir",
+            str(out),
+            "--overlay",
+            "none",
+        ]
+    )
     assert sorted(p.name for p in (out / "labels").rglob("*.png")) == ["a.png", "b.png", "c.png"]
     assert not run.exists()  # no wandb run, no config.yaml in the run's root
     assert not (out / "wandb").exists() and not (out / "config.yaml").exists()

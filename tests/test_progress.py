@@ -25,8 +25,20 @@ class BarLog(Callback):
 
 
 def _fit(data_root: str, run: str, max_steps: int, ckpt_path: str | None = None) -> list[tuple[int, int]]:
-    args = tiny_args(data_root, run, "--trainer.enable_progress_bar", "true", "--trainer.max_steps", str(max_steps),
-                     "--trainer.limit_val_batches", "0", "--model.eval_crf", "false", "--trainer.logger", "false")  # fmt: skip
+    args = tiny_args(
+        data_root,
+        run,
+        "--trainer.enable_progress_bar",
+        "true",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--model.eval_crf",
+        "false",
+        "--trainer.logger",
+        "false",
+    )
     cli = DeepLabCLI(args=args, run=False)
     log = BarLog()
     cli.trainer.callbacks.append(log)
@@ -69,8 +81,20 @@ class OneSecondPerStep(Callback):
 
 
 def _timed_fit(data_root: str, run: str, max_steps: int, ckpt_path: str | None = None) -> list[tuple[int, str]]:
-    args = tiny_args(data_root, run, "--trainer.enable_progress_bar", "true", "--trainer.max_steps", str(max_steps),
-                     "--trainer.limit_val_batches", "0", "--model.eval_crf", "false", "--trainer.logger", "false")  # fmt: skip
+    args = tiny_args(
+        data_root,
+        run,
+        "--trainer.enable_progress_bar",
+        "true",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--model.eval_crf",
+        "false",
+        "--trainer.logger",
+        "false",
+    )
     cli = DeepLabCLI(args=args, run=False)
     clock = FakeClock()
     cli.trainer.progress_bar_callback.clock = clock

@@ -40,12 +40,35 @@ def predicted(tmp_path_factory):
         path = root / "images" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(smooth_image(rng, h, w)).save(path)
-    base = ["--config", CONFIG, "--data.root", str(root / "unused"), "--data.num_workers", "0",
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    base = [
+        "--config",
+        CONFIG,
+        "--data.root",
+        str(root / "unused"),
+        "--data.num_workers",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     save_untrained_checkpoint(base, root / "model.ckpt")
-    DeepLabCLI(args=["predict", *base, "--ckpt_path", str(root / "model.ckpt"),
-                     "--data.predict_path", str(root / "images"), "--output_dir", str(root / "predicted"),
-                     "--overlay", "none", "--save_probabilities", "true"])  # fmt: skip
+    DeepLabCLI(
+        args=[
+            "predict",
+            *base,
+            "--ckpt_path",
+            str(root / "model.ckpt"),
+            "--data.predict_path",
+            str(root / "images"),
+            "--output_dir",
+            str(root / "predicted"),
+            "--overlay",
+            "none",
+            "--save_probabilities",
+            "true",
+        ]
+    )
     return root
 
 
@@ -57,9 +80,24 @@ def in_process(probs: np.ndarray, image_path: Path, unary_of=unary_from_softmax,
 
 def test_refining_saved_probabilities_equals_the_crf_in_process(predicted, tmp_path, capsys):
     out = tmp_path / "out"
-    status = main(["crf", "--probabilities", str(predicted / "predicted" / "probabilities"),
-                   "--images", str(predicted / "images"), "--output_dir", str(out), "--bi_w", "6",
-                   "--batch_size", "2", "--save_probabilities", "--device", "cpu"])  # fmt: skip
+    status = main(
+        [
+            "crf",
+            "--probabilities",
+            str(predicted / "predicted" / "probabilities"),
+            "--images",
+            str(predicted / "images"),
+            "--output_dir",
+            str(out),
+            "--bi_w",
+            "6",
+            "--batch_size",
+            "2",
+            "--save_probabilities",
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0
     assert "4 refined label map(s)" in capsys.readouterr().err
     changed = 0
@@ -92,8 +130,20 @@ def test_logits_and_bad_arrays_are_reported_and_skipped(predicted, tmp_path, cap
     shutil.copy(tmp_path / "small.png", images / "small.png")
     shutil.copy(images / "p.png", images / "classes.png")
     out = tmp_path / "out"
-    status = main(["crf", "--probabilities", str(arrays), "--images", str(images), "--output_dir", str(out),
-                   "--logits", "--iterations", "3"])  # fmt: skip
+    status = main(
+        [
+            "crf",
+            "--probabilities",
+            str(arrays),
+            "--images",
+            str(images),
+            "--output_dir",
+            str(out),
+            "--logits",
+            "--iterations",
+            "3",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1
     assert "3 array(s) skipped" in err
@@ -101,25 +151,43 @@ def test_logits_and_bad_arrays_are_reported_and_skipped(predicted, tmp_path, cap
     assert "small.npy: is 26x34 (HxW) but its image" in err
     assert "classes.npy: has 4 classes, but most arrays have 6" in err
     assert sorted(p.relative_to(out / "labels").as_posix() for p in (out / "labels").rglob("*.png")) == [
-        "p.png", "q.png", "r.png", "sub/s.png"]  # fmt: skip
+        "p.png",
+        "q.png",
+        "r.png",
+        "sub/s.png",
+    ]
     expected = in_process(logits["r"], images / "r.png", unary_from_logits, iterations=3)
     assert np.array_equal(np.array(Image.open(out / "labels" / "r.png")), expected.argmax(0).numpy())
 
     # logits given as probabilities: refused with the hint, not silently clamped
-    status = main(["crf", "--probabilities", str(arrays), "--images", str(images),
-                   "--output_dir", str(tmp_path / "out2")])  # fmt: skip
+    status = main(
+        ["crf", "--probabilities", str(arrays), "--images", str(images), "--output_dir", str(tmp_path / "out2")]
+    )
     assert status == 1 and "not probabilities (pass --logits" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "extra, pattern",
-    [(["--normalization", "sideways"], "normalization"), (["--bi_xy_std", "0"], "bi_xy_std"),
-     (["--batch_size", "0"], "batch_size"), (["--bi_w_std", "3"], "unrecognized arguments: --bi_w_std"),
-     (["--bi", "3"], "unrecognized arguments: --bi"), (["--device", "abacus"], "--device 'abacus'")],
-)  # fmt: skip
+    [
+        (["--normalization", "sideways"], "normalization"),
+        (["--bi_xy_std", "0"], "bi_xy_std"),
+        (["--batch_size", "0"], "batch_size"),
+        (["--bi_w_std", "3"], "unrecognized arguments: --bi_w_std"),
+        (["--bi", "3"], "unrecognized arguments: --bi"),
+        (["--device", "abacus"], "--device 'abacus'"),
+    ],
+)
 def test_usage_errors_exit_2_naming_the_option(predicted, tmp_path, capsys, extra, pattern):
-    args = ["crf", "--probabilities", str(predicted / "predicted" / "probabilities"), "--images",
-            str(predicted / "images"), "--output_dir", str(tmp_path / "out"), *extra]  # fmt: skip
+    args = [
+        "crf",
+        "--probabilities",
+        str(predicted / "predicted" / "probabilities"),
+        "--images",
+        str(predicted / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        *extra,
+    ]
     with pytest.raises(SystemExit) as caught:
         main(args)
     assert caught.value.code == 2 and pattern in capsys.readouterr().err
@@ -142,8 +210,10 @@ def test_missing_inputs_and_an_earlier_output_are_refused(predicted, tmp_path, c
 
 
 def test_help_imports_no_torch():
-    code = "import sys; from lightning_deeplab.commands import crf_refine; crf_refine.build_parser().format_help(); " \
-           "print(sorted({'torch', 'numpy', 'pytorch_lightning'} & set(sys.modules)))"  # fmt: skip
+    code = (
+        "import sys; from lightning_deeplab.commands import crf_refine; crf_refine.build_parser().format_help(); "
+        "print(sorted({'torch', 'numpy', 'pytorch_lightning'} & set(sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "[]"
 
@@ -159,8 +229,9 @@ def test_the_crf_a_checkpoint_learned(predicted, tmp_path, capsys):
     assert main([*common, "--output_dir", str(tmp_path / "out"), "--ckpt", str(ckpt), "--bi_xy_std", "40"]) == 0
     for name in SIZES:
         probs = np.load(predicted / "predicted" / "probabilities" / f"{name}.npy")
-        expected = in_process(probs, predicted / "images" / f"{name}.png", pos_w=2.5, bi_w=7.0, bi_xy_std=40.0,
-                              compatibility=matrix)  # fmt: skip
+        expected = in_process(
+            probs, predicted / "images" / f"{name}.png", pos_w=2.5, bi_w=7.0, bi_xy_std=40.0, compatibility=matrix
+        )
         assert np.array_equal(np.array(Image.open(tmp_path / "out" / "labels" / f"{name}.png")), expected.argmax(0))
     capsys.readouterr()
     # a learned value given again, a checkpoint that learned nothing, a matrix of another size
@@ -170,9 +241,11 @@ def test_the_crf_a_checkpoint_learned(predicted, tmp_path, capsys):
     torch.save(
         {"state_dict": {"model.head.weight": torch.zeros(1), **learned, "crf.compatibility": torch.eye(4)}}, other
     )
-    for extra, pattern in [(["--ckpt", str(ckpt), "--bi_w", "3"], "--bi_w is learned in --ckpt"),
-                           (["--ckpt", str(plain)], "holds no learned CRF values"),
-                           (["--ckpt", str(other)], "compatibility is (4, 4) but there are 6 classes")]:  # fmt: skip
+    for extra, pattern in [
+        (["--ckpt", str(ckpt), "--bi_w", "3"], "--bi_w is learned in --ckpt"),
+        (["--ckpt", str(plain)], "holds no learned CRF values"),
+        (["--ckpt", str(other)], "compatibility is (4, 4) but there are 6 classes"),
+    ]:
         with pytest.raises(SystemExit) as caught:
             main([*common, "--output_dir", str(tmp_path / "refused"), *extra])
         assert caught.value.code == 2 and pattern in capsys.readouterr().err
@@ -194,8 +267,17 @@ def test_one_array_or_a_binary_file_as_probabilities_is_refused_by_name(predicte
 def test_an_images_folder_without_images_is_named_by_its_option(predicted, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as caught:
-        main(["crf", "--probabilities", str(predicted / "predicted" / "probabilities"), "--images",
-              str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+        main(
+            [
+                "crf",
+                "--probabilities",
+                str(predicted / "predicted" / "probabilities"),
+                "--images",
+                str(tmp_path / "empty"),
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
     err = capsys.readouterr().err
     assert caught.value.code == 2 and f"error: --images {tmp_path / 'empty'} holds no images" in err
     assert "predict_path" not in err

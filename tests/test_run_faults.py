@@ -175,9 +175,16 @@ def test_a_damaged_checkpoint_is_one_error_line_naming_the_file(
 @pytest.mark.slow
 def test_a_slurm_launch_that_does_not_match_the_devices_is_refused(data_root, tmp_path):
     slurm = {
-        "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_JOB_NAME": "train",
-        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "1", "SLURM_NODELIST": "localhost",
-    }  # fmt: skip
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_ID": "1",
+        "SLURM_NODELIST": "localhost",
+    }
     proc = deeplab("fit", *tiny_args(data_root, str(tmp_path / "run"), *QUICK, "--trainer.devices", "1"), env=slurm)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 2, output[-3000:]

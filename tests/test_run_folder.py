@@ -62,9 +62,14 @@ def test_a_claim_sent_to_a_spawned_process_holds_no_lock(tmp_path):
 
 
 SLURM = {
-    "SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-    "SLURM_JOB_ID": "17", "SLURM_NODELIST": "node[1-2]",
-}  # fmt: skip
+    "SLURM_NTASKS": "4",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_JOB_ID": "17",
+    "SLURM_NODELIST": "node[1-2]",
+}
 TORCHRUN = {"TORCHELASTIC_RUN_ID": "r", "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}
 
 
@@ -81,16 +86,36 @@ def no_launcher(monkeypatch):
     [
         ({**SLURM, "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "2"}, 2, 2, None),
         ({**SLURM, "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_NNODES": "2"}, 2, 2, None),
-        ({**SLURM, "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "2"}, 4, 2, "SLURM starts 2 task.* per node on 2 node"),
+        (
+            {**SLURM, "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "2"},
+            4,
+            2,
+            "SLURM starts 2 task.* per node on 2 node",
+        ),
         ({**SLURM, "SLURM_TASKS_PER_NODE": "4", "SLURM_NNODES": "1"}, 4, 2, "--trainer.num_nodes 2"),
-        ({**SLURM, "SLURM_TASKS_PER_NODE": "3(x1),1", "SLURM_NNODES": "2"}, 2, 2, r"different number of tasks on each node \(SLURM_TASKS_PER_NODE=3\(x1\),1\)"),
-        ({**SLURM, "SLURM_JOB_NAME": "interactive", "SLURM_NTASKS_PER_NODE": "1"}, 4, 1, None),  # Lightning launches itself
+        (
+            {**SLURM, "SLURM_TASKS_PER_NODE": "3(x1),1", "SLURM_NNODES": "2"},
+            2,
+            2,
+            r"different number of tasks on each node \(SLURM_TASKS_PER_NODE=3\(x1\),1\)",
+        ),
+        (
+            {**SLURM, "SLURM_JOB_NAME": "interactive", "SLURM_NTASKS_PER_NODE": "1"},
+            4,
+            1,
+            None,
+        ),  # Lightning launches itself
         ({**TORCHRUN, "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"}, 4, 2, None),
-        ({**TORCHRUN, "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"}, 2, 2, r"torchrun starts 4 process\(es\) per node on 2 node"),
+        (
+            {**TORCHRUN, "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"},
+            2,
+            2,
+            r"torchrun starts 4 process\(es\) per node on 2 node",
+        ),
         ({**TORCHRUN, "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2"}, 2, 2, "on 1 node"),
         ({}, 8, 4, None),  # no launcher: Lightning starts the processes itself
     ],
-)  # fmt: skip
+)
 def test_a_launch_must_match_the_trainers_devices_and_nodes(no_launcher, env, devices, nodes, message):
     for name, value in env.items():
         no_launcher.setenv(name, value)

@@ -70,8 +70,12 @@ def test_the_wheel_installs_beside_torch_and_compiles_its_kernels_on_first_use(t
     (wheel,) = dist.glob("*.whl")
     assert wheel.name.endswith("-py3-none-any.whl")  # no torch in the build: no compiled module
     names = zipfile.ZipFile(wheel).namelist()
-    for shipped in ("lightning_deeplab/csrc/lattice.h", "lightning_deeplab/csrc/cuda/launch.cuh",
-                    "lightning_deeplab/csrc/cpu/lattice_filter_cpu.cpp", "lightning_deeplab/configs/synthetic.yaml"):  # fmt: skip
+    for shipped in (
+        "lightning_deeplab/csrc/lattice.h",
+        "lightning_deeplab/csrc/cuda/launch.cuh",
+        "lightning_deeplab/csrc/cpu/lattice_filter_cpu.cpp",
+        "lightning_deeplab/configs/synthetic.yaml",
+    ):
         assert shipped in names
     assert not [n for n in names if n.endswith(".so") or n.startswith("tests/") or "cuda_emulation" in n]
 
@@ -116,5 +120,13 @@ def test_the_wheel_installs_beside_torch_and_compiles_its_kernels_on_first_use(t
         .splitlines()[-1]
         .startswith("error: no C++ compiler (no-such-compiler) to build the CRF kernels with: install one")
     )
-    models = run([python, "-c", "from lightning_deeplab.models import deeplabv2_resnet101; print(type(deeplabv2_resnet101(num_classes=3)).__name__)"], cwd=elsewhere, env=bare)  # fmt: skip
+    models = run(
+        [
+            python,
+            "-c",
+            "from lightning_deeplab.models import deeplabv2_resnet101; print(type(deeplabv2_resnet101(num_classes=3)).__name__)",
+        ],
+        cwd=elsewhere,
+        env=bare,
+    )
     assert models.stdout.strip() == "DeepLabV2"

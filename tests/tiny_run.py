@@ -14,20 +14,32 @@ CONFIG = str(REPO / "configs" / "synthetic.yaml")
 def tiny_args(data_root: str, run_dir: str, *extra: str) -> list[str]:
     """The demo config shrunk to seconds: 8 train / 5 val images of 48x64."""
     return [
-        "--config", CONFIG,
-        "--data.root", data_root,
-        "--data.synthetic_num_train", "8",
-        "--data.synthetic_num_val", "5",
-        "--data.synthetic_image_size", "[48, 64]",
-        "--data.crop_size", "48",
-        "--data.batch_size", "4",
-        "--data.val_batch_size", "2",
-        "--data.num_workers", "0",
-        "--trainer.default_root_dir", run_dir,
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.log_every_n_steps", "1",
+        "--config",
+        CONFIG,
+        "--data.root",
+        data_root,
+        "--data.synthetic_num_train",
+        "8",
+        "--data.synthetic_num_val",
+        "5",
+        "--data.synthetic_image_size",
+        "[48, 64]",
+        "--data.crop_size",
+        "48",
+        "--data.batch_size",
+        "4",
+        "--data.val_batch_size",
+        "2",
+        "--data.num_workers",
+        "0",
+        "--trainer.default_root_dir",
+        run_dir,
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.log_every_n_steps",
+        "1",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def save_untrained_checkpoint(args: list[str], path) -> "DeepLabCLI":  # noqa: F821
@@ -49,6 +61,11 @@ def deeplab(*args: str, env: dict | None = None) -> subprocess.Popen:
     started), output and errors together on its stdout, wandb offline."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
     return subprocess.Popen(
-        [sys.executable, "-m", "lightning_deeplab.commands.main", *args], cwd=str(REPO), env={**full_env, **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "lightning_deeplab.commands.main", *args],
+        cwd=str(REPO),
+        env={**full_env, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )

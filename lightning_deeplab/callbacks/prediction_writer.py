@@ -35,8 +35,13 @@ from ..legend import background_classes, legend_entries, sheet
 
 OVERLAY_KINDS = ("blend", "side_by_side", "none")
 #: Output folder (below ``output_dir``) -> file extension.
-OUTPUT_KINDS = {"labels": ".png", "overlays": ".jpg", "labels_crf": ".png", "overlays_crf": ".jpg",
-                "probabilities": ".npy"}  # fmt: skip
+OUTPUT_KINDS = {
+    "labels": ".png",
+    "overlays": ".jpg",
+    "labels_crf": ".png",
+    "overlays_crf": ".jpg",
+    "probabilities": ".npy",
+}
 #: Where predictions go when no ``output_dir`` is given: this folder under the run's root.
 DEFAULT_FOLDER = "predictions"
 
@@ -142,16 +147,24 @@ class SegmentationWriter(BasePredictionWriter):
                 self._write_labels(name, refined[0].argmax(dim=0).cpu().numpy(), pixels, palette, names, "_crf")
             self.written.append(name)
 
-    def _write_labels(self, name: str, labels: np.ndarray, pixels: Optional[np.ndarray], palette,
-                      class_names: Optional[Sequence[str]], suffix: str) -> None:  # fmt: skip
+    def _write_labels(
+        self,
+        name: str,
+        labels: np.ndarray,
+        pixels: Optional[np.ndarray],
+        palette,
+        class_names: Optional[Sequence[str]],
+        suffix: str,
+    ) -> None:
         save_label_png(labels, palette, self.path_of("labels" + suffix, name))
         if pixels is not None:
             picture = self.overlay_sheet(pixels, labels, palette, class_names)
             # full-resolution colour: subsampled, the legend's white and the class edges would bleed
             save_atomically(Image.fromarray(picture), self.path_of("overlays" + suffix, name), subsampling=0)
 
-    def overlay_sheet(self, pixels: np.ndarray, labels: np.ndarray, palette,
-                      class_names: Optional[Sequence[str]]) -> np.ndarray:  # fmt: skip
+    def overlay_sheet(
+        self, pixels: np.ndarray, labels: np.ndarray, palette, class_names: Optional[Sequence[str]]
+    ) -> np.ndarray:
         """The overlay of ``labels`` on the image ``pixels``, below the legend of the classes it shows."""
         if self.overlay == "blend":
             kept = () if self.paint_background else background_classes(class_names)
@@ -167,8 +180,9 @@ class SegmentationWriter(BasePredictionWriter):
             message += f"; {len(self.skipped)} file(s) skipped: " + ", ".join(path for path, _ in self.skipped)
         renamed = getattr(trainer.datamodule, "predict_renamed", []) if trainer.datamodule is not None else []
         if renamed and getattr(trainer, "is_global_zero", True):
-            message += (f"; {len(renamed)} image(s) share a name with another, so their outputs are named: "
-                        + ", ".join(f"{path} -> {name}" for path, name in renamed))  # fmt: skip
+            message += f"; {len(renamed)} image(s) share a name with another, so their outputs are named: " + ", ".join(
+                f"{path} -> {name}" for path, name in renamed
+            )
         _say(message)
 
 

@@ -59,8 +59,16 @@ class ScoresReport(pl.Callback):
         print("\n" + format_scores_table(report, title=title) + "\n", flush=True)
         path = scores_path(trainer, stage)
         crf = pl_module.crf.settings() if pl_module.hparams.eval_crf else None
-        write_json(path, {"stage": stage, "checkpoint": checkpoint, "inference": pl_module.inference.to_dict(),
-                          "crf": crf, **report})  # fmt: skip
+        write_json(
+            path,
+            {
+                "stage": stage,
+                "checkpoint": checkpoint,
+                "inference": pl_module.inference.to_dict(),
+                "crf": crf,
+                **report,
+            },
+        )
         print(f"scores saved to {path}", flush=True)
 
 
@@ -83,8 +91,15 @@ class WandbReport(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.examples = []
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         room = self.num_images - len(self.examples)
         if room <= 0 or not trainer.is_global_zero or not self._wandb_loggers(trainer):
             return
@@ -105,12 +120,16 @@ class WandbReport(pl.Callback):
             return
         with_crf = report["with_crf"] is not None
         columns = ["class", "IoU"] + (["IoU with CRF"] if with_crf else [])
-        rows = [[name, report["without_crf"]["iou"][name]] + ([report["with_crf"]["iou"][name]] if with_crf else [])
-                for name in report["classes"]]  # fmt: skip
+        rows = [
+            [name, report["without_crf"]["iou"][name]] + ([report["with_crf"]["iou"][name]] if with_crf else [])
+            for name in report["classes"]
+        ]
         labels = dict(enumerate(pl_module.class_names))
         labels[IGNORE_INDEX] = "ignore"
-        masks = [{key: {"mask_data": ex[key], "class_labels": labels} for key in ex if key != "image"}
-                 for ex in self.examples]  # fmt: skip
+        masks = [
+            {key: {"mask_data": ex[key], "class_labels": labels} for key in ex if key != "image"}
+            for ex in self.examples
+        ]
         for logger in loggers:
             logger.log_table(key="val/per_class_iou", columns=columns, data=rows)
             if self.examples:
@@ -130,14 +149,16 @@ class TrainingFlops(pl.Callback):
         if not hasattr(pl_module, "flops_per_batch"):
             pl_module.flops_per_batch = None
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if getattr(pl_module, "flops_per_batch", None) is None and self._counter is None:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._counter is not None:
             pl_module.flops_per_batch = self._stop()
 
@@ -173,8 +194,9 @@ class LearnedCRFLog(pl.Callback):
     """While a trainable CRF learns (``model.crf_training``): its kernel weights, and the mean
     diagonal and off-diagonal of its compatibility, logged every ``log_every_n_steps``."""
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         crf = getattr(pl_module, "crf", None)
         if crf is None or not any(True for _ in crf.parameters()) or trainer.global_step % trainer.log_every_n_steps:
             return

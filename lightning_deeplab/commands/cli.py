@@ -35,9 +35,13 @@ from ..runs.checkpoint_config import (
     saved_model_config,
 )
 from ..runs.checkpointing import (
-    DEFAULT_CHECKPOINT_EVERY_N_STEPS, AtomicCheckpointIO, DeepLabCheckpoint, exit_code_of, saved_wandb_run_id,
+    DEFAULT_CHECKPOINT_EVERY_N_STEPS,
+    AtomicCheckpointIO,
+    DeepLabCheckpoint,
+    exit_code_of,
+    saved_wandb_run_id,
     validation_interval_in_batches,
-)  # fmt: skip
+)
 from .cli_parser import DeepLabArgumentParser
 from .config_files import config_problem, config_values, shipped_configs_help, with_shipped_configs
 from .registry import command_list
@@ -173,9 +177,11 @@ class DeepLabCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.add_argument(
-            "--checkpoint_every_n_steps", type=int, default=DEFAULT_CHECKPOINT_EVERY_N_STEPS,
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=DEFAULT_CHECKPOINT_EVERY_N_STEPS,
             help="fit: write checkpoints/last.ckpt every N training steps (0: only at validation and at the end)",
-        )  # fmt: skip
+        )
 
     def _prediction_writer(self, callbacks: list) -> list:
         """The predict callbacks: ``callbacks`` plus a SegmentationWriter from predict's own

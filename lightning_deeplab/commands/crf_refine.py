@@ -126,8 +126,10 @@ def find_arrays(path: Path) -> list[tuple[str, Path]]:
     if path.is_dir():
         return [(name_under(p, path), p) for p in sorted(path.rglob("*.npy"))]
     if path.suffix.lower() == ".npy":
-        raise ValueError(f"--probabilities {path} is one array: give the folder that holds the .npy arrays, "
-                         "or a list file of their paths (one per line)")  # fmt: skip
+        raise ValueError(
+            f"--probabilities {path} is one array: give the folder that holds the .npy arrays, "
+            "or a list file of their paths (one per line)"
+        )
     try:
         return [(name, file) for _, name, file in read_path_list(path)]
     except UnicodeDecodeError:
@@ -181,8 +183,9 @@ class Refiner:
         except OSError as err:
             return self.skip(path, f"cannot read its image {image_path}: {err}")
         if (height, width) != array.shape[1:]:
-            return self.skip(path, f"is {array.shape[1]}x{array.shape[2]} (HxW) but its image {image_path} "
-                                   f"is {height}x{width}")  # fmt: skip
+            return self.skip(
+                path, f"is {array.shape[1]}x{array.shape[2]} (HxW) but its image {image_path} is {height}x{width}"
+            )
         return tuple(array.shape)
 
     def values_of(self, path: Path):
@@ -200,8 +203,11 @@ class Refiner:
         problem = None if self.args.logits else sum_problem(array)
         if problem is not None:
             if not self.args.allow_unnormalized:
-                return self.skip(path, f"{problem} (tolerance {SUM_TOLERANCE}): not probabilities (pass --logits "
-                                       "for raw scores, or --allow_unnormalized to refine them as they are)")  # fmt: skip
+                return self.skip(
+                    path,
+                    f"{problem} (tolerance {SUM_TOLERANCE}): not probabilities (pass --logits "
+                    "for raw scores, or --allow_unnormalized to refine them as they are)",
+                )
             self.warnings.append((str(path), problem))
         return array
 
@@ -242,8 +248,9 @@ class Refiner:
 
 
 def _existing_labels(output_dir: Path) -> list[Path]:
-    return sorted(p for folder in (LABELS_DIR, PROBABILITIES_DIR) for p in (output_dir / folder).rglob("*")
-                  if p.is_file())  # fmt: skip
+    return sorted(
+        p for folder in (LABELS_DIR, PROBABILITIES_DIR) for p in (output_dir / folder).rglob("*") if p.is_file()
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -254,8 +261,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not getattr(args, option).exists():
             parser.error(f"--{option} {getattr(args, option)} does not exist")
     if not args.overwrite and _existing_labels(args.output_dir):
-        parser.error(f"--output_dir {args.output_dir} already holds outputs of an earlier run; "
-                     "choose another folder or pass --overwrite")  # fmt: skip
+        parser.error(
+            f"--output_dir {args.output_dir} already holds outputs of an earlier run; "
+            "choose another folder or pass --overwrite"
+        )
 
     # torch only now: `deeplab crf --help` and usage errors answer at once
     from collections import Counter, defaultdict

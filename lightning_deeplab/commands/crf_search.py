@@ -60,9 +60,11 @@ def _confusion(pred: Tensor, mask: Tensor, num_classes: int, ignore_index: int) 
 
 
 def miou_of(
-    predict: Callable[[SearchSample], Tensor], samples: Sequence[SearchSample], num_classes: int,
+    predict: Callable[[SearchSample], Tensor],
+    samples: Sequence[SearchSample],
+    num_classes: int,
     ignore_index: int = IGNORE_INDEX,
-) -> float:  # fmt: skip
+) -> float:
     """mIoU of ``predict`` (sample -> label map [H, W]) over ``samples``: one confusion matrix."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for sample in samples:
@@ -143,8 +145,9 @@ def samples_from_model(module: Any, dataset: Any, num_images: int, device: torch
     return samples
 
 
-def samples_from_files(directory: str, dataset: Any, num_images: int, num_classes: int,
-                       device: torch.device) -> list[SearchSample]:  # fmt: skip
+def samples_from_files(
+    directory: str, dataset: Any, num_images: int, num_classes: int, device: torch.device
+) -> list[SearchSample]:
     """Read ``<directory>/<name>.npy`` (the [C, H, W] probabilities ``deeplab predict`` saves
     with ``save_probabilities``) for the first ``num_images`` samples of ``dataset``."""
     if not os.path.isdir(directory):
@@ -207,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", default=None, help="JSON of all results (default: beside the checkpoint, or ./crf-search.json)"
     )
-    return parser  # fmt: skip
+    return parser
 
 
 def _load_weights(module: Any, path: str) -> None:
@@ -271,7 +274,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     output = args.output
     if output is None:
         output = os.path.splitext(cli.ckpt_path)[0] + ".crf-search.json" if cli.ckpt_path else "crf-search.json"
-    write_json(output, {"split": split, "num_images": len(samples), "source": source, "crf": base,
-                        "grid": grid, **outcome})  # fmt: skip
+    write_json(
+        output, {"split": split, "num_images": len(samples), "source": source, "crf": base, "grid": grid, **outcome}
+    )
     print(f"results saved to {output}")
     return 0

@@ -86,8 +86,14 @@ def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
                 crf_pred = refined[i].argmax(0).numpy()
                 save_label_png(crf_pred, palette, os.path.join(output, "predictions_crf", f"{name}.png"))
                 panels.append(colorize(crf_pred, palette))
-            strip = comparison_strip(panels, batch["mask"][i].numpy(), pred, crf_pred if refined is not None else None,
-                                     palette, getattr(datamodule, "class_names", None))  # fmt: skip
+            strip = comparison_strip(
+                panels,
+                batch["mask"][i].numpy(),
+                pred,
+                crf_pred if refined is not None else None,
+                palette,
+                getattr(datamodule, "class_names", None),
+            )
             path = os.path.join(output, "comparisons", f"{name}.png")
             save_atomically(Image.fromarray(strip), path)
             written.append(path)
@@ -98,8 +104,9 @@ def write_predictions(module, datamodule, output: str, limit: int) -> list[str]:
 PANEL_TITLES = ("image", "ground truth", "prediction", "with CRF")
 
 
-def comparison_strip(panels: list[np.ndarray], truth: np.ndarray, pred: np.ndarray, crf_pred: np.ndarray | None,
-                     palette, class_names) -> np.ndarray:  # fmt: skip
+def comparison_strip(
+    panels: list[np.ndarray], truth: np.ndarray, pred: np.ndarray, crf_pred: np.ndarray | None, palette, class_names
+) -> np.ndarray:
     """The panels side by side, titled, with the legend of the classes the label panels show."""
     shown = [truth, pred] + ([crf_pred] if crf_pred is not None else [])
     return sheet(panels, legend_entries(shown, palette, class_names), titles=PANEL_TITLES[: len(panels)])

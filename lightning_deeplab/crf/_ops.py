@@ -92,8 +92,11 @@ def build_kernels(with_cuda: bool, cuda_arch_list: Optional[str] = None) -> str:
     _log.warning(
         "lightning_deeplab: compiling the %s CRF kernels from %s into %s: once, about %s on 2 cores; later "
         "processes load them from there (`deeplab build-kernels` builds them ahead of time)",
-        what, build.CSRC_DIR, folder, "a minute per GPU architecture" if with_cuda else "half a minute",
-    )  # fmt: skip
+        what,
+        build.CSRC_DIR,
+        folder,
+        "a minute per GPU architecture" if with_cuda else "half a minute",
+    )
     start = time.monotonic()
     flags = build.extra_compile_args(with_cuda=with_cuda)
     try:

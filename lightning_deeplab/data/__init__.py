@@ -3,8 +3,13 @@
 # Imported on first use (PEP 562), so that `python -m lightning_deeplab.data.sbd --help` and the
 # `deeplab` command list need neither torch nor albumentations: name -> submodule defining it.
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "CityscapesSegmentation", "CityscapesSource"), "cityscapes"),
-    **dict.fromkeys(("COCO_STUFF_CLASSES", "CocoStuff10k", "CocoStuff10kSource", "CocoStuff164k", "CocoStuff164kSource"), "cocostuff"),
+    **dict.fromkeys(
+        ("CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "CityscapesSegmentation", "CityscapesSource"), "cityscapes"
+    ),
+    **dict.fromkeys(
+        ("COCO_STUFF_CLASSES", "CocoStuff10k", "CocoStuff10kSource", "CocoStuff164k", "CocoStuff164kSource"),
+        "cocostuff",
+    ),
     "pad_collate": "collate",
     "SegmentationDataModule": "datamodule",
     **dict.fromkeys(("FolderSegmentation", "FolderSource", "read_class_list"), "folder"),
@@ -14,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("SYNTHETIC_CLASSES", "SyntheticSource", "generate_synthetic_voc"), "synthetic"),
     "build_train_transform": "transforms",
     **dict.fromkeys(("VOC_CLASSES", "VOCSegmentation", "VOCSource"), "voc"),
-}  # fmt: skip
+}
 
 
 def __getattr__(name: str):
@@ -30,10 +35,31 @@ def __getattr__(name: str):
 # The SBD converter (lightning_deeplab.data.sbd) is left out: it runs as `python -m`, which
 # warns when the package has imported the module already.
 __all__ = [
-    "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "COCO_STUFF_CLASSES", "CityscapesSegmentation",
-    "CityscapesSource", "CocoStuff10k", "CocoStuff10kSource", "CocoStuff164k", "CocoStuff164kSource",
-    "DATASETS", "DatasetEntry", "FolderSegmentation", "FolderSource", "SYNTHETIC_CLASSES",
-    "SegmentationDataModule", "SegmentationSource", "SyntheticSource", "VOCSegmentation",
-    "VOCSource", "VOC_CLASSES", "VOC_PALETTE", "build_train_transform", "generate_synthetic_voc",
-    "open_source", "pad_collate", "read_class_list", "voc_colormap",
-]  # fmt: skip
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_PALETTE",
+    "COCO_STUFF_CLASSES",
+    "CityscapesSegmentation",
+    "CityscapesSource",
+    "CocoStuff10k",
+    "CocoStuff10kSource",
+    "CocoStuff164k",
+    "CocoStuff164kSource",
+    "DATASETS",
+    "DatasetEntry",
+    "FolderSegmentation",
+    "FolderSource",
+    "SYNTHETIC_CLASSES",
+    "SegmentationDataModule",
+    "SegmentationSource",
+    "SyntheticSource",
+    "VOCSegmentation",
+    "VOCSource",
+    "VOC_CLASSES",
+    "VOC_PALETTE",
+    "build_train_transform",
+    "generate_synthetic_voc",
+    "open_source",
+    "pad_collate",
+    "read_class_list",
+    "voc_colormap",
+]

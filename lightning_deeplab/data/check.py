@@ -88,6 +88,11 @@ def split_problems(samples: Sequence[LabelledImage], what: str, labelled: bool =
 
     with ThreadPoolExecutor(max_workers=min(CHECK_THREADS, max(1, len(samples)))) as pool:
         found = pool.map(lambda s: sample_problems(s, labelled), samples)
-        found = tqdm(found, total=len(samples), desc=f"checking {what}", unit="sample",
-                     disable=len(samples) < PROGRESS_MIN_SAMPLES)  # fmt: skip
+        found = tqdm(
+            found,
+            total=len(samples),
+            desc=f"checking {what}",
+            unit="sample",
+            disable=len(samples) < PROGRESS_MIN_SAMPLES,
+        )
         return [problem for problems in found for problem in problems]

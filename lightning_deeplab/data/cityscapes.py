@@ -32,7 +32,7 @@ CITYSCAPES_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
     "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
     "motorcycle", "bicycle",
-)  # fmt: skip
+)  # a table, kept dense  # fmt: skip
 
 #: The official colours of the 19 classes (RGB), indexed by train id.
 CITYSCAPES_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -40,7 +40,7 @@ CITYSCAPES_COLOURS: tuple[tuple[int, int, int], ...] = (
     (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
     (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
     (0, 80, 100), (0, 0, 230), (119, 11, 32),
-)  # fmt: skip
+)  # a table, kept dense  # fmt: skip
 
 #: Train-id colours; 255 (ignored) is black, the colour of "unlabeled" in the official table.
 CITYSCAPES_PALETTE: np.ndarray = build_palette(CITYSCAPES_COLOURS, ignore_colour=(0, 0, 0))
@@ -50,7 +50,7 @@ CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
     **{label_id: IGNORE_INDEX for label_id in range(34)},
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
     25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}  # fmt: skip
+}  # a table, kept dense  # fmt: skip
 
 IMAGE_DIR, LABEL_DIR = "leftImg8bit", "gtFine"
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -90,8 +90,9 @@ def find_cityscapes_samples(root: Path, split: str, labelled: bool = True) -> li
         if not label.is_file():
             label = label_dir / f"{stem}{LABEL_IDS_SUFFIX}"
             if labelled and not label.is_file():
-                missing.append(f"label of image {image}: neither {label.name} nor {stem}{TRAIN_IDS_SUFFIX} "
-                               f"exists in {label_dir}")  # fmt: skip
+                missing.append(
+                    f"label of image {image}: neither {label.name} nor {stem}{TRAIN_IDS_SUFFIX} exists in {label_dir}"
+                )
         samples.append(LabelledImage(stem, image, label))
     raise_if_missing(missing, samples)
     return samples
@@ -150,6 +151,12 @@ class CityscapesSource(SegmentationSource):
 
 
 __all__ = (
-    "CITYSCAPES_CLASSES", "CITYSCAPES_COLOURS", "CITYSCAPES_ID_TO_TRAIN_ID", "CITYSCAPES_PALETTE",
-    "CityscapesSegmentation", "CityscapesSource", "find_cityscapes_samples", "resolve_cityscapes_root",
-)  # fmt: skip
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_COLOURS",
+    "CITYSCAPES_ID_TO_TRAIN_ID",
+    "CITYSCAPES_PALETTE",
+    "CityscapesSegmentation",
+    "CityscapesSource",
+    "find_cityscapes_samples",
+    "resolve_cityscapes_root",
+)

@@ -27,9 +27,14 @@ import numpy as np
 from ..constants import IGNORE_INDEX
 from .files import LabelledImage, LabelledImageDataset, check_label, load_mat, read_rgb_image
 from .listing import (
-    missing_files, raise_if_missing, read_list_lines, require_dir, require_list_file, require_samples,
+    missing_files,
+    raise_if_missing,
+    read_list_lines,
+    require_dir,
+    require_list_file,
+    require_samples,
     require_split_dir,
-)  # fmt: skip
+)
 from .palette import VOC_PALETTE
 from .remap import LabelRemap, as_integer_labels
 from .source import JointTransform, SegmentationSource
@@ -59,7 +64,7 @@ COCO_STUFF_ID_NAMES: tuple[str, ...] = (
     "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
     "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
     "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
-)  # fmt: skip
+)  # a table, kept dense  # fmt: skip
 
 #: Thing ids defined by COCO but never annotated: no pixel carries them.
 COCO_STUFF_UNUSED_IDS: frozenset[int] = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91})
@@ -168,10 +173,16 @@ class CocoStuff10k(LabelledImageDataset):
             if len(fields) != 1:
                 raise ValueError(f"{self.split_file}:{lineno}: expected one image name, got {' '.join(fields)!r}")
             name = Path(fields[0]).stem  # tolerate names written with their .jpg extension
-            sample = LabelledImage(name, self.root / "images" / f"{name}.jpg",
-                                   self.root / "annotations" / f"{name}.mat", f"{self.split_file}:{lineno}")  # fmt: skip
-            checks += [(f"{self.split_file}:{lineno}: image", sample.image),
-                       (f"{self.split_file}:{lineno}: annotation", sample.label)]  # fmt: skip
+            sample = LabelledImage(
+                name,
+                self.root / "images" / f"{name}.jpg",
+                self.root / "annotations" / f"{name}.mat",
+                f"{self.split_file}:{lineno}",
+            )
+            checks += [
+                (f"{self.split_file}:{lineno}: image", sample.image),
+                (f"{self.split_file}:{lineno}: annotation", sample.label),
+            ]
             samples.append(sample)
         raise_if_missing(missing_files(checks), samples)
         require_samples(samples, f"split list {self.split_file} lists no images")
@@ -212,7 +223,14 @@ class CocoStuff10kSource(_CocoStuffSource):
 
 
 __all__ = (
-    "COCO_STUFF_CLASSES", "COCO_STUFF_ID_NAMES", "COCO_STUFF_ID_TO_CLASS", "COCO_STUFF_PALETTE",
-    "COCO_STUFF_UNUSED_IDS", "CocoStuff10k", "CocoStuff10kSource", "CocoStuff164k",
-    "CocoStuff164kSource", "read_mat_label",
-)  # fmt: skip
+    "COCO_STUFF_CLASSES",
+    "COCO_STUFF_ID_NAMES",
+    "COCO_STUFF_ID_TO_CLASS",
+    "COCO_STUFF_PALETTE",
+    "COCO_STUFF_UNUSED_IDS",
+    "CocoStuff10k",
+    "CocoStuff10kSource",
+    "CocoStuff164k",
+    "CocoStuff164kSource",
+    "read_mat_label",
+)

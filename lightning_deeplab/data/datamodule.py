@@ -100,8 +100,11 @@ class SegmentationDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for arg, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
-                                ("num_workers", num_workers, 0)):  # fmt: skip
+        for arg, value, low in (
+            ("batch_size", batch_size, 1),
+            ("val_batch_size", val_batch_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
         for arg, value in (("train_split", train_split), ("val_split", val_split)):
@@ -161,8 +164,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         if stage == "predict" and self.predict_path is not None:
             self.predict_images()
             return
-        roles = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
-                 "predict": ("test",)}.get(stage, _ROLES)  # fmt: skip
+        roles = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            stage, _ROLES
+        )
         problems: list[str] = []
         checked: set[str] = set()
         for role in roles:
@@ -270,8 +274,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             "pin_memory": torch.cuda.is_available(),
         }
 
-    def _eval_dataloader(self, role: str, dataset: Optional[Dataset] = None,
-                         collate_fn=None) -> DataLoader:  # fmt: skip
+    def _eval_dataloader(self, role: str, dataset: Optional[Dataset] = None, collate_fn=None) -> DataLoader:
         dataset = self.dataset(role) if dataset is None else dataset
         collate_fn = collate_fn or pad_collate
         world_size, rank = _distributed()

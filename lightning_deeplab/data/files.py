@@ -40,8 +40,9 @@ def _wide_gray_to_uint8(image: Image.Image, path: Path) -> np.ndarray:
     # PIL's convert("RGB") clips 16-bit values at 255; scale the full 16-bit range instead
     values = np.asarray(image, dtype=np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
-        raise ValueError(f"cannot read image {path}: {image.mode} values outside 0-65535; "
-                         "save it as an 8-bit or 16-bit image")  # fmt: skip
+        raise ValueError(
+            f"cannot read image {path}: {image.mode} values outside 0-65535; save it as an 8-bit or 16-bit image"
+        )
     gray = np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
 
@@ -56,8 +57,10 @@ def read_rgb_image(path: Path) -> np.ndarray:
             if image.mode in WIDE_GRAY_MODES:
                 return _wide_gray_to_uint8(image, path)
             if image.mode == "F":
-                raise ValueError(f"cannot read image {path}: float (mode 'F') images are not supported; "
-                                 "save it as an 8-bit or 16-bit image")  # fmt: skip
+                raise ValueError(
+                    f"cannot read image {path}: float (mode 'F') images are not supported; "
+                    "save it as an 8-bit or 16-bit image"
+                )
             return np.asarray(image.convert("RGB"))
     except OSError as err:  # PIL reports unknown formats and truncated data as OSError
         raise ValueError(f"cannot read image {path}: {err}") from err

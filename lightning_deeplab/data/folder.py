@@ -59,8 +59,10 @@ def read_class_list(path: Union[str, Path]) -> tuple[tuple[str, ...], np.ndarray
     if not names:
         raise ValueError(f"class list {path} names no classes")
     if len(names) > IGNORE_INDEX:
-        raise ValueError(f"class list {path} names {len(names)} classes; at most {IGNORE_INDEX} "
-                         f"fit 8-bit masks beside the ignore value {IGNORE_INDEX}")  # fmt: skip
+        raise ValueError(
+            f"class list {path} names {len(names)} classes; at most {IGNORE_INDEX} "
+            f"fit 8-bit masks beside the ignore value {IGNORE_INDEX}"
+        )
     return tuple(names), build_palette(colours)
 
 
@@ -77,8 +79,10 @@ def _samples_from_folders(root: Path, split: str) -> list[LabelledImage]:
     samples = []
     for image in images:
         if image.stem in seen:
-            raise ValueError(f"images {seen[image.stem]} and {image} share the name {image.stem!r}: "
-                             "which one the mask belongs to is ambiguous")  # fmt: skip
+            raise ValueError(
+                f"images {seen[image.stem]} and {image} share the name {image.stem!r}: "
+                "which one the mask belongs to is ambiguous"
+            )
         seen[image.stem] = image
         samples.append(LabelledImage(image.stem, image, mask_dir / f"{image.stem}.png"))
     raise_if_missing(missing_files((f"mask of image {s.image}:", s.label) for s in samples), samples)

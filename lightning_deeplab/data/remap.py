@@ -17,8 +17,9 @@ def as_integer_labels(label: np.ndarray, path: Path) -> np.ndarray:
         return label
     if label.dtype.kind == "f" and np.all(np.isfinite(label)) and np.array_equal(label, np.round(label)):
         return label.astype(np.int64)
-    raise ValueError(f"label {path} has dtype {label.dtype} with values that are not whole numbers; "
-                     "expected integer label ids")  # fmt: skip
+    raise ValueError(
+        f"label {path} has dtype {label.dtype} with values that are not whole numbers; expected integer label ids"
+    )
 
 
 def present_values(label: np.ndarray) -> np.ndarray:

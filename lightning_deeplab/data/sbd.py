@@ -201,8 +201,9 @@ def convert_sbd(
     for name in sorted(in_sbd | in_voc):
         use_voc = name in in_voc and (labels == "voc" or name not in in_sbd)
         source = voc / LABEL_DIR / f"{name}.png" if use_voc else sbd / "cls" / f"{name}.mat"
-        jobs.append(("voc" if use_voc else "sbd", source, voc / IMAGE_DIR / f"{name}.jpg",
-                     voc / AUG_LABEL_DIR / f"{name}.png"))  # fmt: skip
+        jobs.append(
+            ("voc" if use_voc else "sbd", source, voc / IMAGE_DIR / f"{name}.jpg", voc / AUG_LABEL_DIR / f"{name}.png")
+        )
     if workers == 1:
         for job in jobs:
             _convert_one(job)
@@ -233,10 +234,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--sbd", required=True, help="benchmark_RELEASE (or its dataset/ folder)")
     parser.add_argument("--voc", required=True, help="VOCdevkit (or the folder holding it, or VOC2012)")
-    parser.add_argument("--labels", choices=LABEL_PRECEDENCE, default="voc",
-                        help="label of images in both sets: the official VOC one (default) or SBD's")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="parallel conversion processes (default: up to 8)")  # fmt: skip
+    parser.add_argument(
+        "--labels",
+        choices=LABEL_PRECEDENCE,
+        default="voc",
+        help="label of images in both sets: the official VOC one (default) or SBD's",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="parallel conversion processes (default: up to 8)",
+    )
     args = parser.parse_args(argv)
     try:
         result = convert_sbd(args.sbd, args.voc, labels=args.labels, workers=args.workers)

@@ -240,8 +240,13 @@ def generate_synthetic_voc(
     root = Path(root).expanduser()
     devkit = root / "VOCdevkit"
     voc_root = devkit / "VOC2012"
-    params = {"version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val,
-              "image_size": list(size), "seed": seed}  # fmt: skip
+    params = {
+        "version": GENERATOR_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": list(size),
+        "seed": seed,
+    }
     if _read_marker(voc_root) == params:
         return voc_root
     if devkit.exists():

@@ -84,8 +84,10 @@ class InferenceConfig:
         else:
             stride = _pair("stride", self.stride, 1)
         if stride[0] > window[0] or stride[1] > window[1]:
-            raise ValueError(f"inference.stride {self.stride!r} is larger than the window {self.window!r}: "
-                             "pixels between windows would never be predicted")  # fmt: skip
+            raise ValueError(
+                f"inference.stride {self.stride!r} is larger than the window {self.window!r}: "
+                "pixels between windows would never be predicted"
+            )
         pad_to = None if self.pad_to is None else _pair("pad_to", self.pad_to, MIN_WINDOW)
         scales = self.scales
         if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or len(scales) == 0:
@@ -95,8 +97,12 @@ class InferenceConfig:
                 raise ValueError(f"inference.scales must hold positive finite numbers, got {scale!r} in {scales!r}")
         if not isinstance(self.flip, bool):
             raise TypeError(f"inference.flip must be a bool, got {self.flip!r}")
-        for name, value in (("window", window), ("stride", stride), ("pad_to", pad_to),
-                            ("scales", tuple(float(s) for s in scales))):  # fmt: skip
+        for name, value in (
+            ("window", window),
+            ("stride", stride),
+            ("pad_to", pad_to),
+            ("scales", tuple(float(s) for s in scales)),
+        ):
             object.__setattr__(self, name, value)
 
     @classmethod
@@ -277,8 +283,12 @@ def scores_report(
     }
 
 
-_SUMMARY_ROWS = (("mIoU", "mIoU"), ("pixel accuracy", "pixel_acc"), ("mean accuracy", "mean_acc"),
-                 ("frequency-weighted IoU", "fw_iou"))  # fmt: skip
+_SUMMARY_ROWS = (
+    ("mIoU", "mIoU"),
+    ("pixel accuracy", "pixel_acc"),
+    ("mean accuracy", "mean_acc"),
+    ("frequency-weighted IoU", "fw_iou"),
+)
 
 
 def format_scores_table(report: Mapping[str, Any], title: str = "") -> str:

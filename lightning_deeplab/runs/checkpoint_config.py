@@ -136,8 +136,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def merge_architecture(config: Any, given: Optional[Mapping[str, Any]], saved: Mapping[str, Any],
-                       ckpt_path: str, key: str = "model.model") -> None:  # fmt: skip
+def merge_architecture(
+    config: Any, given: Optional[Mapping[str, Any]], saved: Mapping[str, Any], ckpt_path: str, key: str = "model.model"
+) -> None:
     """Complete ``config`` (the namespace of the network's ``class_path``/``init_args``) with the
     checkpoint's architecture ``saved``: every init argument the configuration did not give
     (``given``: what the YAML and the command line set) is taken from the checkpoint; a given

@@ -103,9 +103,12 @@ class DeepLabCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         n = self.last_every_n_train_steps
         if (
-            n and self._fitting(trainer) and trainer.global_step > 0 and trainer.global_step % n == 0
+            n
+            and self._fitting(trainer)
+            and trainer.global_step > 0
+            and trainer.global_step % n == 0
             and not validation_follows(trainer)
-        ):  # fmt: skip
+        ):
             self._write_last(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -226,8 +229,10 @@ def validation_interval_in_batches(trainer_config: dict[str, Any]) -> Optional[i
     interval = trainer_config.get("val_check_interval")
     accumulate = trainer_config.get("accumulate_grad_batches") or 1
     if (
-        isinstance(interval, int) and not isinstance(interval, bool)
-        and accumulate > 1 and trainer_config.get("check_val_every_n_epoch") is None
-    ):  # fmt: skip
+        isinstance(interval, int)
+        and not isinstance(interval, bool)
+        and accumulate > 1
+        and trainer_config.get("check_val_every_n_epoch") is None
+    ):
         return interval * accumulate
     return None

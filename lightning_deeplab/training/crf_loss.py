@@ -67,8 +67,10 @@ def crf_regions(image: Tensor, mask: Tensor, ignore_index: int = IGNORE_INDEX) -
         groups = [(slice(None), boxes[0])]  # the usual case: one batched call
     else:
         groups = [(slice(b, b + 1), box) for b, box in enumerate(boxes) if box is not None]
-    labelled = sum(int((mask[samples, top:bottom, left:right] != ignore_index).sum())
-                   for samples, (top, bottom, left, right) in groups)  # fmt: skip
+    labelled = sum(
+        int((mask[samples, top:bottom, left:right] != ignore_index).sum())
+        for samples, (top, bottom, left, right) in groups
+    )
     return CRFRegions(image_to_uint8(image), groups, labelled)
 
 

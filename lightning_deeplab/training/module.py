@@ -17,7 +17,7 @@ from ..evaluation.inference import InferenceConfig, infer_probabilities, scores_
 from ..evaluation.metrics import DEFAULT_MIOU_OVER, MIOU_OVER, confusion_matrix_metric, scores_from_confusion
 from ..models import load_pretrained
 from ..models.arguments import part_config
-from .optimization import poly_lr_factor, sgd_with_poly
+from .optimization import sgd_with_poly
 from ..viz import image_to_uint8
 
 #: The stages that are scored, each without and with the CRF.
@@ -26,9 +26,6 @@ EVALUATION_STAGES = ("val", "test")
 #: over all of them), and a "max" over the processes keeps it bit for bit, where a mean may
 #: round; saying sync_dist also tells Lightning the value is synchronised (it warns otherwise).
 SYNCED_SCORE = {"sync_dist": True, "reduce_fx": "max"}
-
-
-__all__ = ["DeepLabV2Module", "poly_lr_factor", "resize_labels"]
 
 
 def resize_labels(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -115,10 +112,8 @@ class DeepLabV2Module(pl.LightningModule):
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # One confusion matrix per stage and per refinement, summed over the whole split.
-        self.confusion = nn.ModuleDict(
-            {f"{stage}{kind}": confusion_matrix_metric(num_classes, IGNORE_INDEX)
-             for stage in EVALUATION_STAGES for kind in ("", "_crf")}
-        )  # fmt: skip
+        keys = [f"{stage}{kind}" for stage in EVALUATION_STAGES for kind in ("", "_crf")]
+        self.confusion = nn.ModuleDict({key: confusion_matrix_metric(num_classes, IGNORE_INDEX) for key in keys})
         #: The scores report of the last evaluation of each stage (read by the reporting callbacks).
         self.scores: dict[str, dict[str, Any]] = {}
         self._weights_restored = False
@@ -175,8 +170,9 @@ class DeepLabV2Module(pl.LightningModule):
             "head_weight": (hp.lr * hp.head_lr_mult, hp.weight_decay),
             "head_bias": (hp.lr * hp.head_bias_lr_mult, 0.0),
         }
-        param_groups = [{"name": name, "params": groups[name], "lr": lr, "weight_decay": wd}
-                        for name, (lr, wd) in settings.items()]  # fmt: skip
+        param_groups = [
+            {"name": name, "params": groups[name], "lr": lr, "weight_decay": wd} for name, (lr, wd) in settings.items()
+        ]
         crf_group = crf_parameter_group(self.crf, self.crf_training, hp.lr)
         param_groups += [crf_group] if crf_group is not None else []
         max_steps = self.trainer.estimated_stepping_batches
@@ -219,8 +215,13 @@ class DeepLabV2Module(pl.LightningModule):
             probs = self.predict_probabilities(image)
         else:  # every file of the batch was unreadable: nothing to run, only skips to report
             probs = image.new_zeros((0, self.num_classes, *image.shape[-2:]))
-        return {"probabilities": probs, "image": image, "name": list(batch["name"]),
-                "size": [tuple(int(v) for v in s) for s in sizes], "skipped": list(batch.get("skipped", []))}  # fmt: skip
+        return {
+            "probabilities": probs,
+            "image": image,
+            "name": list(batch["name"]),
+            "size": [tuple(int(v) for v in s) for s in sizes],
+            "skipped": list(batch.get("skipped", [])),
+        }
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

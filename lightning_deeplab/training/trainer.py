@@ -41,7 +41,11 @@ class DeepLabTrainer(pl.Trainer):
                 Default: all (1.0).
             **kwargs: the other arguments of :class:`pytorch_lightning.Trainer`.
         """
-        given = {"limit_train_batches": limit_train_batches, "limit_val_batches": limit_val_batches,
-                 "limit_test_batches": limit_test_batches, "limit_predict_batches": limit_predict_batches}  # fmt: skip
+        given = {
+            "limit_train_batches": limit_train_batches,
+            "limit_val_batches": limit_val_batches,
+            "limit_test_batches": limit_test_batches,
+            "limit_predict_batches": limit_predict_batches,
+        }
         # unset ones are left out, so Lightning's defaults (and PL_TRAINER_* variables) apply
         super().__init__(**{key: value for key, value in given.items() if value is not None}, **kwargs)

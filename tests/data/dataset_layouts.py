@@ -61,8 +61,11 @@ def write_cocostuff164k(root: Path, split: str, labels: dict[str, np.ndarray]) -
 def write_mat_label(path: Path, label: np.ndarray, **extra) -> None:
     """A COCO-Stuff 10k v1.1 annotation: ``S`` (uint16 ids, 0 unlabeled) and its other fields."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = {"S": label if label.dtype.kind == "f" else label.astype(np.uint16), "names": np.array(["person", "bicycle"], dtype=object),
-              "captions": np.array(["a caption"], dtype=object)}  # fmt: skip
+    fields = {
+        "S": label if label.dtype.kind == "f" else label.astype(np.uint16),
+        "names": np.array(["person", "bicycle"], dtype=object),
+        "captions": np.array(["a caption"], dtype=object),
+    }
     fields.update(extra)
     scipy.io.savemat(str(path), fields)
 

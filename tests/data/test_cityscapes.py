@@ -23,9 +23,39 @@ def test_label_ids_map_to_the_19_train_ids(tmp_path):
     mask = CityscapesSegmentation(root, "val")[0]["mask"].reshape(-1)
     mapped = dict(zip(range(34), mask[:34].tolist()))
     # facts of the official table (cityscapesScripts labels.py)
-    facts = {0: 255, 1: 255, 4: 255, 6: 255, 7: 0, 8: 1, 9: 255, 10: 255, 11: 2, 12: 3, 13: 4,
-             14: 255, 15: 255, 16: 255, 17: 5, 18: 255, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-             24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 29: 255, 30: 255, 31: 16, 32: 17, 33: 18}  # fmt: skip
+    facts = {
+        0: 255,
+        1: 255,
+        4: 255,
+        6: 255,
+        7: 0,
+        8: 1,
+        9: 255,
+        10: 255,
+        11: 2,
+        12: 3,
+        13: 4,
+        14: 255,
+        15: 255,
+        16: 255,
+        17: 5,
+        18: 255,
+        19: 6,
+        20: 7,
+        21: 8,
+        22: 9,
+        23: 10,
+        24: 11,
+        25: 12,
+        26: 13,
+        27: 14,
+        28: 15,
+        29: 255,
+        30: 255,
+        31: 16,
+        32: 17,
+        33: 18,
+    }
     for raw, train_id in facts.items():
         assert mapped[raw] == train_id, raw
     # every train id comes from exactly one raw id; the other 15 ids are ignored
@@ -39,8 +69,9 @@ def test_train_id_files_are_preferred_when_present(tmp_path):
     with_train_ids, without = cityscapes_stem("bonn", 0), cityscapes_stem("bonn", 1)
     raw = np.full((H, W), 26, np.uint8)  # car -> 13
     train_ids = np.full((H, W), 5, np.uint8)  # deliberately different from the raw file
-    root = write_cityscapes(tmp_path, "train", {"bonn": {with_train_ids: raw, without: raw}},
-                            train_ids={with_train_ids: train_ids})  # fmt: skip
+    root = write_cityscapes(
+        tmp_path, "train", {"bonn": {with_train_ids: raw, without: raw}}, train_ids={with_train_ids: train_ids}
+    )
     dataset = CityscapesSegmentation(root, "train")
     by_name = {s.name: s for s in dataset.samples}
     assert by_name[with_train_ids].label.name.endswith("_gtFine_labelTrainIds.png")
@@ -51,13 +82,16 @@ def test_train_id_files_are_preferred_when_present(tmp_path):
 
 
 def test_samples_over_cities_in_order_with_exact_images(tmp_path):
-    labels = {"zurich": {cityscapes_stem("zurich", 3): np.full((H, W), 7, np.uint8)},
-              "aachen": {cityscapes_stem("aachen", 1): np.full((H, W), 8, np.uint8),
-                         cityscapes_stem("aachen", 0): np.full((H, W), 11, np.uint8)}}  # fmt: skip
+    labels = {
+        "zurich": {cityscapes_stem("zurich", 3): np.full((H, W), 7, np.uint8)},
+        "aachen": {
+            cityscapes_stem("aachen", 1): np.full((H, W), 8, np.uint8),
+            cityscapes_stem("aachen", 0): np.full((H, W), 11, np.uint8),
+        },
+    }
     root = write_cityscapes(tmp_path / "cityscapes", "val", labels)
     dataset = CityscapesSegmentation(root, "val")
-    assert [s.name for s in dataset.samples] == [
-        "aachen_000000_000019", "aachen_000001_000019", "zurich_000003_000019"]  # fmt: skip
+    assert [s.name for s in dataset.samples] == ["aachen_000000_000019", "aachen_000001_000019", "zurich_000003_000019"]
     sample = dataset[0]
     image = np.array(Image.open(root / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"))
     assert torch.equal(sample["image"], torch.from_numpy(image).permute(2, 0, 1).float())

@@ -18,8 +18,19 @@ def test_class_list_is_the_171_used_ids():
     assert COCO_STUFF_CLASSES[11] == "stop sign"  # id 13: id 12 (street sign) is unused
     assert COCO_STUFF_CLASSES[79] == "toothbrush" and COCO_STUFF_CLASSES[80] == "banner"
     assert COCO_STUFF_CLASSES[-1] == "wood"
-    for unused in ("street sign", "hat", "shoe", "eye glasses", "plate", "mirror", "window", "desk",
-                   "door", "blender", "hair brush"):  # fmt: skip
+    for unused in (
+        "street sign",
+        "hat",
+        "shoe",
+        "eye glasses",
+        "plate",
+        "mirror",
+        "window",
+        "desk",
+        "door",
+        "blender",
+        "hair brush",
+    ):
         assert unused not in COCO_STUFF_CLASSES
 
 
@@ -107,11 +118,14 @@ def test_10k_lists(tmp_path):
     assert len(CocoStuff10k(root, "test")) == 1
 
 
-@pytest.mark.parametrize("content, error, message", [
-    ("a\nghost\n", FileNotFoundError, r"train\.txt:2: image .*images/ghost\.jpg does not exist"),
-    ("a\na b\n", ValueError, r"train\.txt:2: expected one image name"),
-    ("\n", ValueError, r"empty split: split list .*train\.txt lists no images"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, error, message",
+    [
+        ("a\nghost\n", FileNotFoundError, r"train\.txt:2: image .*images/ghost\.jpg does not exist"),
+        ("a\na b\n", ValueError, r"train\.txt:2: expected one image name"),
+        ("\n", ValueError, r"empty split: split list .*train\.txt lists no images"),
+    ],
+)
 def test_10k_bad_lists(tmp_path, content, error, message):
     root = write_cocostuff10k(tmp_path, {"a": np.ones((H, W), np.uint16)}, {"train": content})
     with pytest.raises(error, match=message):

@@ -10,8 +10,13 @@ from lightning_deeplab.constants import IGNORE_INDEX, PAD_VALUE
 from lightning_deeplab.data import SYNTHETIC_CLASSES, VOC_CLASSES, VOC_PALETTE, SegmentationDataModule
 from lightning_deeplab.data import datamodule as datamodule_module
 
-SYNTHETIC = {"dataset": "synthetic", "synthetic_num_train": 9, "synthetic_num_val": 5,
-             "synthetic_image_size": (40, 56), "synthetic_seed": 0}  # fmt: skip
+SYNTHETIC = {
+    "dataset": "synthetic",
+    "synthetic_num_train": 9,
+    "synthetic_num_val": 5,
+    "synthetic_image_size": (40, 56),
+    "synthetic_seed": 0,
+}
 
 
 def synthetic_dm(root: Path, **kwargs) -> SegmentationDataModule:
@@ -131,22 +136,31 @@ def test_lightning_keeps_the_unrepeated_sampler_under_ddp(tmp_path):
     root = tmp_path / "data"
     dm = synthetic_dm(root, val_batch_size=1)
     dm.prepare_data()
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
-                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.validate(_RecordNames(str(tmp_path)), datamodule=dm)
     per_rank = [Path(tmp_path, f"rank{r}.txt").read_text().split() for r in range(2)]
     assert sorted(per_rank[0] + per_rank[1]) == [f"val_{i:05d}" for i in range(5)]
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"dataset": "cityscape"}, ValueError, "unknown dataset 'cityscape'"),
-    ({"batch_size": 0}, ValueError, "batch_size"),
-    ({"val_batch_size": 0}, ValueError, "val_batch_size"),
-    ({"num_workers": -1}, ValueError, "num_workers"),
-    ({"crop_size": 0}, ValueError, "crop_size"),
-    ({"scale_range": (2.0, 1.0)}, ValueError, "scale_range"),
-    ({"val_split": ""}, ValueError, "val_split"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"dataset": "cityscape"}, ValueError, "unknown dataset 'cityscape'"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"val_batch_size": 0}, ValueError, "val_batch_size"),
+        ({"num_workers": -1}, ValueError, "num_workers"),
+        ({"crop_size": 0}, ValueError, "crop_size"),
+        ({"scale_range": (2.0, 1.0)}, ValueError, "scale_range"),
+        ({"val_split": ""}, ValueError, "val_split"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
         SegmentationDataModule(tmp_path, **{"num_workers": 0, **kwargs})

@@ -9,14 +9,24 @@ import pytest
 import torch
 import yaml
 from dataset_layouts import (
-    cityscapes_stem, write_cityscapes, write_cocostuff10k, write_cocostuff164k, write_gray, write_rgb,
-)  # fmt: skip
+    cityscapes_stem,
+    write_cityscapes,
+    write_cocostuff10k,
+    write_cocostuff164k,
+    write_gray,
+    write_rgb,
+)
 
 from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.constants import IGNORE_INDEX
 from lightning_deeplab.data import (
-    CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, COCO_STUFF_CLASSES, DATASETS, VOC_PALETTE, SegmentationDataModule,
-)  # fmt: skip
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    COCO_STUFF_CLASSES,
+    DATASETS,
+    VOC_PALETTE,
+    SegmentationDataModule,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 H, W = 20, 24
@@ -33,22 +43,40 @@ def cityscapes_tree(root: Path) -> dict:
     for split in ("train", "val"):
         labels = {cityscapes_stem("aachen", i): label_with([7, 26], 0) for i in range(2)}
         write_cityscapes(root, split, {"aachen": labels})
-    return {"dataset": "cityscapes", "train_split": "train", "val_split": "val",
-            "classes": CITYSCAPES_CLASSES, "palette": CITYSCAPES_PALETTE, "values": {0, 13, IGNORE_INDEX}}  # fmt: skip
+    return {
+        "dataset": "cityscapes",
+        "train_split": "train",
+        "val_split": "val",
+        "classes": CITYSCAPES_CLASSES,
+        "palette": CITYSCAPES_PALETTE,
+        "values": {0, 13, IGNORE_INDEX},
+    }
 
 
 def cocostuff164k_tree(root: Path) -> dict:
     for split in ("train2017", "val2017"):
         write_cocostuff164k(root, split, {f"{i:012d}": label_with([0, 181], 255) for i in range(2)})
-    return {"dataset": "cocostuff164k", "train_split": "train2017", "val_split": "val2017",
-            "classes": COCO_STUFF_CLASSES, "palette": VOC_PALETTE, "values": {0, 170, IGNORE_INDEX}}  # fmt: skip
+    return {
+        "dataset": "cocostuff164k",
+        "train_split": "train2017",
+        "val_split": "val2017",
+        "classes": COCO_STUFF_CLASSES,
+        "palette": VOC_PALETTE,
+        "values": {0, 170, IGNORE_INDEX},
+    }
 
 
 def cocostuff10k_tree(root: Path) -> dict:
     names = [f"COCO_train2014_{i:012d}" for i in range(4)]
     write_cocostuff10k(root, {n: label_with([1, 182], 0) for n in names}, {"train": names[:2], "test": names[2:]})
-    return {"dataset": "cocostuff10k", "train_split": "train", "val_split": "test",
-            "classes": COCO_STUFF_CLASSES, "palette": VOC_PALETTE, "values": {0, 170, IGNORE_INDEX}}  # fmt: skip
+    return {
+        "dataset": "cocostuff10k",
+        "train_split": "train",
+        "val_split": "test",
+        "classes": COCO_STUFF_CLASSES,
+        "palette": VOC_PALETTE,
+        "values": {0, 170, IGNORE_INDEX},
+    }
 
 
 def folder_tree(root: Path) -> dict:
@@ -60,12 +88,22 @@ def folder_tree(root: Path) -> dict:
             write_gray(root / "masks" / split / f"img{i}.png", label_with([1, 255], 0))
     palette = VOC_PALETTE.copy()
     palette[1] = (10, 200, 30)
-    return {"dataset": "folder", "train_split": "train", "val_split": "val",
-            "classes": ("background", "leaf"), "palette": palette, "values": {0, 1, IGNORE_INDEX}}  # fmt: skip
+    return {
+        "dataset": "folder",
+        "train_split": "train",
+        "val_split": "val",
+        "classes": ("background", "leaf"),
+        "palette": palette,
+        "values": {0, 1, IGNORE_INDEX},
+    }
 
 
-TREES = {"cityscapes": cityscapes_tree, "cocostuff164k": cocostuff164k_tree,
-         "cocostuff10k": cocostuff10k_tree, "folder": folder_tree}  # fmt: skip
+TREES = {
+    "cityscapes": cityscapes_tree,
+    "cocostuff164k": cocostuff164k_tree,
+    "cocostuff10k": cocostuff10k_tree,
+    "folder": folder_tree,
+}
 
 
 def test_every_dataset_is_registered():
@@ -75,9 +113,16 @@ def test_every_dataset_is_registered():
 @pytest.mark.parametrize("name", sorted(TREES))
 def test_datamodule_reads_each_dataset(tmp_path, name):
     tree = TREES[name](tmp_path)
-    dm = SegmentationDataModule(tmp_path, dataset=tree["dataset"], train_split=tree["train_split"],
-                                val_split=tree["val_split"], crop_size=16, batch_size=2, val_batch_size=2,
-                                num_workers=0)  # fmt: skip
+    dm = SegmentationDataModule(
+        tmp_path,
+        dataset=tree["dataset"],
+        train_split=tree["train_split"],
+        val_split=tree["val_split"],
+        crop_size=16,
+        batch_size=2,
+        val_batch_size=2,
+        num_workers=0,
+    )
     assert dm.num_classes == len(tree["classes"]) and dm.class_names == list(tree["classes"])
     assert np.array_equal(dm.palette, tree["palette"])
     dm.prepare_data()
@@ -92,22 +137,38 @@ def test_datamodule_reads_each_dataset(tmp_path, name):
 
 def test_datamodule_setup_fails_on_a_missing_split_before_training(tmp_path):
     cityscapes_tree(tmp_path)
-    dm = SegmentationDataModule(tmp_path, dataset="cityscapes", train_split="train_extra", val_split="val",
-                                num_workers=0)  # fmt: skip
+    dm = SegmentationDataModule(
+        tmp_path, dataset="cityscapes", train_split="train_extra", val_split="val", num_workers=0
+    )
     with pytest.raises(FileNotFoundError, match=r"leftImg8bit/train_extra .*splits present: \['train', 'val'\]"):
         dm.setup("fit")
 
 
 def test_validate_through_the_cli_links_the_dataset_classes(tmp_path):
     cityscapes_tree(tmp_path / "data")
-    cli = DeepLabCLI(args=[
-        "validate", "--config", str(REPO / "configs" / "synthetic.yaml"),
-        "--data.dataset", "cityscapes", "--data.root", str(tmp_path / "data"),
-        "--data.val_batch_size", "2", "--data.num_workers", "0",
-        "--model.eval_crf", "false",
-        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(tmp_path / "run"),
-    ])  # fmt: skip
+    cli = DeepLabCLI(
+        args=[
+            "validate",
+            "--config",
+            str(REPO / "configs" / "synthetic.yaml"),
+            "--data.dataset",
+            "cityscapes",
+            "--data.root",
+            str(tmp_path / "data"),
+            "--data.val_batch_size",
+            "2",
+            "--data.num_workers",
+            "0",
+            "--model.eval_crf",
+            "false",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert cli.model.num_classes == cli.model.model.num_classes == 19
     assert cli.model.hparams.model["init_args"]["num_classes"] == 19  # what the checkpoint says
     assert cli.model.class_names == list(CITYSCAPES_CLASSES)

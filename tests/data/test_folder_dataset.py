@@ -75,12 +75,15 @@ def test_source_reads_classes_lazily(tmp_path):
 # -- bad data ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a\nb\na\n", r"classes\.txt:3: class 'a' is listed twice \(first as class 0\)"),
-    ("a\nb 1 2 300\n", r"classes\.txt:2: colour \(1, 2, 300\) must be three ints"),
-    ("# nothing\n\n", r"classes\.txt names no classes"),
-    ("".join(f"c{i}\n" for i in range(256)), r"names 256 classes; at most 255"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a\nb\na\n", r"classes\.txt:3: class 'a' is listed twice \(first as class 0\)"),
+        ("a\nb 1 2 300\n", r"classes\.txt:2: colour \(1, 2, 300\) must be three ints"),
+        ("# nothing\n\n", r"classes\.txt names no classes"),
+        ("".join(f"c{i}\n" for i in range(256)), r"names 256 classes; at most 255"),
+    ],
+)
 def test_bad_class_lists(tmp_path, text, message):
     (tmp_path / "classes.txt").write_text(text)
     with pytest.raises(ValueError, match=message):

@@ -30,12 +30,31 @@ def test_validate_with_the_voc_config_and_a_checkpoint_fetches_nothing(make_voc,
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_network)
     # the VOC recipe on a network small enough for a test (the checkpoint says the same)
-    args = [*VOC_CONFIGS, "--data.root", str(root), "--data.num_workers", "0",
-            "--model.model.init_args.backbone", "resnet18", "--model.model.init_args.msc_scales", "null",
-            "--model.eval_crf", "false", "--model.inference.pad_to", "null",
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-            "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    args = [
+        *VOC_CONFIGS,
+        "--data.root",
+        str(root),
+        "--data.num_workers",
+        "0",
+        "--model.model.init_args.backbone",
+        "resnet18",
+        "--model.model.init_args.msc_scales",
+        "null",
+        "--model.eval_crf",
+        "false",
+        "--model.inference.pad_to",
+        "null",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+    ]
     ckpt = tmp_path / "voc.ckpt"
     cli = save_untrained_checkpoint(args, ckpt)
     assert cli.model.hparams.pretrained == "imagenet"  # configured, and never loaded below
@@ -46,5 +65,17 @@ def test_validate_with_the_voc_config_and_a_checkpoint_fetches_nothing(make_voc,
     assert saved["checkpoint"] == str(ckpt) and len(saved["classes"]) == 21
 
     with pytest.raises(AssertionError, match="download was attempted"):  # fitting from scratch would fetch
-        DeepLabCLI(args=["fit", *args, "--trainer.max_steps", "1", "--data.train_split", "val",
-                         "--data.crop_size", "33", "--data.batch_size", "2"])  # fmt: skip
+        DeepLabCLI(
+            args=[
+                "fit",
+                *args,
+                "--trainer.max_steps",
+                "1",
+                "--data.train_split",
+                "val",
+                "--data.crop_size",
+                "33",
+                "--data.batch_size",
+                "2",
+            ]
+        )

@@ -7,8 +7,16 @@ from lightning_deeplab.data import VOC_CLASSES, VOC_PALETTE, voc_colormap
 def test_voc_palette_matches_the_published_colours():
     # colours documented with the VOC devkit: background, aeroplane, bicycle, bird, boat,
     # person, tvmonitor, and the cream of the 255 borders
-    expected = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128),
-                15: (192, 128, 128), 20: (0, 64, 128), 255: (224, 224, 192)}  # fmt: skip
+    expected = {
+        0: (0, 0, 0),
+        1: (128, 0, 0),
+        2: (0, 128, 0),
+        3: (128, 128, 0),
+        4: (0, 0, 128),
+        15: (192, 128, 128),
+        20: (0, 64, 128),
+        255: (224, 224, 192),
+    }
     for index, colour in expected.items():
         assert tuple(VOC_PALETTE[index]) == colour, index
     assert VOC_PALETTE.shape == (256, 3) and VOC_PALETTE.dtype == np.uint8

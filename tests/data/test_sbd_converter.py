@@ -54,7 +54,13 @@ def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(trees):
     assert result.train_aug == 4 and result.train_aug_file == voc / "ImageSets/Segmentation/train_aug.txt"
     # labels: the union of SBD (b, c, e, f) and the VOC-labelled images (a, b, c, d)
     assert sorted(p.stem for p in (voc / "SegmentationClassAug").iterdir()) == [
-        "2007_a", "2008_b", "2009_c", "2010_d", "2011_e", "2011_f"]  # fmt: skip
+        "2007_a",
+        "2008_b",
+        "2009_c",
+        "2010_d",
+        "2011_e",
+        "2011_f",
+    ]
     assert (result.sbd_labels, result.voc_labels, result.overlap, result.images_copied) == (2, 4, 2, 1)
     assert not [p for p in voc.rglob("*") if p.name.endswith(PARTIAL_SUFFIX)]  # no partial files left
 

@@ -21,8 +21,16 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
 
 
 def voc_dm(root, **kwargs) -> SegmentationDataModule:
-    options = {"dataset": "voc", "train_split": "train", "val_split": "val", "crop_size": 16, "batch_size": 1,
-               "val_batch_size": 2, "num_workers": 0, **kwargs}  # fmt: skip
+    options = {
+        "dataset": "voc",
+        "train_split": "train",
+        "val_split": "val",
+        "crop_size": 16,
+        "batch_size": 1,
+        "val_batch_size": 2,
+        "num_workers": 0,
+        **kwargs,
+    }
     return SegmentationDataModule(root, **options)
 
 
@@ -122,9 +130,24 @@ def test_deeplab_validate_stops_at_setup_on_bad_data(bad_voc, tmp_path):
     from lightning_deeplab.commands.cli import DeepLabCLI
 
     root, _ = bad_voc
-    args = ["--config", str(CONFIG), "--data.dataset", "voc", "--data.root", str(root), "--data.val_split", "val",
-            "--data.num_workers", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    args = [
+        "--config",
+        str(CONFIG),
+        "--data.dataset",
+        "voc",
+        "--data.root",
+        str(root),
+        "--data.val_split",
+        "val",
+        "--data.num_workers",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+    ]
     with pytest.raises(BadSamples) as caught:
         DeepLabCLI(args=["validate", *args])
     assert len(caught.value.problems) == 2

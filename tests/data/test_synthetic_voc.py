@@ -38,8 +38,10 @@ def demo_sized_tree(tmp_path_factory) -> Path:
 
 def test_layout_is_the_voc_layout(small_tree):
     assert small_tree.parts[-2:] == ("VOCdevkit", "VOC2012")
-    lists = {s: (small_tree / "ImageSets/Segmentation" / f"{s}.txt").read_text().split()
-             for s in ("train", "val", "trainval", "train_aug")}  # fmt: skip
+    lists = {
+        s: (small_tree / "ImageSets/Segmentation" / f"{s}.txt").read_text().split()
+        for s in ("train", "val", "trainval", "train_aug")
+    }
     assert len(lists["train"]) == 10 and len(lists["val"]) == 4
     assert lists["trainval"] == lists["train"] + lists["val"] and lists["train_aug"] == lists["train"]
     assert not set(lists["train"]) & set(lists["val"])
@@ -89,25 +91,33 @@ def test_classes_are_recognisable_from_local_colour_and_texture(demo_sized_tree)
         x = train_x[train_labels == cls]
         cov = np.cov(x.T) + np.eye(x.shape[1])
         diff = val_x - x.mean(0)
-        scores.append(-0.5 * np.einsum("...i,ij,...j->...", diff, np.linalg.inv(cov), diff)
-                      - 0.5 * np.linalg.slogdet(cov)[1])  # fmt: skip
+        scores.append(
+            -0.5 * np.einsum("...i,ij,...j->...", diff, np.linalg.inv(cov), diff) - 0.5 * np.linalg.slogdet(cov)[1]
+        )
     pred = np.argmax(np.stack(scores, -1), -1)
     valid = val_labels != IGNORE_INDEX
-    ious = [np.sum((pred == c) & (val_labels == c) & valid) / np.sum(((pred == c) | (val_labels == c)) & valid)
-            for c in range(len(SYNTHETIC_CLASSES))]  # fmt: skip
+    ious = [
+        np.sum((pred == c) & (val_labels == c) & valid) / np.sum(((pred == c) | (val_labels == c)) & valid)
+        for c in range(len(SYNTHETIC_CLASSES))
+    ]
     assert min(ious) > 0.75 and np.mean(ious) > 0.92, ious
 
 
 def test_object_edges_are_colour_edges(demo_sized_tree):
     images, labels = load_split(demo_sized_tree, "train")
-    gradient = np.stack([
-        sum(np.abs(cv2.Sobel(im[..., k], cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(im[..., k], cv2.CV_32F, 0, 1))
-            for k in range(3))
-        for im in images
-    ])  # fmt: skip
+    gradient = np.stack(
+        [
+            sum(
+                np.abs(cv2.Sobel(im[..., k], cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(im[..., k], cv2.CV_32F, 0, 1))
+                for k in range(3)
+            )
+            for im in images
+        ]
+    )
     border = labels == IGNORE_INDEX
-    interior = np.stack([cv2.erode((lab != IGNORE_INDEX).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-                         for lab in labels])  # fmt: skip
+    interior = np.stack(
+        [cv2.erode((lab != IGNORE_INDEX).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0 for lab in labels]
+    )
     assert gradient[border].mean() > 3 * gradient[interior].mean()
 
 
@@ -209,13 +219,16 @@ def test_a_foreign_voc_tree_is_never_replaced(make_voc):
     assert (root / "VOCdevkit/VOC2012/JPEGImages/a.jpg").is_file()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"num_train": 0}, "num_train"),
-    ({"num_val": -1}, "num_val"),
-    ({"image_size": (16, 64)}, "image_size"),
-    ({"image_size": (48, 64, 3)}, "image_size"),
-    ({"seed": -1}, "seed"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_train": 0}, "num_train"),
+        ({"num_val": -1}, "num_val"),
+        ({"image_size": (16, 64)}, "image_size"),
+        ({"image_size": (48, 64, 3)}, "image_size"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_synthetic_voc(tmp_path, **{**SMALL, **kwargs})

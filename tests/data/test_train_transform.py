@@ -87,13 +87,16 @@ def test_seeding_makes_the_stream_repeatable():
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"crop_size": 0}, "crop_size"),
-    ({"crop_size": 32.0}, "crop_size"),
-    ({"crop_size": 32, "scale_range": (1.5, 0.5)}, "scale_range"),
-    ({"crop_size": 32, "scale_range": (0.0, 1.0)}, "scale_range"),
-    ({"crop_size": 32, "scale_range": (1.0,)}, "scale_range"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"crop_size": 0}, "crop_size"),
+        ({"crop_size": 32.0}, "crop_size"),
+        ({"crop_size": 32, "scale_range": (1.5, 0.5)}, "scale_range"),
+        ({"crop_size": 32, "scale_range": (0.0, 1.0)}, "scale_range"),
+        ({"crop_size": 32, "scale_range": (1.0,)}, "scale_range"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_train_transform(**kwargs)

@@ -35,8 +35,15 @@ def test_cli_help_lists_the_registry_names(capsys):
     from lightning_deeplab.commands.cli import DeepLabCLI
 
     with pytest.raises(SystemExit):
-        DeepLabCLI(args=["fit", "--model.model", "lightning_deeplab.models.DeepLabV2", "--model.model.help",
-                         "lightning_deeplab.models.DeepLabV2"])  # fmt: skip
+        DeepLabCLI(
+            args=[
+                "fit",
+                "--model.model",
+                "lightning_deeplab.models.DeepLabV2",
+                "--model.model.help",
+                "lightning_deeplab.models.DeepLabV2",
+            ]
+        )
     out = capsys.readouterr().out
     for names in (registry.BACKBONES, tuple(registry.HEADS), registry.STYLES, registry.NORMS):
         assert "{" + ",".join(names) + "}" in out
