@@ -4,6 +4,7 @@ same inputs, same run, 10 mean-field iterations, DeepLab v2 parameters.
     python benchmarks/crf.py                       # 500x375x21, 1024x512x21, 2048x1024x19
     python benchmarks/crf.py --threads 1           # ours on one thread only (per core)
     python benchmarks/crf.py --sizes 500x375x21 --repeats 7
+    python benchmarks/crf.py --loaded              # beside 3 busy processes per core
 
 Prints a markdown table of median wall-clock times (and how far the outputs agree), ready
 for benchmarks/README.md: pydensecrf2 (single-threaded) and ours on one thread and on all
@@ -12,6 +13,12 @@ next to their memory-traffic floor (bytes per iteration / this machine's copy ba
 peak resident memory of a fresh process per case. CUDA rows time the lattice build and the
 iterations separately with CUDA events and report peak GPU memory. Not a test: nothing here
 asserts.
+
+`--loaded` measures a loaded machine instead: N busy processes (default 3 per core, each
+stopping by itself after --busy-seconds) run beside it while pydensecrf2, ours on one thread
+and ours at its default thread count run in turn, for the pydensecrf drop-in with
+pydensecrf's README parameters (600x400, 5 labels, 5 iterations) and for `dense_crf` with
+DeepLab's (500x375x21, 10 iterations). The load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -188,7 +195,7 @@ def peak_memory(probs: torch.Tensor, image: np.ndarray) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         np.save(os.path.join(folder, "probs.npy"), probs[0].numpy())
         np.save(os.path.join(folder, "image.npy"), image)
-        for which in ("ref", "ours"):
+        for which in ("ref", "ours", "cli"):
             child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crf_peak_memory.py")
             out = subprocess.run(
                 [sys.executable, child, which, folder], check=True, capture_output=True, text=True
@@ -196,6 +203,78 @@ def peak_memory(probs: torch.Tensor, image: np.ndarray) -> dict:
             before, peak = float(out[-2]), float(out[-1])
             peaks[which] = (peak, peak - before)
     return peaks
+
+
+def busy_processes(count: int, seconds: float) -> list[subprocess.Popen]:
+    """`count` processes that each spin on one core for at most `seconds` (they stop by
+    themselves if this script dies)."""
+    spin = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    sum(range(10000))"
+    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+
+
+def readme_api_script(dcrf, unary: np.ndarray, image: np.ndarray, **options) -> np.ndarray:
+    """pydensecrf's README usage, 5 iterations; `dcrf` is pydensecrf's module or ours."""
+    classes = unary.shape[0]
+    height, width = image.shape[:2]
+    crf = dcrf.DenseCRF2D(width, height, classes, **options)
+    crf.setUnaryEnergy(unary)
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=image, compat=10)
+    return np.array(crf.inference(5))
+
+
+def loaded_main(args) -> None:
+    """Ratios on a machine whose cores are all busy with other processes."""
+    import pydensecrf.densecrf as ref_dcrf
+    from pydensecrf.utils import unary_from_softmax as ref_unary
+
+    import lightning_deeplab.pydensecrf.densecrf as our_dcrf
+
+    busy = args.busy if args.busy is not None else 3 * (os.cpu_count() or 1)
+    api_image = make_photo(400, 600)
+    api_unary = np.ascontiguousarray(ref_unary(make_probs(5, 400, 600)[0].numpy()))
+    dl_image_np = make_photo(375, 500)
+    dl_probs = make_probs(21, 375, 500)
+    dl_unary = unary_from_softmax(dl_probs)
+    dl_image = torch.from_numpy(dl_image_np).permute(2, 0, 1)[None].contiguous()
+    cases = {
+        "pydensecrf API, 600x400x5, README parameters, 5 iterations": {
+            "pydensecrf2": lambda: readme_api_script(ref_dcrf, api_unary, api_image),
+            "ours 1T": lambda: readme_api_script(our_dcrf, api_unary, api_image, threads=1),
+            "ours default": lambda: readme_api_script(our_dcrf, api_unary, api_image),
+        },
+        "dense_crf, 500x375x21, DeepLab parameters, 10 iterations": {
+            "pydensecrf2": lambda: run_pydensecrf(dl_probs[0].numpy(), dl_image_np),
+            "ours 1T": lambda: dense_crf(dl_unary, dl_image, threads=1, **PARAMS),
+            "ours default": lambda: dense_crf(dl_unary, dl_image, **PARAMS),
+        },
+    }
+    print(f"# Dense CRF on a loaded machine, {datetime.datetime.now():%Y-%m-%d %H:%M}")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+    print(f"load average before the busy processes: {os.getloadavg()}")
+    procs = busy_processes(busy, args.busy_seconds)
+    try:
+        time.sleep(2.0)  # let the load settle
+        print(f"{busy} busy processes; medians of {args.repeats} interleaved runs\n")
+        print(
+            "| case | pydensecrf2 | ours 1T | ours default | default / 1T speed | default / pydensecrf2 speed | load |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name, fns in cases.items():
+            medians, _ = interleaved_medians(fns, args.repeats)
+            ref, one, default = medians["pydensecrf2"], medians["ours 1T"], medians["ours default"]
+            print(
+                f"| {name} | {ref:.3f} s | {one:.3f} s | {default:.3f} s | {one / default:.2f}x "
+                f"| {ref / default:.2f}x | {os.getloadavg()[0]:.1f} |",
+                flush=True,
+            )
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
 
 
 def main() -> None:
@@ -212,9 +291,18 @@ def main() -> None:
         "--memory-sizes",
         nargs="*",
         default=["2048x1024x19"],
-        help="sizes whose peak resident memory is measured (a process per case)",
+        help="sizes whose peak resident memory is measured (a process per case, pydensecrf2, ours in "
+        "process and `deeplab crf`; 4000x3000x21 takes minutes per case and ~12 GB)",
     )
+    parser.add_argument(
+        "--loaded", action="store_true", help="measure beside busy processes (see the module docstring)"
+    )
+    parser.add_argument("--busy", type=int, default=None, help="busy processes for --loaded (default: 3 per core)")
+    parser.add_argument("--busy-seconds", type=float, default=600.0, help="each busy process stops after this long")
     args = parser.parse_args()
+    if args.loaded:
+        loaded_main(args)
+        return
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
 
@@ -282,16 +370,19 @@ def main() -> None:
     if args.memory_sizes:
         print(
             "\n| size | peak resident, pydensecrf2 | peak resident, ours (1 thread) | ours / pydensecrf2 "
-            "| above imports and inputs: pydensecrf2 | ours | ours / pydensecrf2 |"
+            "| above imports and inputs: pydensecrf2 | ours | ours / pydensecrf2 "
+            "| `deeplab crf` (float16 input) | `deeplab crf` / pydensecrf2 |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
     for size in args.memory_sizes:
         width, height, classes = (int(v) for v in size.split("x"))
         peaks = peak_memory(make_probs(classes, height, width), make_photo(height, width))
         (ref_peak, ref_delta), (our_peak, our_delta) = peaks["ref"], peaks["ours"]
+        cli_peak = peaks["cli"][0]
         print(
             f"| {width}x{height}x{classes} | {ref_peak:.0f} MiB | {our_peak:.0f} MiB | {ratio(our_peak, ref_peak)} "
-            f"| {ref_delta:.0f} MiB | {our_delta:.0f} MiB | {ratio(our_delta, ref_delta)} |",
+            f"| {ref_delta:.0f} MiB | {our_delta:.0f} MiB | {ratio(our_delta, ref_delta)} "
+            f"| {cli_peak:.0f} MiB | {ratio(cli_peak, ref_peak)} |",
             flush=True,
         )
 

@@ -1,15 +1,19 @@
 """Peak resident memory of one dense CRF in this process (run by benchmarks/crf.py, one
-fresh process per case): `python benchmarks/crf_peak_memory.py ref|ours FOLDER` reads
+fresh process per case): `python benchmarks/crf_peak_memory.py ref|ours|cli FOLDER` reads
 probs.npy [C, H, W] and image.npy [H, W, 3] uint8 from FOLDER, runs pydensecrf2 (`ref`) or
 ours on one thread, and prints the peak resident MiB before and after the call. Each side
-imports only what it needs (pydensecrf2 does not pay for importing torch).
+imports only what it needs (pydensecrf2 does not pay for importing torch). `cli` runs
+`deeplab crf` (one thread) in a child process on the probabilities saved as float16, as
+`deeplab predict` writes them, and the image as PNG, and prints 0 and that child's peak.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -60,12 +64,29 @@ def main(which: str, folder: str) -> None:
         before = peak_mib()
         unary = unary_from_softmax(torch.from_numpy(probs)[None])
         dense_crf(unary, torch.from_numpy(image).permute(2, 0, 1)[None].contiguous(), iterations=ITERATIONS, **PARAMS)
+    elif which == "cli":
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as work:
+            for sub in ("probs", "images"):
+                os.makedirs(os.path.join(work, sub))
+            np.save(os.path.join(work, "probs", "photo.npy"), probs.astype(np.float16))
+            Image.fromarray(image).save(os.path.join(work, "images", "photo.png"))
+            del probs, image
+            deeplab = os.path.join(os.path.dirname(sys.executable), "deeplab")
+            command = [deeplab, "crf", "--probabilities", os.path.join(work, "probs"), "--images"]
+            command += [os.path.join(work, "images"), "--output_dir", os.path.join(work, "out"), "--batch_size", "1"]
+            env = dict(os.environ, LIGHTNING_DEEPLAB_CRF_THREADS="1")
+            subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+        # ru_maxrss of the children: the deeplab process (this one holds only numpy)
+        print(0.0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+        return
     else:
-        raise SystemExit(f"crf_peak_memory.py: WHICH must be 'ref' or 'ours', got {which!r}")
+        raise SystemExit(f"crf_peak_memory.py: WHICH must be 'ref', 'ours' or 'cli', got {which!r}")
     print(before, peak_mib())
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit("usage: crf_peak_memory.py ref|ours FOLDER")
+        raise SystemExit("usage: crf_peak_memory.py ref|ours|cli FOLDER")
     main(*sys.argv[1:])

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -58,6 +59,9 @@ struct FilterArgs {
   // The vertices [v_begin, v_end) and pixels [p_begin, p_end) this call works on: the
   // whole batch, or one image of it (images own contiguous ranges of both).
   int64_t v_begin, v_end, p_begin, p_end;
+  // in, out and addend are [P, ld] arrays of which this filter reads and writes the channels
+  // [c0, c0 + C) (a channel block: the lattice buffers then hold C values a vertex).
+  int64_t ld, c0;
 };
 
 // Vertex v lives in row v+1 of a buffer with `stride` (>= C) values per row; row 0 is zero
@@ -77,11 +81,13 @@ void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
       T* __restrict__ row = buf + (v + 1) * stride;
       std::fill(row, row + stride, T(0));
       for (int64_t e = a.splat_ptr[v]; e < a.splat_ptr[v + 1]; ++e) {
-        if (e + kAhead < entries) prefetch_row(a.in + static_cast<int64_t>(a.splat_pixel[e + kAhead]) * a.C, a.C);
+        if (e + kAhead < entries) {
+          prefetch_row(a.in + static_cast<int64_t>(a.splat_pixel[e + kAhead]) * a.ld + a.c0, a.C);
+        }
         const int64_t p = a.splat_pixel[e];
         T w = static_cast<T>(a.splat_weight[e]);
         if (a.scale_in != nullptr) w *= a.scale_in[p];
-        const T* __restrict__ x = a.in + p * a.C;
+        const T* __restrict__ x = a.in + p * a.ld + a.c0;
         for (int64_t c = 0; c < a.C; ++c) row[c] += w * x[c];
       }
     }
@@ -146,8 +152,8 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
         w[r] = static_cast<T>(a.weights[p * d1 + r]) * alpha;
       }
       const T scale = a.scale_out != nullptr ? a.scale_out[p] : T(1);
-      const T* addend = a.addend != nullptr ? a.addend + p * a.C : nullptr;
-      T* y = a.out + p * a.C;
+      const T* addend = a.addend != nullptr ? a.addend + p * a.ld + a.c0 : nullptr;
+      T* y = a.out + p * a.ld + a.c0;
       int64_t c0 = 0;
       // Whole vectors, then a half vector, then single channels (C = 21: 8 + 8 + 4 + 1).
       for (; c0 + kWidth <= a.C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, scale, addend, y);
@@ -248,7 +254,9 @@ FilterArgs<T> filter_args(const FilterInputs& in, T* out, bool reverse, bool sof
                        0,
                        in.M,
                        0,
-                       in.P};
+                       in.P,
+                       in.C,
+                       0};
 }
 
 // Runs the filter of `in` into `out` ([P, C], contiguous).
@@ -281,30 +289,70 @@ at::Tensor lattice_filter_cpu(const at::Tensor& values_arg, const at::Tensor& of
   return out;
 }
 
+// In-place softmax of the rows [p_begin, p_end) of y [P, C].
+template <typename T>
+void softmax_rows(T* y, int64_t C, int64_t p_begin, int64_t p_end) {
+  at::parallel_for(p_begin, p_end, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) softmax_row(y + p * C, C);
+  });
+}
+
+// Lattice buffers above this size are split into channel blocks: at 4000x3000x21 a buffer of
+// all channels is 1.2 GB, and the loop needs two. The environment variable
+// LIGHTNING_DEEPLAB_CRF_BUFFER_BYTES sets another limit (the tests use it on small images).
+constexpr int64_t kMaxLatticeBufferBytes = int64_t{256} << 20;
+
+int64_t lattice_buffer_limit() {
+  const char* text = std::getenv("LIGHTNING_DEEPLAB_CRF_BUFFER_BYTES");
+  if (text == nullptr || *text == '\0') return kMaxLatticeBufferBytes;
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && value > 0,
+                    "LIGHTNING_DEEPLAB_CRF_BUFFER_BYTES must be a positive number of bytes, got '", text, "'");
+  return value;
+}
+
+// Channels per block so that a lattice buffer of `rows` rows stays within the limit (all C
+// when it fits, at least 1).
+int64_t channel_block(int64_t rows, int64_t C, int64_t element_bytes) {
+  const int64_t limit = lattice_buffer_limit();
+  int64_t blocks = 1;
+  while (blocks < C && rows * ((C + blocks - 1) / blocks) * element_bytes > limit) ++blocks;
+  return (C + blocks - 1) / blocks;
+}
+
 // The Potts mean-field loop over the vertex and pixel ranges set in `kernels`: one image on
 // the calling thread, or the whole batch with every pass in parallel. Every iteration the
 // first kernel's filter adds onto -U, every later one onto that sum in place, the last
 // applies the softmax. `q` holds softmax(-U) on entry and the result on return; `other` is
-// a second [P, C] array for the rotation.
+// a second [P, C] array for the rotation. With `block` < C the kernels run channel block by
+// channel block (the lattice buffers hold `block` channels) and the softmax follows as a
+// pass of its own: every channel is computed exactly as with all channels at once.
 template <typename T>
 void potts_loop(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*>& buffers,
-                 const T* neg_unary, T* q, T* other, int64_t iterations) {
+                 const T* neg_unary, T* q, T* other, int64_t iterations, int64_t block) {
+  const int64_t C = kernels[0].C;
   T* cur = q;
   T* next = other;
   for (int64_t it = 0; it < iterations; ++it) {
-    for (size_t k = 0; k < kernels.size(); ++k) {
-      FilterArgs<T> a = kernels[k];
-      a.in = cur;
-      a.out = next;
-      a.addend = k == 0 ? neg_unary : next;  // in place: the slice reads a row, then writes it
-      a.softmax = k + 1 == kernels.size();
-      filter_cpu_kernel<T>(a, buffers[2 * k], buffers[2 * k + 1], a.C);
+    for (int64_t c0 = 0; c0 < C; c0 += block) {
+      for (size_t k = 0; k < kernels.size(); ++k) {
+        FilterArgs<T> a = kernels[k];
+        a.in = cur;
+        a.out = next;
+        a.addend = k == 0 ? neg_unary : next;  // in place: the slice reads a row, then writes it
+        a.c0 = c0;
+        a.C = std::min(block, C - c0);
+        a.softmax = k + 1 == kernels.size() && a.C == C;
+        filter_cpu_kernel<T>(a, buffers[2 * k], buffers[2 * k + 1], a.C);
+      }
     }
+    if (block < C) softmax_rows(next, C, kernels[0].p_begin, kernels[0].p_end);
     std::swap(cur, next);
   }
   if (cur != q) {
     const FilterArgs<T>& a = kernels[0];
-    std::copy(cur + a.p_begin * a.C, cur + a.p_end * a.C, q + a.p_begin * a.C);
+    std::copy(cur + a.p_begin * C, cur + a.p_end * C, q + a.p_begin * C);
   }
 }
 
@@ -355,6 +403,7 @@ void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& neg_unary, at::Tensor
     // Two lattice buffers per kernel when images run in parallel (one thread may filter an
     // image with one kernel while another uses the other); otherwise all share two.
     const bool shared = !by_image || one_thread;
+    const int64_t block = channel_block(largest + 1, C, static_cast<int64_t>(sizeof(T)));
     std::vector<at::Tensor> held;
     std::vector<T*> buffers(2 * K);
     for (size_t i = 0; i < buffers.size(); ++i) {
@@ -363,22 +412,22 @@ void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& neg_unary, at::Tensor
         continue;
       }
       const int64_t rows = (shared ? largest : inputs[i / 2].M) + 1;
-      held.push_back(empty_pooled({rows, C}, q.options()));
+      held.push_back(empty_pooled({rows, block}, q.options()));
       buffers[i] = held.back().data_ptr<T>();
-      std::fill(buffers[i], buffers[i] + C, T(0));  // row 0 reads as a missing neighbour
+      std::fill(buffers[i], buffers[i] + block, T(0));  // row 0 reads as a missing neighbour
     }
     const T* u = inputs[0].addend->data_ptr<T>();
     T* q_p = q.data_ptr<T>();
     T* other_p = other.data_ptr<T>();
     if (!by_image) {
-      potts_loop(kernels, buffers, u, q_p, other_p, iterations);
+      potts_loop(kernels, buffers, u, q_p, other_p, iterations, block);
       return;
     }
     at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
       std::vector<FilterArgs<T>> image(K);
       for (int64_t b = b_begin; b < b_end; ++b) {
         for (size_t k = 0; k < K; ++k) image[k] = image_args(kernels[k], B, b);
-        potts_loop(image, buffers, u, q_p, other_p, iterations);
+        potts_loop(image, buffers, u, q_p, other_p, iterations, block);
       }
     });
   });

@@ -233,8 +233,14 @@ class Refiner:
             kept.append((name, path, array))
         if not kept:
             return
-        scores = torch.from_numpy(np.stack([a for _, _, a in kept])).to(self.device)
+        # One array is used as it is (no stacked copy); the scores are dropped once the unary is
+        # made: at 4000x3000x21 each of these is ~1 GB beside the CRF's own memory.
+        arrays = [a for _, _, a in kept]
+        kept = [(name, path, None) for name, path, _ in kept]
+        scores = torch.from_numpy(arrays[0][None] if len(arrays) == 1 else np.stack(arrays)).to(self.device)
+        del arrays
         unary = unary_from_logits(scores) if self.args.logits else unary_from_softmax(scores)
+        del scores
         image = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(self.device)
         with torch.no_grad():
             marginals = self.crf(unary, image)

@@ -14,14 +14,16 @@ compatibility matrix M [C, C] the message sum is multiplied by M on the label ax
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import _validation as check
 from .features import bilateral_features, position_features
+from .memory import check_memory
 from .lattice import Lattice, build_lattice, has_potts_loop, potts_mean_field_
+from .threads import Threads, check_threads, cpu_threads
 
 Weight = Union[float, torch.Tensor]
 
@@ -235,19 +237,64 @@ def run_mean_field(
     kernels: Sequence[tuple[torch.Tensor, Weight, Optional[torch.Tensor], str]],
     iterations: int,
     compatibility: Optional[torch.Tensor] = None,
+    threads: Threads = None,
 ) -> torch.Tensor:
-    """The CRF on unary [B, C, *spatial] with kernels (features [B, N, d] float32, weight,
+    """The CRF on unary [B, C, *spatial] with kernels (features [B, N, d] float32 or
+    `LazyFeatures`, weight,
     compatibility or None, normalization), lattices built once; returns Q [B, C, *spatial].
-    Nothing is validated here: the public entries do that once."""
+    On the CPU it runs on `threads` threads (see `lightning_deeplab.crf.threads`: None or
+    "auto" picks them from torch's count and the cores other processes leave idle).
+    A CPU call that cannot fit the available memory raises MemoryError before it allocates
+    (`lightning_deeplab.crf.memory`). Nothing else is validated here: the public entries do
+    that once."""
+    # Under torch.compile the thread count and the memory check (host reads) stay outside the graph.
+    if unary.device.type != "cpu" or torch.compiler.is_compiling():
+        return _run_mean_field(unary, kernels, iterations, compatibility)
+    with cpu_threads(threads, batch=unary.shape[0]):
+        return _run_mean_field(unary, kernels, iterations, compatibility)
+
+
+def _run_mean_field(
+    unary: torch.Tensor,
+    kernels: Sequence[tuple[torch.Tensor, Weight, Optional[torch.Tensor], str]],
+    iterations: int,
+    compatibility: Optional[torch.Tensor],
+) -> torch.Tensor:
     dtype = compute_dtype(unary)
-    neg_unary = negated_points_last(unary, dtype)
+    if unary.device.type == "cpu" and not torch.compiler.is_compiling():
+        check_memory(
+            unary.shape[0],
+            unary.shape[2:],
+            unary.shape[1],
+            [_feature_dim(kernel[0]) for kernel in kernels],
+            torch.finfo(dtype).bits // 8,
+        )
+    # Lazy features are made just before their lattice and dropped after it, and the lattices
+    # and -U are freed before the output's layout copy: at 4000x3000 each of these is ~0.3-1 GB.
     built = [
-        make_kernel(build_lattice(features), weight, normalization, dtype, kernel_compatibility)
+        make_kernel(build_lattice(_features(features)), weight, normalization, dtype, kernel_compatibility)
         for features, weight, kernel_compatibility, normalization in kernels
     ]
+    neg_unary = negated_points_last(unary, dtype)
     matrix = compatibility.to(dtype) if compatibility is not None else None
     q = mean_field(neg_unary, built, iterations, matrix)
+    del built, neg_unary
     return points_first(q, unary.shape[2:])
+
+
+class LazyFeatures(NamedTuple):
+    """Features [B, N, dim] that `make()` computes when the lattice is built."""
+
+    dim: int
+    make: Callable[[], torch.Tensor]
+
+
+def _features(features: Union[torch.Tensor, LazyFeatures]) -> torch.Tensor:
+    return features.make() if isinstance(features, LazyFeatures) else features
+
+
+def _feature_dim(features: Union[torch.Tensor, LazyFeatures]) -> int:
+    return features.dim if isinstance(features, LazyFeatures) else features.shape[-1]
 
 
 def deeplab_kernels(
@@ -263,9 +310,10 @@ def deeplab_kernels(
     order, as `run_mean_field` takes them. Arguments as in `dense_crf` (not validated here)."""
     batch, _, height, width = image.shape
     return [
-        (position_features(batch, height, width, pos_xy_std, image.device), pos_w, None, normalization),
-        (bilateral_features(image, bi_xy_std, bi_rgb_std), bi_w, None, normalization),
-    ]
+        (LazyFeatures(2, partial(position_features, batch, height, width, pos_xy_std, image.device)), pos_w, None,
+         normalization),
+        (LazyFeatures(5, partial(bilateral_features, image, bi_xy_std, bi_rgb_std)), bi_w, None, normalization),
+    ]  # fmt: skip
 
 
 def build_kernels(
@@ -281,7 +329,7 @@ def build_kernels(
     """The smoothness and appearance kernels of image [B, 3, H, W]: lattices built once,
     normalised, weights folded in. Arguments as in `dense_crf` (not validated here)."""
     return [
-        make_kernel(build_lattice(features), weight, norm, dtype)
+        make_kernel(build_lattice(_features(features)), weight, norm, dtype)
         for features, weight, _, norm in deeplab_kernels(
             image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization
         )
@@ -300,6 +348,7 @@ def dense_crf(
     normalization: str = NORMALIZATION,
     compatibility: Optional[torch.Tensor] = None,
     check_values: Optional[bool] = None,
+    threads: Threads = None,
 ) -> torch.Tensor:
     """Fully connected CRF refinement of unary energies; the functional form of `DenseCRF`.
 
@@ -321,6 +370,11 @@ def dense_crf(
             back to the host: None (default) on CPU only, True also on CUDA (one sync).
             A float image in [0, 1] is warned about once per process (on CUDA this reads two
             numbers back per call, for float images only, until the warning was given).
+        threads: CPU threads for this call: an int >= 1, or None / "auto" (default): the
+            environment variable LIGHTNING_DEEPLAB_CRF_THREADS if set, else torch's thread
+            count (`torch.set_num_threads`) capped at the cores that other processes leave
+            idle when the call starts (on a busy machine one thread beats two: every pass of
+            a filter ends at a barrier). See `lightning_deeplab.crf.threads`.
 
     Returns:
         Marginals Q [B, C, H, W] (each pixel sums to 1), float32 (float64 for a float64 unary).
@@ -333,6 +387,7 @@ def dense_crf(
     bi_xy_std = check.check_positive("bi_xy_std", bi_xy_std)
     bi_rgb_std = check.check_positive("bi_rgb_std", bi_rgb_std)
     check.check_flag("check_values", check_values)
+    check_threads(threads)
     if compatibility is not None:
         check.check_compatibility_matrix(compatibility)
     return refine(
@@ -347,6 +402,7 @@ def dense_crf(
         normalization,
         compatibility,
         check_values,
+        threads,
     )
 
 
@@ -362,6 +418,7 @@ def refine(
     normalization: str,
     compatibility: Optional[torch.Tensor],
     check_values: Optional[bool],
+    threads: Threads = None,
 ) -> torch.Tensor:
     """`dense_crf` with settings already validated (by `dense_crf` or `DenseCRF.__init__`):
     checks the per-call inputs only, then runs DeepLab's two kernels through `run_mean_field`."""
@@ -375,4 +432,4 @@ def refine(
     check.check_lattice_range(height, width, pos_xy_std, bi_xy_std, bi_rgb_std)
     check.check_values(unary, image, check.wants_value_checks(unary.device, check_values))
     kernels = deeplab_kernels(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization)
-    return run_mean_field(unary, kernels, iterations, compatibility)
+    return run_mean_field(unary, kernels, iterations, compatibility, threads)

@@ -14,6 +14,7 @@ read-only and float64 arrays are accepted (copied to float32).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import numbers
 from typing import Optional, Sequence
@@ -25,6 +26,7 @@ from ..crf import _validation
 from ..crf.features import MAX_FEATURE_DIM
 from ..crf.lattice import build_lattice
 from ..crf.mean_field import make_kernel, mean_field, pairwise_terms
+from ..crf.threads import check_threads, cpu_threads
 
 
 class KernelType(enum.IntEnum):
@@ -137,15 +139,21 @@ class _Pairwise:
 
 class DenseCRF:
     """A fully connected CRF over `n_points` variables with `n_labels` labels (pydensecrf's
-    generic `DenseCRF`). `device` ("cpu", "cuda", ...) is where the lattice work runs."""
+    generic `DenseCRF`). `device` ("cpu", "cuda", ...) is where the lattice work runs.
 
-    def __init__(self, n_points: int, n_labels: int, device=None) -> None:
+    `threads` (CPU only): an int >= 1, or None / "auto" (default): the environment variable
+    LIGHTNING_DEEPLAB_CRF_THREADS if set, else torch's thread count (`torch.set_num_threads`)
+    capped at the cores other processes leave idle when `inference` starts: on a busy machine
+    one thread beats two (see `lightning_deeplab.crf.threads`)."""
+
+    def __init__(self, n_points: int, n_labels: int, device=None, threads=None) -> None:
         self._points = _positive_int("n_points", n_points)
         self._labels = _positive_int("n_labels", n_labels)
         try:
             self._device = torch.device("cpu" if device is None else device)
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"device must name a torch device, got {device!r}") from error
+        self._threads = check_threads(threads)
         self._unary = np.zeros((self._labels, self._points), dtype=np.float32)
         self._pairwise: list[_Pairwise] = []
         self._kernels = None  # built lattices, reset when a term is added
@@ -189,6 +197,12 @@ class DenseCRF:
     def _neg_unary(self) -> torch.Tensor:
         return torch.from_numpy(self._unary).T.neg().unsqueeze(0).contiguous().to(self._device)
 
+    def _cpu_threads(self, batch: int = 1):
+        """The CPU thread count around one call (a no-op context elsewhere)."""
+        if self._device.type != "cpu":
+            return contextlib.nullcontext()
+        return cpu_threads(self._threads, batch)
+
     def _built_kernels(self):
         if self._kernels is None:
             self._kernels = _build(self._pairwise, [self], self._device)
@@ -197,7 +211,8 @@ class DenseCRF:
     def inference(self, n_iterations: int) -> np.ndarray:
         """Marginals Q [n_labels, n_points] float32 after `n_iterations` mean-field steps."""
         _validation.check_iterations(n_iterations)
-        q = mean_field(self._neg_unary(), self._built_kernels(), n_iterations)
+        with self._cpu_threads():
+            q = mean_field(self._neg_unary(), self._built_kernels(), n_iterations)
         return _to_numpy(q[0])
 
     def startInference(self):
@@ -222,8 +237,9 @@ class DenseCRF:
         neg_unary = self._neg_unary()
         q = torch.from_numpy(np.ascontiguousarray(Q)).T.unsqueeze(0).contiguous().to(self._device)
         energies = neg_unary
-        for term in pairwise_terms(q, self._built_kernels()):
-            energies = energies + term
+        with self._cpu_threads():
+            for term in pairwise_terms(q, self._built_kernels()):
+                energies = energies + term
         Q[...] = _to_numpy(torch.softmax(energies, dim=-1)[0])
 
     def klDivergence(self, Q) -> float:
@@ -235,8 +251,9 @@ class DenseCRF:
         kl += float((self._unary.astype(np.float64) * q64).sum())
         readable = np.ascontiguousarray(Q) if Q.flags.writeable else np.array(Q)  # from_numpy warns on read-only
         q = torch.from_numpy(readable).T.unsqueeze(0).contiguous().to(self._device)
-        for term in pairwise_terms(q, self._built_kernels()):
-            kl -= float((q.double() * term.double()).sum())
+        with self._cpu_threads():
+            for term in pairwise_terms(q, self._built_kernels()):
+                kl -= float((q.double() * term.double()).sum())
         return kl
 
 
@@ -244,10 +261,10 @@ class DenseCRF2D(DenseCRF):
     """A CRF over the pixels of a width x height image (pydensecrf's `DenseCRF2D`);
     pixel n = y * width + x."""
 
-    def __init__(self, width: int, height: int, n_labels: int, device=None) -> None:
+    def __init__(self, width: int, height: int, n_labels: int, device=None, threads=None) -> None:
         self._width = _positive_int("width", width)
         self._height = _positive_int("height", height)
-        super().__init__(self._width * self._height, n_labels, device)
+        super().__init__(self._width * self._height, n_labels, device, threads)
 
     def _xy(self, sxy) -> list[np.ndarray]:
         sx, sy = _per_axis("sxy", sxy, 2)
@@ -325,9 +342,10 @@ def inference_batch(crfs: Sequence[DenseCRF], n_iterations: int) -> list[np.ndar
         ):
             raise ValueError(f"crfs[{index}] has other pairwise terms than crfs[0] (count, d, compat or normalization)")
     device = first._device
-    kernels = _build(first._pairwise, crfs, device)
-    neg_unary = torch.stack([torch.from_numpy(crf._unary).T for crf in crfs]).neg().contiguous().to(device)
-    q = mean_field(neg_unary, kernels, n_iterations)
+    with first._cpu_threads(batch=len(crfs)):
+        kernels = _build(first._pairwise, crfs, device)
+        neg_unary = torch.stack([torch.from_numpy(crf._unary).T for crf in crfs]).neg().contiguous().to(device)
+        q = mean_field(neg_unary, kernels, n_iterations)
     return [_to_numpy(q[b]) for b in range(len(crfs))]
 
 
