@@ -6,6 +6,7 @@ circle or a forbidden dependency fails here even where it would only bite at run
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,11 @@ def test_the_formatter_is_skipped_rarely_and_each_time_with_its_reason():
     assert len(skips) <= 10
     for path, line in skips:  # "... # <why>  # fmt: skip"
         assert line.count("#") >= 2, f"{path}: {line.strip()}"
+
+
+def test_numbers_are_told_from_bools_in_one_place():
+    guard = re.compile(
+        r"isinstance\((\w+), bool\) or not isinstance\(\1|not isinstance\((\w+), int\) or isinstance\(\2, bool\)"
+    )
+    found = [name for name, path in MODULES.items() if guard.search(path.read_text())]
+    assert found == []  # crf.values.is_integer / is_real

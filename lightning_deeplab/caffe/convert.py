@@ -67,9 +67,9 @@ def convert_layers(
     Returns the state dict and a :class:`ConversionReport`. Raises ValueError when a backbone
     layer is missing, has the wrong number of blobs, or a blob's shape does not fit its module.
     """
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-    ):
+    from ..crf.values import is_integer  # imports torch: not at import time, for `--help`
+
+    if num_classes is not None and (not is_integer(num_classes) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
     weighted, msc_copies = _layers_with_weights(layers, source)
     backbone = _choose_backbone(weighted, backbone, source)

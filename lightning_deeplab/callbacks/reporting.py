@@ -20,6 +20,7 @@ from ..constants import IGNORE_INDEX
 from ..evaluation.inference import format_scores_table
 from ..fileio import write_json
 from ..viz import image_to_uint8
+from ..crf.values import is_integer
 
 
 def evaluated_checkpoint(trainer: pl.Trainer) -> Optional[str]:
@@ -77,7 +78,7 @@ class WandbReport(pl.Callback):
     ``num_images`` images with their ground truth, prediction and CRF prediction."""
 
     def __init__(self, num_images: int = 4) -> None:
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+        if not is_integer(num_images) or num_images < 0:
             raise ValueError(f"num_images must be an int >= 0, got {num_images!r}")
         self.num_images = num_images
         self.examples: list[dict[str, Any]] = []

@@ -18,6 +18,7 @@ import struct
 from typing import Optional, Sequence, Union
 
 import torch
+from .values import is_real
 
 #: Elevated lattice coordinates must stay below this magnitude (csrc/lattice.h kMaxElevated).
 MAX_ELEVATED = 2.0**18
@@ -80,7 +81,7 @@ def _per_axis(name: str, value: PerAxis, axes: int) -> list[float]:
     if len(values) != axes:
         raise ValueError(f"{name} must be a number or {axes} numbers (one per axis), got {value!r}")
     for item in values:
-        if isinstance(item, bool) or not isinstance(item, numbers.Real) or not math.isfinite(item) or item <= 0:
+        if not is_real(item) or not math.isfinite(item) or item <= 0:
             raise ValueError(f"{name} must hold finite numbers > 0, got {value!r}")
     return [float(item) for item in values]
 

@@ -23,11 +23,11 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from . import _validation as check
+from . import checks as check
 from .features import MAX_FEATURE_DIM
 from .mean_field import ITERATIONS, Weight, run_mean_field
 
-Normalization = str  # one of _validation.KERNEL_NORMALIZATIONS
+Normalization = str  # one of checks.KERNEL_NORMALIZATIONS
 
 
 class PairwiseKernel(NamedTuple):

@@ -14,10 +14,11 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import _validation as check
+from . import checks as check
 from . import mean_field as defaults
 from .gaussian import check_kernel_settings, run_kernels
 from .mean_field import refine
+from .values import is_integer
 
 
 class DenseCRF(nn.Module):
@@ -97,7 +98,7 @@ class DenseCRF(nn.Module):
     def set_num_classes(self, num_classes: int) -> None:
         """Tells the layer its label count: makes a "potts" compatibility (the identity), or
         checks that a given matrix has that size. Idempotent."""
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if not is_integer(num_classes) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if self._potts_pending:
             identity = torch.eye(num_classes, dtype=self.pos_w.dtype, device=self.pos_w.device)

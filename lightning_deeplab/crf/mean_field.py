@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import _validation as check
+from . import checks as check
 from .features import bilateral_features, position_features
 from .memory import check_memory
 from .lattice import Lattice, build_lattice, has_potts_loop, potts_mean_field_
@@ -310,10 +310,14 @@ def deeplab_kernels(
     order, as `run_mean_field` takes them. Arguments as in `dense_crf` (not validated here)."""
     batch, _, height, width = image.shape
     return [
-        (LazyFeatures(2, partial(position_features, batch, height, width, pos_xy_std, image.device)), pos_w, None,
-         normalization),
+        (
+            LazyFeatures(2, partial(position_features, batch, height, width, pos_xy_std, image.device)),
+            pos_w,
+            None,
+            normalization,
+        ),
         (LazyFeatures(5, partial(bilateral_features, image, bi_xy_std, bi_rgb_std)), bi_w, None, normalization),
-    ]  # fmt: skip
+    ]
 
 
 def build_kernels(

@@ -21,6 +21,7 @@ from .images import PredictImages, predict_collate
 from .listing import MissingFiles
 from .registry import open_source
 from .transforms import build_train_transform, seed_transform
+from ..crf.values import is_integer
 
 _ROLES = ("train", "val", "test")
 
@@ -105,7 +106,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             ("val_batch_size", val_batch_size, 1),
             ("num_workers", num_workers, 0),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if not is_integer(value) or value < low:
                 raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
         for arg, value in (("train_split", train_split), ("val_split", val_split)):
             if not isinstance(value, str) or not value:

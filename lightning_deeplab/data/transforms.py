@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..constants import IGNORE_INDEX, PAD_VALUE
+from ..crf.values import is_integer
 
 
 def check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
@@ -38,7 +39,7 @@ def build_train_transform(
     Call it as ``transform(image=float32 HxWx3, mask=uint8 HxW)`` (float, so the padding can
     hold PAD_VALUE, a value no 0-255 pixel has).
     """
-    if not isinstance(crop_size, int) or isinstance(crop_size, bool) or crop_size < 1:
+    if not is_integer(crop_size) or crop_size < 1:
         raise ValueError(f"crop_size must be a positive int, got {crop_size!r}")
     low, high = check_scale_range(scale_range)
     steps: list = [

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from numbers import Integral, Real
 from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor
 from ..constants import PAD_VALUE
 from .metrics import DEFAULT_MIOU_OVER, scores_from_confusion
 from ..models.msc import scaled_size
+from ..crf.values import is_integer, is_real
 
 #: Output stride of every DeepLab v2 network.
 OUTPUT_STRIDE = 8
@@ -42,7 +42,7 @@ Model = Callable[[Tensor], Tensor]
 def _pair(name: str, value: Any, minimum: int) -> tuple[int, int]:
     """``value`` (an int or an (H, W) pair) as a pair of ints >= ``minimum``; errors name ``name``."""
     items = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
-    if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, Integral) for v in items):
+    if len(items) != 2 or any(not is_integer(v) for v in items):
         raise TypeError(f"inference.{name} must be an int or an (height, width) pair of ints, got {value!r}")
     if min(items) < minimum:
         raise ValueError(f"inference.{name} must be >= {minimum} on each side, got {value!r}")
@@ -93,7 +93,7 @@ class InferenceConfig:
         if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or len(scales) == 0:
             raise TypeError(f"inference.scales must be a non-empty sequence of numbers, got {scales!r}")
         for scale in scales:
-            if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
+            if not is_real(scale) or not math.isfinite(scale) or scale <= 0:
                 raise ValueError(f"inference.scales must hold positive finite numbers, got {scale!r} in {scales!r}")
         if not isinstance(self.flip, bool):
             raise TypeError(f"inference.flip must be a bool, got {self.flip!r}")

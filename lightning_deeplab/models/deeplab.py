@@ -3,7 +3,6 @@
 import os
 import warnings
 from collections.abc import Sequence
-from numbers import Integral
 from typing import Any, Optional
 
 import torch
@@ -26,6 +25,7 @@ from .registry import (
 from .resnet import ResNetBackbone
 from .vgg import VGG16Backbone
 from .weights import imagenet_state_dict, load_into, read_checkpoint, vgg_fc_weights
+from ..crf.values import is_integer
 
 
 def build_backbone(name: str, style: str, norm: str, pool5a: bool = False) -> nn.Module:
@@ -96,7 +96,7 @@ class DeepLabV2(nn.Module):
         super().__init__()
         check_choices(DeepLabV2.__init__, arguments)
         msc_resize = style if msc_resize is None else msc_resize
-        if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
+        if not is_integer(num_classes) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         rates = HEADS[head] if atrous_rates is None else _check_rates(atrous_rates)
 
@@ -219,6 +219,6 @@ def _check_rates(rates: Sequence[int]) -> tuple[int, ...]:
     if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence) or len(rates) == 0:
         raise ValueError(f"atrous_rates must be a non-empty sequence of positive integers, got {rates!r}")
     for rate in rates:
-        if isinstance(rate, bool) or not isinstance(rate, Integral) or rate < 1:
+        if not is_integer(rate) or rate < 1:
             raise ValueError(f"atrous_rates must hold positive integers, got {rate!r} in {rates!r}")
     return tuple(int(rate) for rate in rates)

@@ -16,7 +16,6 @@ Two ways to resize (``msc_resize``):
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from numbers import Real
 from typing import Optional
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .registry import MSC_RESIZES  # noqa: F401 (the valid ``msc_resize`` names)
+from ..crf.values import is_real
 
 # Guards ceil() against products such as 100 * 0.7 = 70.00000000000001.
 _ROUNDING_SLACK = 1e-6
@@ -44,7 +44,7 @@ def validate_scales(scales: Optional[Sequence[float]]) -> tuple[float, ...]:
     if len(scales) == 0:
         raise ValueError("msc_scales must not be empty (use None to turn MSC off)")
     for scale in scales:
-        if isinstance(scale, bool) or not isinstance(scale, Real):
+        if not is_real(scale):
             raise TypeError(f"msc_scales must hold numbers, got {scale!r} in {scales!r}")
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"msc_scales must be positive and finite, got {scale!r} in {scales!r}")

@@ -22,11 +22,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..crf import _validation
+from ..crf import checks
 from ..crf.features import MAX_FEATURE_DIM
 from ..crf.lattice import build_lattice
 from ..crf.mean_field import make_kernel, mean_field, pairwise_terms
 from ..crf.threads import check_threads, cpu_threads
+from ..crf.values import is_integer, is_real
 
 
 class KernelType(enum.IntEnum):
@@ -60,7 +61,7 @@ _NORMALIZATION_NAMES = {
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+    if not is_integer(value) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
@@ -97,8 +98,8 @@ def _compatibility(compat, labels: int) -> tuple[float, Optional[np.ndarray]]:
     """pydensecrf's compat as (weight, compatibility) of `lightning_deeplab.crf`, whose
     messages are added, not subtracted: Potts w -> (w, None); vector v -> (1, -v);
     matrix X -> (1, -(X + X^T)/2)."""
-    if isinstance(compat, numbers.Number) and not isinstance(compat, bool):
-        _validation.check_weight("compat", float(compat))  # finite, and small enough not to overflow
+    if is_real(compat):
+        checks.check_weight("compat", float(compat))  # finite, and small enough not to overflow
         return float(compat), None
     array = np.asarray(compat)
     if array.ndim == 1:
@@ -186,7 +187,7 @@ class DenseCRF:
                 f"NORMALIZE_SYMMETRIC, got {normalization!r}"
             )
         # pydensecrf's int16 lattice keys wrap far sooner; here the range is checked.
-        _validation.check_feature_values("features", torch.from_numpy(feats).T.unsqueeze(0))
+        checks.check_feature_values("features", torch.from_numpy(feats).T.unsqueeze(0))
         weight, compatibility = _compatibility(compat, self._labels)
         self._pairwise.append(
             _Pairwise(feats, weight, compatibility, _NORMALIZATION_NAMES[NormalizationType(normalization)])
@@ -210,7 +211,7 @@ class DenseCRF:
 
     def inference(self, n_iterations: int) -> np.ndarray:
         """Marginals Q [n_labels, n_points] float32 after `n_iterations` mean-field steps."""
-        _validation.check_iterations(n_iterations)
+        checks.check_iterations(n_iterations)
         with self._cpu_threads():
             q = mean_field(self._neg_unary(), self._built_kernels(), n_iterations)
         return _to_numpy(q[0])
@@ -329,7 +330,7 @@ def inference_batch(crfs: Sequence[DenseCRF], n_iterations: int) -> list[np.ndar
     crfs = list(crfs)
     if not crfs or not all(isinstance(crf, DenseCRF) for crf in crfs):
         raise ValueError("crfs must be a non-empty list of DenseCRF")
-    _validation.check_iterations(n_iterations)
+    checks.check_iterations(n_iterations)
     first = crfs[0]
     for index, crf in enumerate(crfs[1:], start=1):
         if (crf._points, crf._labels) != (first._points, first._labels):

@@ -7,6 +7,7 @@ import logging
 import numbers
 
 import numpy as np
+from ..crf.values import is_integer
 
 _log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def unary_from_labels(labels, n_labels, gt_prob, zero_unsure=True) -> np.ndarray
     labels 1..n_labels map to classes 0..n_labels-1."""
     if not 0 < gt_prob < 1:
         raise ValueError(f"gt_prob must lie in (0, 1), got {gt_prob}")
-    if isinstance(n_labels, bool) or not isinstance(n_labels, numbers.Integral) or n_labels < 2:
+    if not is_integer(n_labels) or n_labels < 2:
         raise ValueError(f"n_labels must be an int >= 2, got {n_labels!r}")
     flat = np.asarray(labels).reshape(-1)
     if flat.dtype.kind not in "iub":

@@ -31,6 +31,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from ..fileio import DiskFullError, PathLike, atomic_output
+from ..crf.values import is_integer
 
 #: Training steps between two writes of `last.ckpt` when the configuration does not say.
 DEFAULT_CHECKPOINT_EVERY_N_STEPS = 500
@@ -228,11 +229,6 @@ def validation_interval_in_batches(trainer_config: dict[str, Any]) -> Optional[i
     """
     interval = trainer_config.get("val_check_interval")
     accumulate = trainer_config.get("accumulate_grad_batches") or 1
-    if (
-        isinstance(interval, int)
-        and not isinstance(interval, bool)
-        and accumulate > 1
-        and trainer_config.get("check_val_every_n_epoch") is None
-    ):
+    if is_integer(interval) and accumulate > 1 and trainer_config.get("check_val_every_n_epoch") is None:
         return interval * accumulate
     return None

@@ -30,6 +30,7 @@ from ..runs.checkpoint_config import read_checkpoint
 from ..constants import IGNORE_INDEX, PAD_VALUE
 from ..crf import DenseCRF, unary_from_softmax
 from ..viz import image_to_uint8
+from ..crf.values import is_real
 
 #: Key prefix of the CRF layer's entries in the LightningModule's state dict.
 CRF_PREFIX = "crf."
@@ -138,7 +139,7 @@ class CRFTraining:
     def __post_init__(self) -> None:
         for name in ("weight", "lr_mult"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            if not is_real(value) or not value >= 0:
                 raise ValueError(f"crf_training.{name} must be a number >= 0, got {value!r}")
         if self.iterations is not None and (
             isinstance(self.iterations, bool)

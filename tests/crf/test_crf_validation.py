@@ -115,3 +115,12 @@ def test_unary_helpers_validate_their_input():
         unary_from_softmax(torch.rand(1, 2, 3, 3), clip=0.0)
     with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
         unary_from_logits([1.0, 2.0])
+
+
+def test_one_test_of_a_number_refuses_bools_and_takes_numpy_scalars():
+    import numpy as np
+
+    from lightning_deeplab.crf.values import is_integer, is_real
+
+    assert is_integer(3) and is_integer(np.int64(3)) and not is_integer(True) and not is_integer(3.0)
+    assert is_real(3) and is_real(np.float32(0.5)) and not is_real(False) and not is_real("3")

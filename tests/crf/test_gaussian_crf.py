@@ -23,7 +23,7 @@ from lightning_deeplab.crf import (
     position_features_nd,
     unary_from_softmax,
 )
-from lightning_deeplab.crf import _validation
+from lightning_deeplab.crf import checks
 
 from crf_inputs import densecrf_constant, image_tensor, noisy_probs, photo
 
@@ -185,7 +185,7 @@ def test_the_module_validates_its_settings_once():
 
 
 def test_a_float_image_in_0_1_is_warned_about_once(monkeypatch):
-    monkeypatch.setattr(_validation, "_warned_unit_range", False)
+    monkeypatch.setattr(checks, "_warned_unit_range", False)
     probs = noisy_probs(1, 3, 12, 14, 0)
     image = torch.rand(1, 3, 12, 14)
     with pytest.warns(UserWarning, match="expects raw RGB values in 0-255"):
@@ -193,7 +193,7 @@ def test_a_float_image_in_0_1_is_warned_about_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dense_crf(unary_from_softmax(probs), image)  # once per process
-        monkeypatch.setattr(_validation, "_warned_unit_range", False)
+        monkeypatch.setattr(checks, "_warned_unit_range", False)
         dense_crf(unary_from_softmax(probs), image * 255)  # 0-255 floats: no warning
 
 

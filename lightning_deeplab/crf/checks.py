@@ -1,5 +1,6 @@
 """Input checks of the dense CRF: every bad input fails here, in Python, with a message that
-names the argument, before any kernel runs. Settings are checked once (in a layer's
+names the argument, before any kernel runs. Public: the pydensecrf API refuses the same inputs
+with the same words. Settings are checked once (in a layer's
 `__init__` or at a functional entry); per call only the inputs are.
 
 Data-dependent checks (NaN/Inf, value ranges) read values back to the host. They run on CPU
@@ -9,13 +10,13 @@ synchronisation; the kernels still refuse non-finite or out-of-range lattice fea
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Optional
 
 import torch
 
 from .features import MAX_ELEVATED, MAX_FEATURE_DIM, elevated_bound
+from .values import is_integer, is_real
 
 #: Normalisations of DeepLab's `DenseCRF` / `dense_crf`.
 NORMALIZATIONS = ("symmetric", "after")
@@ -41,7 +42,7 @@ def _compiling() -> bool:
 
 def check_positive(name: str, value: float) -> float:
     """A finite, strictly positive number (standard deviations)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -75,7 +76,7 @@ def check_weight(name: str, value) -> None:
         if wants_value_checks(value.device, None):
             _check_weight_value(name, value.item())
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
     _check_weight_value(name, float(value))
 
@@ -89,7 +90,7 @@ def _check_weight_value(name: str, value: float) -> None:
 
 
 def check_iterations(iterations: int) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
+    if not is_integer(iterations):
         raise TypeError(f"iterations must be an int, got {type(iterations).__name__}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
