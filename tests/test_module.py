@@ -178,6 +178,7 @@ def test_evaluation_scores_the_prediction_and_the_crf_refinement_separately():
 def _first_batch_flops(module, batch_size: int) -> int:
     """What TrainingFlops reads from the first training batch it sees, run as Lightning runs it
     (the step and its backward between the batch hooks)."""
+    module.log = lambda *args, **kwargs: None  # no Trainer here to log to
     callback = TrainingFlops()
     callback.setup(None, module, "fit")
     batch = {
@@ -197,6 +198,7 @@ def _first_batch_flops(module, batch_size: int) -> int:
 def test_training_flops_are_counted_on_the_real_first_batch_forward_and_backward():
     module = small_module(msc_scales=None)
     batch = {"image": torch.rand(1, 3, 65, 65) * 255, "mask": torch.randint(0, NUM_CLASSES, (1, 65, 65))}
+    module.log = lambda *args, **kwargs: None  # no Trainer here to log to
     with FlopCounterMode(display=False) as forward_only:
         module.training_step(batch, 0)
     one, two = _first_batch_flops(module, 1), _first_batch_flops(small_module(msc_scales=None), 2)
