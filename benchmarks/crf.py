@@ -39,7 +39,14 @@ import torch.nn.functional as F
 
 from crf_peak_memory import ITERATIONS, PARAMS, run_pydensecrf
 from lightning_deeplab.crf import unary_from_softmax
-from lightning_deeplab.crf.mean_field import build_kernels, channels_first, dense_crf, mean_field, pixels_last
+from lightning_deeplab.crf.mean_field import (
+    KernelSettings,
+    build_kernels,
+    channels_first,
+    dense_crf,
+    mean_field,
+    pixels_last,
+)
 
 PHOTOS = ("astronaut", "coffee", "rocket", "chelsea")
 
@@ -147,7 +154,7 @@ def cpu_phases(unary: torch.Tensor, image: torch.Tensor, repeats: int) -> tuple[
     builds, loops = [], []
     for _ in range(repeats + 1):
         start = time.perf_counter()
-        kernels = build_kernels(image, normalization="symmetric", dtype=torch.float32, **PARAMS)
+        kernels = build_kernels(image, KernelSettings(**PARAMS), torch.float32)
         middle = time.perf_counter()
         mean_field(-pixels_last(unary), kernels, ITERATIONS)
         end = time.perf_counter()
@@ -164,7 +171,7 @@ def cuda_row(unary: torch.Tensor, image: torch.Tensor, repeats: int) -> dict:
     for _ in range(repeats + 1):
         events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
         events[0].record()
-        kernels = build_kernels(image, normalization="symmetric", dtype=torch.float32, **PARAMS)
+        kernels = build_kernels(image, KernelSettings(**PARAMS), torch.float32)
         events[1].record()
         q = mean_field(-pixels_last(unary), kernels, ITERATIONS)
         events[2].record()
@@ -347,7 +354,7 @@ def main() -> None:
         q = results[thread_counts[-1]][0].numpy()
         diff = float(np.abs(q - q_ref).max())
         agree = float((q.argmax(0) == q_ref.argmax(0)).mean())
-        kernels = build_kernels(image, normalization="symmetric", dtype=torch.float32, **PARAMS)
+        kernels = build_kernels(image, KernelSettings(**PARAMS), torch.float32)
         traffic = iteration_bytes(kernels, classes)
         row = f"| {width}x{height}x{classes} | {medians['ref']:.3f} s |"
         for t in thread_counts:

@@ -149,7 +149,7 @@ cat >"$WORK/crf_batch.py" <<'EOF'
 import json, statistics, sys, time
 import torch
 from lightning_deeplab.crf import dense_crf, unary_from_softmax
-from lightning_deeplab.crf.mean_field import build_kernels, mean_field, pixels_last
+from lightning_deeplab.crf.mean_field import KernelSettings, build_kernels, mean_field, pixels_last
 
 dry = sys.argv[1] == "1"
 device = torch.device("cpu" if dry or not torch.cuda.is_available() else "cuda")
@@ -172,7 +172,7 @@ def timed(fn):
 def phases(unary, image, repeats):
     builds, loops = [], []
     for _ in range(repeats + 1):
-        kernels, build = timed(lambda: build_kernels(image, normalization="symmetric", dtype=torch.float32, **params))
+        kernels, build = timed(lambda: build_kernels(image, KernelSettings(**params), torch.float32))
         _, loop = timed(lambda: mean_field(-pixels_last(unary), kernels, 10))
         builds.append(build); loops.append(loop)
     return statistics.median(builds[1:]), statistics.median(loops[1:])

@@ -17,7 +17,7 @@ from torch import nn
 from . import checks as check
 from . import mean_field as defaults
 from .gaussian import check_kernel_settings, run_kernels
-from .mean_field import refine
+from .mean_field import KernelSettings, refine
 from .values import is_integer
 
 
@@ -62,13 +62,9 @@ class DenseCRF(nn.Module):
     ) -> None:
         super().__init__()
         check.check_iterations(iterations)
-        check.check_normalization(normalization)
-        check.check_weight("pos_w", pos_w)
-        check.check_weight("bi_w", bi_w)
+        settings = KernelSettings(pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization).validated()
         self.iterations = int(iterations)
-        self.pos_xy_std = check.check_positive("pos_xy_std", pos_xy_std)
-        self.bi_xy_std = check.check_positive("bi_xy_std", bi_xy_std)
-        self.bi_rgb_std = check.check_positive("bi_rgb_std", bi_rgb_std)
+        self.pos_xy_std, self.bi_xy_std, self.bi_rgb_std = settings.pos_xy_std, settings.bi_xy_std, settings.bi_rgb_std
         self.normalization = normalization
         self.trainable = bool(trainable)
         self.check_values = check.check_flag("check_values", check_values)
@@ -125,18 +121,12 @@ class DenseCRF(nn.Module):
             iterations = self.iterations
         else:
             check.check_iterations(iterations)
-        return refine(
-            unary,
-            image,
-            iterations,
-            self.pos_w,
-            self.pos_xy_std,
-            self.bi_w,
-            self.bi_xy_std,
-            self.bi_rgb_std,
-            self.normalization,
-            self.compatibility,
-            self.check_values,
+        return refine(unary, image, iterations, self.kernel_settings(), self.compatibility, self.check_values)
+
+    def kernel_settings(self) -> KernelSettings:
+        """The two kernels' settings, with the current (possibly learned) weights."""
+        return KernelSettings(
+            self.pos_w, self.pos_xy_std, self.bi_w, self.bi_xy_std, self.bi_rgb_std, self.normalization
         )
 
     def settings(self) -> dict:

@@ -37,6 +37,30 @@ BI_RGB_STD = 3.0
 NORMALIZATION = "symmetric"
 
 
+class KernelSettings(NamedTuple):
+    """DeepLab's two kernels as `dense_crf` and `DenseCRF` take them: the smoothness kernel's
+    weight and spatial standard deviation, the appearance kernel's weight and spatial / colour
+    standard deviations, and their normalisation. Weights may be tensors (learned ones)."""
+
+    pos_w: Weight = POS_W
+    pos_xy_std: float = POS_XY_STD
+    bi_w: Weight = BI_W
+    bi_xy_std: float = BI_XY_STD
+    bi_rgb_std: float = BI_RGB_STD
+    normalization: str = NORMALIZATION
+
+    def validated(self) -> "KernelSettings":
+        """These settings, checked (an error names the argument), standard deviations as floats."""
+        check.check_normalization(self.normalization)
+        check.check_weight("pos_w", self.pos_w)
+        check.check_weight("bi_w", self.bi_w)
+        return self._replace(
+            pos_xy_std=check.check_positive("pos_xy_std", self.pos_xy_std),
+            bi_xy_std=check.check_positive("bi_xy_std", self.bi_xy_std),
+            bi_rgb_std=check.check_positive("bi_rgb_std", self.bi_rgb_std),
+        )
+
+
 class Kernel(NamedTuple):
     """One Gaussian kernel of the mean-field update: weight * s_out * K(s_in * Q) [@ M].
 
@@ -297,46 +321,24 @@ def _feature_dim(features: Union[torch.Tensor, LazyFeatures]) -> int:
     return features.dim if isinstance(features, LazyFeatures) else features.shape[-1]
 
 
-def deeplab_kernels(
-    image: torch.Tensor,
-    pos_w: Weight,
-    pos_xy_std: float,
-    bi_w: Weight,
-    bi_xy_std: float,
-    bi_rgb_std: float,
-    normalization: str,
-) -> list[tuple[torch.Tensor, Weight, None, str]]:
+def deeplab_kernels(image: torch.Tensor, settings: KernelSettings) -> list[tuple[torch.Tensor, Weight, None, str]]:
     """DeepLab's smoothness and appearance kernels of image [B, 3, H, W], in the reference's
-    order, as `run_mean_field` takes them. Arguments as in `dense_crf` (not validated here)."""
+    order, as `run_mean_field` takes them (``settings`` already validated)."""
     batch, _, height, width = image.shape
+    position = partial(position_features, batch, height, width, settings.pos_xy_std, image.device)
+    appearance = partial(bilateral_features, image, settings.bi_xy_std, settings.bi_rgb_std)
     return [
-        (
-            LazyFeatures(2, partial(position_features, batch, height, width, pos_xy_std, image.device)),
-            pos_w,
-            None,
-            normalization,
-        ),
-        (LazyFeatures(5, partial(bilateral_features, image, bi_xy_std, bi_rgb_std)), bi_w, None, normalization),
+        (LazyFeatures(2, position), settings.pos_w, None, settings.normalization),
+        (LazyFeatures(5, appearance), settings.bi_w, None, settings.normalization),
     ]
 
 
-def build_kernels(
-    image: torch.Tensor,
-    pos_w: Weight,
-    pos_xy_std: float,
-    bi_w: Weight,
-    bi_xy_std: float,
-    bi_rgb_std: float,
-    normalization: str,
-    dtype: torch.dtype,
-) -> list[Kernel]:
+def build_kernels(image: torch.Tensor, settings: KernelSettings, dtype: torch.dtype) -> list[Kernel]:
     """The smoothness and appearance kernels of image [B, 3, H, W]: lattices built once,
-    normalised, weights folded in. Arguments as in `dense_crf` (not validated here)."""
+    normalised, weights folded in (``settings`` already validated)."""
     return [
         make_kernel(build_lattice(_features(features)), weight, norm, dtype)
-        for features, weight, _, norm in deeplab_kernels(
-            image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization
-        )
+        for features, weight, _, norm in deeplab_kernels(image, settings)
     ]
 
 
@@ -384,42 +386,19 @@ def dense_crf(
         Marginals Q [B, C, H, W] (each pixel sums to 1), float32 (float64 for a float64 unary).
     """
     check.check_iterations(iterations)
-    check.check_normalization(normalization)
-    check.check_weight("pos_w", pos_w)
-    check.check_weight("bi_w", bi_w)
-    pos_xy_std = check.check_positive("pos_xy_std", pos_xy_std)
-    bi_xy_std = check.check_positive("bi_xy_std", bi_xy_std)
-    bi_rgb_std = check.check_positive("bi_rgb_std", bi_rgb_std)
+    settings = KernelSettings(pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization).validated()
     check.check_flag("check_values", check_values)
     check_threads(threads)
     if compatibility is not None:
         check.check_compatibility_matrix(compatibility)
-    return refine(
-        unary,
-        image,
-        iterations,
-        pos_w,
-        pos_xy_std,
-        bi_w,
-        bi_xy_std,
-        bi_rgb_std,
-        normalization,
-        compatibility,
-        check_values,
-        threads,
-    )
+    return refine(unary, image, iterations, settings, compatibility, check_values, threads)
 
 
 def refine(
     unary: torch.Tensor,
     image: torch.Tensor,
     iterations: int,
-    pos_w: Weight,
-    pos_xy_std: float,
-    bi_w: Weight,
-    bi_xy_std: float,
-    bi_rgb_std: float,
-    normalization: str,
+    settings: KernelSettings,
     compatibility: Optional[torch.Tensor],
     check_values: Optional[bool],
     threads: Threads = None,
@@ -433,7 +412,7 @@ def refine(
             raise ValueError(f"compatibility must be [C, C] = [{classes}, {classes}], got {tuple(compatibility.shape)}")
         if compatibility.device != unary.device:
             raise ValueError(f"compatibility is on {compatibility.device} but unary is on {unary.device}")
-    check.check_lattice_range(height, width, pos_xy_std, bi_xy_std, bi_rgb_std)
+    check.check_lattice_range(height, width, settings.pos_xy_std, settings.bi_xy_std, settings.bi_rgb_std)
     check.check_values(unary, image, check.wants_value_checks(unary.device, check_values))
-    kernels = deeplab_kernels(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization)
+    kernels = deeplab_kernels(image, settings)
     return run_mean_field(unary, kernels, iterations, compatibility, threads)

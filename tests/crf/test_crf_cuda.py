@@ -27,7 +27,7 @@ import lightning_deeplab.pydensecrf.densecrf as dcrf
 from cuda_emulation import build as emulation_build
 from lightning_deeplab.crf import DenseCRF, build_lattice, dense_crf, unary_from_softmax
 from lightning_deeplab.crf.features import bilateral_features, position_features
-from lightning_deeplab.crf.mean_field import build_kernels, make_kernel, mean_field, pixels_last
+from lightning_deeplab.crf.mean_field import KernelSettings, build_kernels, make_kernel, mean_field, pixels_last
 
 from crf_inputs import CORRUPTIONS, corrupted_tables, image_tensor, noisy_probs, photo
 from device_backends import Backend
@@ -205,7 +205,7 @@ def test_filter_refuses_corrupted_lattice_tables(backend, corruption):
 
 def test_mean_field_iterations_are_bitwise_the_cpu_ones(backend):
     unary, image = _photo_batch(48, 64)
-    kernels = build_kernels(image, normalization="symmetric", dtype=torch.float32, **PARAMS)
+    kernels = build_kernels(image, KernelSettings(**PARAMS), torch.float32)
     neg_unary = -pixels_last(unary).contiguous()
     q0 = torch.softmax(neg_unary, dim=-1)
     cpu = _fused_iterations(neg_unary, kernels, q0, 5)
@@ -304,13 +304,13 @@ SHAPES = {
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_shapes_match_cpu(backend, shape):
     unary, image = SHAPES[shape][backend.emulated]()
-    kernels = build_kernels(image, normalization="symmetric", dtype=torch.float32, **PARAMS)
+    kernels = build_kernels(image, KernelSettings(**PARAMS), torch.float32)
     neg_unary = -pixels_last(unary).contiguous()
     q0 = torch.softmax(neg_unary, dim=-1)
     cpu = _fused_iterations(neg_unary, kernels, q0, 2)
     expected = dense_crf(unary, image, iterations=3, **PARAMS)
     with backend.active():
-        moved_kernels = build_kernels(backend.to(image), normalization="symmetric", dtype=torch.float32, **PARAMS)
+        moved_kernels = build_kernels(backend.to(image), KernelSettings(**PARAMS), torch.float32)
         for cpu_kernel, kernel in zip(kernels, moved_kernels):
             _assert_lattices_equal(cpu_kernel.lattice, kernel.lattice, backend.device)
         got = _fused_iterations(backend.to(neg_unary), _to(kernels, backend), backend.to(q0), 2)
