@@ -24,22 +24,15 @@ class BarLog(Callback):
         self.seen.append((bar.n, bar.total))
 
 
+def _bar_cli(data_root: str, run: str, max_steps: int) -> DeepLabCLI:
+    """A tiny fit to ``max_steps`` with the progress bar on and nothing else to show."""
+    bar_on = ("--trainer.enable_progress_bar", "true", "--trainer.max_steps", str(max_steps))
+    quiet = ("--trainer.limit_val_batches", "0", "--model.eval_crf", "false", "--trainer.logger", "false")
+    return DeepLabCLI(args=tiny_args(data_root, run, *bar_on, *quiet), run=False)
+
+
 def _fit(data_root: str, run: str, max_steps: int, ckpt_path: str | None = None) -> list[tuple[int, int]]:
-    args = tiny_args(
-        data_root,
-        run,
-        "--trainer.enable_progress_bar",
-        "true",
-        "--trainer.max_steps",
-        str(max_steps),
-        "--trainer.limit_val_batches",
-        "0",
-        "--model.eval_crf",
-        "false",
-        "--trainer.logger",
-        "false",
-    )
-    cli = DeepLabCLI(args=args, run=False)
+    cli = _bar_cli(data_root, run, max_steps)
     log = BarLog()
     cli.trainer.callbacks.append(log)
     assert isinstance(cli.trainer.progress_bar_callback, StepProgressBar)
@@ -81,21 +74,7 @@ class OneSecondPerStep(Callback):
 
 
 def _timed_fit(data_root: str, run: str, max_steps: int, ckpt_path: str | None = None) -> list[tuple[int, str]]:
-    args = tiny_args(
-        data_root,
-        run,
-        "--trainer.enable_progress_bar",
-        "true",
-        "--trainer.max_steps",
-        str(max_steps),
-        "--trainer.limit_val_batches",
-        "0",
-        "--model.eval_crf",
-        "false",
-        "--trainer.logger",
-        "false",
-    )
-    cli = DeepLabCLI(args=args, run=False)
+    cli = _bar_cli(data_root, run, max_steps)
     clock = FakeClock()
     cli.trainer.progress_bar_callback.clock = clock
     log = OneSecondPerStep(clock)
