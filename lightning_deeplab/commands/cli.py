@@ -1,5 +1,5 @@
-"""`deeplab fit|validate|test|predict`: LightningCLI over the module and the DataModule, plus
-the commands that are not a Trainer method (`deeplab crf-search`, `deeplab convert-caffe`).
+"""`deeplab fit|validate|test|predict`: LightningCLI over the module and the DataModule (the
+other commands have parsers of their own; :mod:`.main` dispatches).
 
 This is the only place where configuration is wired to objects.
 """
