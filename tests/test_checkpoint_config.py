@@ -138,7 +138,7 @@ def test_the_architecture_comes_from_the_checkpoint_unless_the_config_contradict
             args=[
                 "validate",
                 *args,
-                "--data.root",
+                "--data.source.root",
                 str(data),
                 "--ckpt_path",
                 ckpt,

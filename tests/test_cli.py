@@ -96,7 +96,9 @@ def test_bad_configuration_is_reported_by_name(data_root, tmp_path, capsys):
 
     missing = str(tmp_path / "no-such-voc")
     with pytest.raises(FileNotFoundError, match="no-such-voc"):
-        DeepLabCLI(args=["validate", *tiny_args(data_root, run), "--data.dataset", "voc", "--data.root", missing])
+        DeepLabCLI(
+            args=["validate", *tiny_args(data_root, run), "--data.source", "VOCSource", "--data.source.root", missing]
+        )
 
 
 def test_print_config_shows_the_recipe(data_root, tmp_path, capsys):
@@ -104,7 +106,11 @@ def test_print_config_shows_the_recipe(data_root, tmp_path, capsys):
         DeepLabCLI(args=["fit", *tiny_args(data_root, str(tmp_path)), "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "backbone: resnet18" in out and "dataset: synthetic" in out and "max_steps:" in out
+    assert (
+        "backbone: resnet18" in out
+        and "class_path: lightning_deeplab.data.SyntheticSource" in out
+        and "max_steps:" in out
+    )
 
 
 def test_console_script_is_installed():
@@ -231,7 +237,8 @@ def test_a_class_count_that_contradicts_the_data_is_an_error_naming_both(data_ro
         DeepLabCLI(args=["fit", *args, "--model.model.init_args.num_classes", "5"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert "num_classes: the configuration says 5, but the data (--data.dataset synthetic) has 6 classes" in err
+    source = "lightning_deeplab.data.SyntheticSource"
+    assert f"num_classes: the configuration says 5, but the data (--data.source {source}) has 6 classes" in err
     assert not (tmp_path / "run").exists()
     # the data's own count, or none: the data decides
     assert DeepLabCLI(args=[*args, "--model.model.init_args.num_classes", "6"], run=False).model.num_classes == 6

@@ -147,9 +147,9 @@ def test_a_shipped_config_is_found_by_name_after_a_file_of_that_name(tmp_path, m
     monkeypatch.chdir(tmp_path)  # no configs/ folder here: as after a wheel install
     for given in ("synthetic.yaml", "synthetic"):
         with pytest.raises(SystemExit) as stop:
-            main(["fit", "--config", given, "--data.root", str(tmp_path / "data"), "--print_config"])
+            main(["fit", "--config", given, "--data.source.root", str(tmp_path / "data"), "--print_config"])
         assert stop.value.code == 0
-        assert "dataset: synthetic" in capsys.readouterr().out
+        assert "class_path: lightning_deeplab.data.SyntheticSource" in capsys.readouterr().out
     # a file of that name in the working folder comes first
     (tmp_path / "synthetic.yaml").write_text(
         (REPO / "configs" / "synthetic.yaml").read_text().replace("max_steps: 300", "max_steps: 7")
@@ -182,7 +182,7 @@ def test_data_errors_come_before_the_run_folder_and_the_logger(data_root, tmp_pa
         (tmp_path / "missing", [], f"error: VOC data root {tmp_path / 'missing'} does not exist"),
         (voc, ["--data.train_split", "trian"], "error: split list"),
     ]:
-        args = tiny_args(str(root), str(run), "--data.dataset", "voc", *extra)
+        args = tiny_args(str(root), str(run), "--data.source", "VOCSource", *extra)
         assert main(["fit", *args]) == USAGE_ERROR
         err = capsys.readouterr().err
         assert expected in err, err[-1000:]

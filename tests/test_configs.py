@@ -96,7 +96,7 @@ def header_commands() -> list[tuple[str, list[str]]]:
 def test_a_header_command_parses_as_written(name, words, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the headers' paths are relative to the checkout
     config = print_config(words, capsys)
-    assert config["model"]["model"]["init_args"]["backbone"] and config["data"]["dataset"]
+    assert config["model"]["model"]["init_args"]["backbone"] and config["data"]["source"]["class_path"]
 
 
 def test_every_config_shows_the_command_that_uses_it():

@@ -95,13 +95,13 @@ def tiny_args(data_root) -> list[str]:
     return [
         "--config",
         CONFIG,
-        "--data.root",
+        "--data.source.root",
         str(root),
-        "--data.synthetic_num_train",
+        "--data.source.num_train",
         "2",
-        "--data.synthetic_num_val",
+        "--data.source.num_val",
         "3",
-        "--data.synthetic_image_size",
+        "--data.source.image_size",
         "[40, 48]",
         "--data.num_workers",
         "0",
@@ -133,15 +133,10 @@ def test_crf_search_command_prints_every_setting_and_the_best(tiny_args, tmp_pat
 
 
 def test_crf_search_reads_saved_probabilities_and_names_a_missing_file(data_root, tiny_args, tmp_path, capsys):
-    from lightning_deeplab.data import SegmentationDataModule
+    from lightning_deeplab.data import SegmentationDataModule, SyntheticSource
 
     datamodule = SegmentationDataModule(
-        root=data_root,
-        dataset="synthetic",
-        synthetic_num_train=2,
-        synthetic_num_val=3,
-        synthetic_image_size=(40, 48),
-        num_workers=0,
+        SyntheticSource(data_root, num_train=2, num_val=3, image_size=(40, 48)), num_workers=0
     )
     datamodule.prepare_data()
     val = datamodule.dataset("val")

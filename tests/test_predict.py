@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
     base = [
         "--config",
         CONFIG,
-        "--data.root",
+        "--data.source.root",
         str(root / "unused-data-root"),
         "--data.num_workers",
         "0",

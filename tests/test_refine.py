@@ -43,7 +43,7 @@ def predicted(tmp_path_factory):
     base = [
         "--config",
         CONFIG,
-        "--data.root",
+        "--data.source.root",
         str(root / "unused"),
         "--data.num_workers",
         "0",

@@ -46,6 +46,17 @@ from .cli_parser import DeepLabArgumentParser
 from .config_files import config_problem, config_values, shipped_configs_help, with_shipped_configs
 from .registry import command_list
 from ..data import SegmentationDataModule
+
+# The shipped sources, imported so that jsonargparse knows their short names
+# (`--data.source VOCSource`) and lists them in `--data.source.help`.
+from ..data import (  # noqa: F401
+    CityscapesSource,
+    CocoStuff10kSource,
+    CocoStuff164kSource,
+    FolderSource,
+    SyntheticSource,
+    VOCSource,
+)
 from ..fileio import atomic_output
 from ..runs.launch_check import check_launch, first_process
 from ..runs.loggers import QuietShutdownOnFullDisk, default_logger
@@ -272,7 +283,7 @@ class DeepLabCLI(LightningCLI):
             section = self._section(self.config)
             self.parser.error(
                 f"model.model.init_args.num_classes: the configuration says {given}, but the data "
-                f"(--data.dataset {section.get('data.dataset')}) has {classes} classes; leave it out to "
+                f"(--data.source {section.get('data.source.class_path')}) has {classes} classes; leave it out to "
                 "follow the data"
             )
 

@@ -1,5 +1,5 @@
-"""The LightningDataModule: one dataset (by registry name), the training augmentation, and
-loaders whose evaluation side is exact under DDP."""
+"""The LightningDataModule: one dataset (a :class:`SegmentationSource`), the training
+augmentation, and loaders whose evaluation side is exact under DDP."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .collate import pad_collate
 from .files import LabelledImage
 from .images import PredictImages, predict_collate
 from .listing import MissingFiles
-from .registry import open_source
+from .source import SegmentationSource
 from .transforms import build_train_transform, seed_transform
 from ..crf.values import is_integer
 
@@ -55,10 +55,12 @@ class SegmentationDataModule(pl.LightningDataModule):
     padded to the largest in the batch (mean colour / ignore index), so the padding never counts.
 
     Args:
-        root: the dataset root. VOC: the folder holding ``VOCdevkit/`` or ``VOCdevkit/VOC2012``
-            itself. synthetic: the folder it is generated into on first use.
-        dataset: registry name (see `DATASETS`): "voc", "cityscapes", "cocostuff164k",
-            "cocostuff10k", "folder" or "synthetic".
+        source: the dataset, with its root and its own options: ``VOCSource(root)``,
+            ``CityscapesSource``, ``CocoStuff164kSource``, ``CocoStuff10kSource``,
+            ``FolderSource``, ``SyntheticSource(root, num_train=..., ...)`` or another
+            :class:`SegmentationSource` subclass. In YAML: ``source: {class_path:
+            lightning_deeplab.data.VOCSource, init_args: {root: data/VOCdevkit}}``; on the
+            command line ``--data.source.root DIR``.
         train_split, val_split: split names (VOC: ``ImageSets/Segmentation/<split>.txt``;
             ``train_aug`` reads ``SegmentationClassAug``, others ``SegmentationClass``).
         test_split: split of ``test``/``predict``; None: the ``val_split``.
@@ -68,8 +70,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         batch_size: training batch size (per process).
         val_batch_size: validation/test batch size (per process).
         num_workers: loader worker processes.
-        synthetic_num_train, synthetic_num_val, synthetic_image_size, synthetic_seed: size
-            ((height, width) or one int), and seed of the generated set; dataset "synthetic" only.
         predict_path: what ``predict`` reads: an image, a folder of images or a list file (see
             :func:`~lightning_deeplab.data.images.find_predict_images`), at their own sizes,
             unreadable files skipped and reported. None: the ``test_split``.
@@ -81,8 +81,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: Union[str, Path],
-        dataset: str = "voc",
+        source: SegmentationSource,
         train_split: str = "train_aug",
         val_split: str = "val",
         test_split: Optional[str] = None,
@@ -92,15 +91,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         batch_size: int = 10,
         val_batch_size: int = 1,
         num_workers: int = 4,
-        synthetic_num_train: int = 400,
-        synthetic_num_val: int = 60,
-        synthetic_image_size: Union[int, tuple[int, int]] = (120, 160),
-        synthetic_seed: int = 0,
         predict_path: Optional[Union[str, Path]] = None,
         check_files: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        if not isinstance(source, SegmentationSource):
+            raise TypeError(f"source must be a SegmentationSource, got {type(source).__name__}")
+        # Plain values only, so a checkpoint loads without unpickling classes: the source as the
+        # class_path/init_args that rebuild it.
+        self.save_hyperparameters(ignore=["source"])
+        self.hparams["source"] = source.config()
         for arg, value, low in (
             ("batch_size", batch_size, 1),
             ("val_batch_size", val_batch_size, 1),
@@ -111,23 +111,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         for arg, value in (("train_split", train_split), ("val_split", val_split)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{arg} must be a non-empty split name, got {value!r}")
-        self.root = root
         self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
         self.check_files = check_files
         self.train_transform = build_train_transform(crop_size, scale_range, hflip)
-        self.source = open_source(
-            dataset,
-            root,
-            {
-                "synthetic_num_train": synthetic_num_train,
-                "synthetic_num_val": synthetic_num_val,
-                "synthetic_image_size": synthetic_image_size,
-                "synthetic_seed": synthetic_seed,
-            },
-        )
+        self.source = source
         self._datasets: dict[str, Dataset] = {}
         self.predict_path = predict_path
         self._predict_images: Optional[PredictImages] = None

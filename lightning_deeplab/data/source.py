@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -17,9 +17,11 @@ JointTransform = Callable[..., Mapping[str, np.ndarray]]
 
 
 class SegmentationSource(ABC):
-    """One dataset on disk. Constructing it must be cheap (no generation, no scan of the files):
+    """One dataset on disk, given to the DataModule as its ``source`` (in YAML a ``class_path`` /
+    ``init_args`` section). Constructing it must be cheap (no generation, no scan of the files):
     the DataModule builds one in every process, and reads the class names before any data is
     touched. A dataset with fixed classes sets ``class_names`` and ``palette`` as class attributes.
+    A subclass with options of its own besides ``root`` adds them to :attr:`init_args`.
     """
 
     ignore_index: int = IGNORE_INDEX
@@ -28,6 +30,17 @@ class SegmentationSource(ABC):
 
     def __init__(self, root: Union[str, Path]) -> None:
         self.root = Path(root).expanduser()
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        """The constructor's arguments, as plain values."""
+        return {"root": str(self.root)}
+
+    def config(self) -> dict[str, Any]:
+        """``class_path`` / ``init_args`` that rebuild this source (what LightningCLI saves for a
+        source it built from the YAML), as plain values: a checkpoint then holds no pickled class."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.init_args}
 
     @property
     @abstractmethod

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -277,7 +277,14 @@ def generate_synthetic_voc(
 
 
 class SyntheticSource(SegmentationSource):
-    """The synthetic set under ``root``, generated on first use and read as a VOC tree."""
+    """The synthetic set under ``root``, generated on first use and read as a VOC tree.
+
+    Args:
+        root: the folder it is generated into (``root/VOCdevkit/VOC2012``).
+        num_train, num_val: samples of the ``train`` (and ``train_aug``) and ``val`` splits.
+        image_size: (height, width), or one int for square images.
+        seed: seed of the generation.
+    """
 
     class_names = SYNTHETIC_CLASSES
     palette = VOC_PALETTE
@@ -293,6 +300,10 @@ class SyntheticSource(SegmentationSource):
     ) -> None:
         super().__init__(root)
         self.options = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        return {**super().init_args, **self.options}
 
     def prepare(self) -> None:
         generate_synthetic_voc(self.root, **self.options)

@@ -7,21 +7,23 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 
 from lightning_deeplab.constants import IGNORE_INDEX, PAD_VALUE
-from lightning_deeplab.data import SYNTHETIC_CLASSES, VOC_CLASSES, VOC_PALETTE, SegmentationDataModule
+from lightning_deeplab.data import (
+    SYNTHETIC_CLASSES,
+    VOC_CLASSES,
+    VOC_PALETTE,
+    SegmentationDataModule,
+    SyntheticSource,
+    VOCSource,
+)
 from lightning_deeplab.data import datamodule as datamodule_module
 
-SYNTHETIC = {
-    "dataset": "synthetic",
-    "synthetic_num_train": 9,
-    "synthetic_num_val": 5,
-    "synthetic_image_size": (40, 56),
-    "synthetic_seed": 0,
-}
+SYNTHETIC = {"num_train": 9, "num_val": 5, "image_size": (40, 56), "seed": 0}
 
 
-def synthetic_dm(root: Path, **kwargs) -> SegmentationDataModule:
-    options = {**SYNTHETIC, "crop_size": 48, "batch_size": 4, "val_batch_size": 3, "num_workers": 0, **kwargs}
-    return SegmentationDataModule(root, **options)
+def synthetic_dm(root: Path, num_train: int = SYNTHETIC["num_train"], **kwargs) -> SegmentationDataModule:
+    source = SyntheticSource(root, **{**SYNTHETIC, "num_train": num_train})
+    options = {"crop_size": 48, "batch_size": 4, "val_batch_size": 3, "num_workers": 0, **kwargs}
+    return SegmentationDataModule(source, **options)
 
 
 def test_synthetic_end_to_end(tmp_path):
@@ -60,7 +62,9 @@ def test_train_aug_default_split_works_on_the_synthetic_set(tmp_path):
 def test_voc_end_to_end_pads_evaluation_batches(make_voc):
     sizes = {"a": (30, 40), "b": (36, 28), "c": (20, 20)}
     root = make_voc(sizes, {"train_aug": list(sizes), "val": list(sizes)})
-    dm = SegmentationDataModule(root / "VOCdevkit", crop_size=32, batch_size=2, val_batch_size=3, num_workers=0)
+    dm = SegmentationDataModule(
+        VOCSource(root / "VOCdevkit"), crop_size=32, batch_size=2, val_batch_size=3, num_workers=0
+    )
     assert dm.num_classes == 21 and dm.class_names == list(VOC_CLASSES)
     dm.prepare_data()
     dm.setup("fit")
@@ -88,7 +92,7 @@ def test_loader_options(tmp_path, monkeypatch):
 
 def test_workers_get_their_own_augmentation_streams(tmp_path):
     # without reseeding, forked workers replay one stream: the same crops in every worker
-    dm = synthetic_dm(tmp_path, batch_size=1, num_workers=2, synthetic_num_train=1, crop_size=24)
+    dm = synthetic_dm(tmp_path, batch_size=1, num_workers=2, num_train=1, crop_size=24)
     dataset = dm.dataset("train")
     dataset.samples = dataset.samples * 4  # one image four times: only the augmentation differs
     loader = dm.train_dataloader()
@@ -152,7 +156,6 @@ def test_lightning_keeps_the_unrepeated_sampler_under_ddp(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"dataset": "cityscape"}, ValueError, "unknown dataset 'cityscape'"),
         ({"batch_size": 0}, ValueError, "batch_size"),
         ({"val_batch_size": 0}, ValueError, "val_batch_size"),
         ({"num_workers": -1}, ValueError, "num_workers"),
@@ -163,11 +166,30 @@ def test_lightning_keeps_the_unrepeated_sampler_under_ddp(tmp_path):
 )
 def test_bad_arguments(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
-        SegmentationDataModule(tmp_path, **{"num_workers": 0, **kwargs})
+        SegmentationDataModule(VOCSource(tmp_path), **{"num_workers": 0, **kwargs})
+
+
+def test_a_source_that_is_not_one_is_refused(tmp_path):
+    # a root alone, as the DataModule took it before sources were objects
+    with pytest.raises(TypeError, match="source must be a SegmentationSource, got PosixPath"):
+        SegmentationDataModule(tmp_path)
+
+
+def test_hparams_hold_the_source_as_plain_values(tmp_path):
+    # what a checkpoint saves: the class_path/init_args that rebuild the source, no pickled class
+    dm = synthetic_dm(tmp_path / "s", num_train=3)
+    saved = dm.hparams["source"]
+    assert saved == {
+        "class_path": "lightning_deeplab.data.synthetic.SyntheticSource",
+        "init_args": {"root": str(tmp_path / "s"), "num_train": 3, "num_val": 5, "image_size": (40, 56), "seed": 0},
+    }
+    rebuilt = SyntheticSource(**saved["init_args"])
+    assert rebuilt.config() == saved
+    assert VOCSource(tmp_path).config()["init_args"] == {"root": str(tmp_path)}
 
 
 def test_missing_voc_root_fails_before_training(tmp_path):
-    dm = SegmentationDataModule(tmp_path / "no_such_root", num_workers=0)
+    dm = SegmentationDataModule(VOCSource(tmp_path / "no_such_root"), num_workers=0)
     with pytest.raises(FileNotFoundError, match="no_such_root"):
         dm.prepare_data()
     with pytest.raises(FileNotFoundError, match="no_such_root"):
@@ -176,7 +198,7 @@ def test_missing_voc_root_fails_before_training(tmp_path):
 
 def test_missing_split_fails_at_setup(make_voc):
     root = make_voc({"a": (24, 32)}, {"val": ["a"]})
-    dm = SegmentationDataModule(root, num_workers=0)  # train_split "train_aug" is not there
+    dm = SegmentationDataModule(VOCSource(root), num_workers=0)  # train_split "train_aug" is not there
     with pytest.raises(FileNotFoundError, match=r"train_aug\.txt"):
         dm.setup("fit")
 

@@ -32,7 +32,7 @@ def test_validate_with_the_voc_config_and_a_checkpoint_fetches_nothing(make_voc,
     # the VOC recipe on a network small enough for a test (the checkpoint says the same)
     args = [
         *VOC_CONFIGS,
-        "--data.root",
+        "--data.source.root",
         str(root),
         "--data.num_workers",
         "0",

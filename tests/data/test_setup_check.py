@@ -11,7 +11,7 @@ from PIL import Image
 from voc_layout import block_label, write_palette_png
 
 from lightning_deeplab.constants import PAD_VALUE
-from lightning_deeplab.data import SegmentationDataModule
+from lightning_deeplab.data import SegmentationDataModule, VOCSource
 from lightning_deeplab.data import check as check_module
 from lightning_deeplab.data.check import BadSamples
 from lightning_deeplab.data.files import read_rgb_image
@@ -22,7 +22,6 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
 
 def voc_dm(root, **kwargs) -> SegmentationDataModule:
     options = {
-        "dataset": "voc",
         "train_split": "train",
         "val_split": "val",
         "crop_size": 16,
@@ -31,7 +30,7 @@ def voc_dm(root, **kwargs) -> SegmentationDataModule:
         "num_workers": 0,
         **kwargs,
     }
-    return SegmentationDataModule(root, **options)
+    return SegmentationDataModule(VOCSource(root), **options)
 
 
 @pytest.fixture
@@ -133,9 +132,9 @@ def test_deeplab_validate_stops_at_setup_on_bad_data(bad_voc, tmp_path):
     args = [
         "--config",
         str(CONFIG),
-        "--data.dataset",
-        "voc",
-        "--data.root",
+        "--data.source",
+        "VOCSource",
+        "--data.source.root",
         str(root),
         "--data.val_split",
         "val",
