@@ -60,6 +60,10 @@ def deeplab(*args: str, env: dict | None = None) -> subprocess.Popen:
     """`deeplab ARGS` in a subprocess of its own process group (so a test can kill it and all it
     started), output and errors together on its stdout, wandb offline."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
+    # A wandb run started earlier in this test process left its service's address here; a
+    # command launched on its own starts its own service (else a stopped fit's run may still be
+    # registered in the shared one when its resume starts: "run ID ... is in use").
+    full_env.pop("WANDB_SERVICE", None)
     return subprocess.Popen(
         [sys.executable, "-m", "lightning_deeplab.commands.main", *args],
         cwd=str(REPO),
