@@ -32,12 +32,14 @@ constexpr const char* kLatticeFilter =
 // The whole Potts mean-field loop with constant weights, in place on q = softmax(-U):
 //   q <- softmax(neg_unary + sum_k scale_out_k * K_k(scale_in_k * q)), `iterations` times,
 // each kernel given by its lattice tables and scales (lists with one entry per kernel).
+// neg_unary [B, N, C] may have any strides; with subtract_unary it holds U and is subtracted
+// (a view of the caller's [B, C, H, W] unary: no [B, N, C] copy of -U is made).
 // CPU only, no autograd: the mean-field loop's inference path, image by image on one
 // thread each when the batch shares the threads out (no barrier between the filters).
 constexpr const char* kPottsMeanField =
     "potts_mean_field_(Tensor(a!) q, Tensor neg_unary, Tensor[] offsets, Tensor[] weights, "
     "Tensor[] neighbors, Tensor[] splat_ptr, Tensor[] splat_pixel, Tensor[] splat_weight, "
-    "Tensor?[] scale_in, Tensor?[] scale_out, int iterations) -> ()";
+    "Tensor?[] scale_in, Tensor?[] scale_out, int iterations, bool subtract_unary=False) -> ()";
 
 // Frees the large CPU buffers kept for reuse (cpu/buffer_pool.h); returns the bytes freed.
 constexpr const char* kReleaseCachedBuffers = "release_cached_buffers() -> int";

@@ -62,6 +62,14 @@ struct FilterArgs {
   // in, out and addend are [P, ld] arrays of which this filter reads and writes the channels
   // [c0, c0 + C) (a channel block: the lattice buffers then hold C values a vertex).
   int64_t ld, c0;
+  // When set, the slice adds (or with `subtract`, subtracts) this strided [B, N, C] array
+  // instead of `addend` (the mean-field loop's -U or U as the caller holds it): element
+  // (p, c) at unary[(p / un) * us0 + (p % un) * us1 + c * us2] for images of `un` pixels
+  // (a channels-first [B, C, N] unary viewed as [B, N, C] has us1 = 1, us2 = N). -U + value
+  // gives the same bits as a [P, C] copy of -U as addend.
+  const T* unary = nullptr;
+  int64_t un = 1, us0 = 0, us1 = 0, us2 = 0;
+  bool subtract = false;
 };
 
 // Vertex v lives in row v+1 of a buffer with `stride` (>= C) values per row; row 0 is zero
@@ -134,6 +142,44 @@ inline void slice_channels(const T* const* rows, const T* w, int d1, int64_t c0,
   }
 }
 
+// slice_channels with u[c * us2] (pixel p's channel c) as addend, negated if kSubtract: the
+// same operations, so the same bits as with a contiguous [P, C] addend holding -U.
+template <typename T, int kWidth, bool kSubtract>
+inline void slice_channels_strided(const T* const* rows, const T* w, int d1, int64_t c0, T scale,
+                                       const T* u, int64_t us2, T* y) {
+  T acc[kWidth] = {};
+  for (int r = 0; r < d1; ++r) {
+    const T* __restrict__ row = rows[r] + c0;
+    for (int c = 0; c < kWidth; ++c) acc[c] += w[r] * row[c];
+  }
+  for (int c = 0; c < kWidth; ++c) {
+    const T value = acc[c] * scale;
+    y[c0 + c] = (kSubtract ? -u[(c0 + c) * us2] : u[(c0 + c) * us2]) + value;
+  }
+}
+
+// One pixel's C channels: whole vectors, then a half vector, then single channels (C = 21:
+// 8 + 8 + 4 + 1).
+template <typename T, int kWidth>
+inline void slice_row(const T* const* rows, const T* w, int d1, T scale, const T* addend, int64_t C, T* y) {
+  int64_t c0 = 0;
+  for (; c0 + kWidth <= C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, scale, addend, y);
+  for (; c0 + kWidth / 2 <= C; c0 += kWidth / 2) slice_channels<T, kWidth / 2>(rows, w, d1, c0, scale, addend, y);
+  for (; c0 < C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, scale, addend, y);
+}
+
+// slice_row with a strided addend (see slice_channels_strided).
+template <typename T, int kWidth, bool kSubtract>
+inline void slice_strided(const T* const* rows, const T* w, int d1, T scale, const T* u, int64_t us2, int64_t C,
+                          T* y) {
+  int64_t c0 = 0;
+  for (; c0 + kWidth <= C; c0 += kWidth) slice_channels_strided<T, kWidth, kSubtract>(rows, w, d1, c0, scale, u, us2, y);
+  for (; c0 + kWidth / 2 <= C; c0 += kWidth / 2) {
+    slice_channels_strided<T, kWidth / 2, kSubtract>(rows, w, d1, c0, scale, u, us2, y);
+  }
+  for (; c0 < C; ++c0) slice_channels_strided<T, 1, kSubtract>(rows, w, d1, c0, scale, u, us2, y);
+}
+
 template <typename T>
 void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
   constexpr int kWidth = 32 / sizeof(T);
@@ -154,11 +200,20 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
       const T scale = a.scale_out != nullptr ? a.scale_out[p] : T(1);
       const T* addend = a.addend != nullptr ? a.addend + p * a.ld + a.c0 : nullptr;
       T* y = a.out + p * a.ld + a.c0;
-      int64_t c0 = 0;
-      // Whole vectors, then a half vector, then single channels (C = 21: 8 + 8 + 4 + 1).
-      for (; c0 + kWidth <= a.C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, scale, addend, y);
-      for (; c0 + kWidth / 2 <= a.C; c0 += kWidth / 2) slice_channels<T, kWidth / 2>(rows, w, d1, c0, scale, addend, y);
-      for (; c0 < a.C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, scale, addend, y);
+      if (a.unary != nullptr) {
+        const int64_t b = p / a.un;
+        const T* u = a.unary + b * a.us0 + (p - b * a.un) * a.us1 + a.c0 * a.us2;
+        if (a.subtract) {
+          slice_strided<T, kWidth, true>(rows, w, d1, scale, u, a.us2, a.C, y);
+        } else if (a.us2 == 1) {  // contiguous channels: the plain slice, vector loads
+          slice_row<T, kWidth>(rows, w, d1, scale, u, a.C, y);
+        } else {
+          slice_strided<T, kWidth, false>(rows, w, d1, scale, u, a.us2, a.C, y);
+        }
+        if (a.softmax) softmax_row(y, a.C);
+        continue;
+      }
+      slice_row<T, kWidth>(rows, w, d1, scale, addend, a.C, y);
       if (a.softmax) softmax_row(y, a.C);
     }
   });
@@ -323,14 +378,14 @@ int64_t channel_block(int64_t rows, int64_t C, int64_t element_bytes) {
 
 // The Potts mean-field loop over the vertex and pixel ranges set in `kernels`: one image on
 // the calling thread, or the whole batch with every pass in parallel. Every iteration the
-// first kernel's filter adds onto -U, every later one onto that sum in place, the last
+// first kernel's filter adds onto -U (its unary fields), every later one onto that sum in place, the last
 // applies the softmax. `q` holds softmax(-U) on entry and the result on return; `other` is
 // a second [P, C] array for the rotation. With `block` < C the kernels run channel block by
 // channel block (the lattice buffers hold `block` channels) and the softmax follows as a
 // pass of its own: every channel is computed exactly as with all channels at once.
 template <typename T>
 void potts_loop(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*>& buffers,
-                 const T* neg_unary, T* q, T* other, int64_t iterations, int64_t block) {
+                 T* q, T* other, int64_t iterations, int64_t block) {
   const int64_t C = kernels[0].C;
   T* cur = q;
   T* next = other;
@@ -340,7 +395,10 @@ void potts_loop(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*>
         FilterArgs<T> a = kernels[k];
         a.in = cur;
         a.out = next;
-        a.addend = k == 0 ? neg_unary : next;  // in place: the slice reads a row, then writes it
+        if (k > 0) {
+          a.unary = nullptr;
+          a.addend = next;  // in place: the slice reads a row, then writes it
+        }
         a.c0 = c0;
         a.C = std::min(block, C - c0);
         a.softmax = k + 1 == kernels.size() && a.C == C;
@@ -357,20 +415,22 @@ void potts_loop(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*>
 }
 
 // q <- the Potts mean-field loop from q = softmax(-U): every iteration
-//   q <- softmax(neg_unary + sum_k scale_out_k * K_k(scale_in_k * q)),
+//   q <- softmax(-U + sum_k scale_out_k * K_k(scale_in_k * q)),
 // the same operations in the same order as lattice_filter with -U as addend for the first
-// kernel and the running sum as addend (in place) for every later one. When the images
+// kernel and the running sum as addend (in place) for every later one. `unary` [B, N, C] may
+// have any strides; it holds -U, or U with `subtract_unary` (a view of the caller's
+// [B, C, H, W] unary: no copy of -U is made). When the images
 // share the threads out (parallel_over_images) or there is one thread, each image runs its
 // whole loop on one thread: no barrier between the passes and filters of an iteration (a
 // batch then uses the cores as well as one process per core, measured); otherwise the
 // batch runs the loop at once, every pass in parallel over its vertices.
-void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& neg_unary, at::TensorList offsets,
+void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& unary, at::TensorList offsets,
                           at::TensorList weights, at::TensorList neighbors,
                           at::TensorList splat_ptr, at::TensorList splat_pixel,
                           at::TensorList splat_weight,
                           const c10::List<std::optional<at::Tensor>>& scale_in,
                           const c10::List<std::optional<at::Tensor>>& scale_out,
-                          int64_t iterations) {
+                          int64_t iterations, bool subtract_unary) {
   const size_t K = offsets.size();
   TORCH_CHECK_VALUE(K >= 1, "potts_mean_field_: at least one kernel is needed");
   TORCH_CHECK_VALUE(weights.size() == K && neighbors.size() == K && splat_ptr.size() == K &&
@@ -380,13 +440,14 @@ void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& neg_unary, at::Tensor
                     "per kernel (", K, ")");
   TORCH_CHECK_VALUE(iterations >= 0, "potts_mean_field_: iterations must be >= 0, got ", iterations);
   TORCH_CHECK_VALUE(q.is_contiguous(), "potts_mean_field_: q must be contiguous");
-  at::assert_no_overlap(q, neg_unary);
+  at::assert_no_overlap(q, unary);
   std::vector<FilterInputs> inputs;
   for (size_t k = 0; k < K; ++k) {
     inputs.push_back(prepare_filter_inputs(q, offsets[k], weights[k], neighbors[k], splat_ptr[k],
                                            splat_pixel[k], splat_weight[k], scale_in.get(k),
-                                           scale_out.get(k), neg_unary));
+                                           scale_out.get(k), std::nullopt));
   }
+  check_filter_extras(q, std::nullopt, std::nullopt, unary);  // shape, dtype, device; any strides
   const int64_t B = q.size(0), P = inputs[0].P, C = inputs[0].C;
   if (iterations == 0 || P == 0 || C == 0) return;
   const bool one_thread = at::get_num_threads() == 1;
@@ -416,18 +477,23 @@ void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& neg_unary, at::Tensor
       buffers[i] = held.back().data_ptr<T>();
       std::fill(buffers[i], buffers[i] + block, T(0));  // row 0 reads as a missing neighbour
     }
-    const T* u = inputs[0].addend->data_ptr<T>();
+    kernels[0].unary = unary.data_ptr<T>();
+    kernels[0].un = q.size(1);
+    kernels[0].us0 = unary.stride(0);
+    kernels[0].us1 = unary.stride(1);
+    kernels[0].us2 = unary.stride(2);
+    kernels[0].subtract = subtract_unary;
     T* q_p = q.data_ptr<T>();
     T* other_p = other.data_ptr<T>();
     if (!by_image) {
-      potts_loop(kernels, buffers, u, q_p, other_p, iterations, block);
+      potts_loop(kernels, buffers, q_p, other_p, iterations, block);
       return;
     }
     at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
       std::vector<FilterArgs<T>> image(K);
       for (int64_t b = b_begin; b < b_end; ++b) {
         for (size_t k = 0; k < K; ++k) image[k] = image_args(kernels[k], B, b);
-        potts_loop(image, buffers, u, q_p, other_p, iterations, block);
+        potts_loop(image, buffers, q_p, other_p, iterations, block);
       }
     });
   });

@@ -100,13 +100,16 @@ def potts_mean_field_(
     scales_in: Sequence[Optional[torch.Tensor]],
     scales_out: Sequence[Optional[torch.Tensor]],
     iterations: int,
+    subtract_unary: bool = False,
 ) -> torch.Tensor:
     """Runs the Potts mean-field loop in place on q = softmax(-U) [B, N, C] (contiguous, CPU):
     `iterations` times q <- softmax(neg_unary + sum_k scale_out_k * K_k(scale_in_k * q)), the
     kernels in order, each filter with the previous sum as its addend (bitwise what
-    `lattice_filter` computes step by step). Returns q. Not differentiable: for inference,
-    where it keeps two [B, N, C] arrays alive and runs each image on one thread when the
-    batch shares the threads out."""
+    `lattice_filter` computes step by step). `neg_unary` [B, N, C] may have any strides; with
+    `subtract_unary` it holds U itself and is subtracted (same bits), so a view of the
+    caller's [B, C, H, W] unary serves without a copy of -U. Returns q. Not differentiable:
+    for inference, where it keeps q and one more [B, N, C] array alive and runs each image
+    on one thread when the batch shares the threads out."""
     operators().potts_mean_field_(
         q,
         neg_unary,
@@ -114,6 +117,7 @@ def potts_mean_field_(
         list(scales_in),
         list(scales_out),
         iterations,
+        subtract_unary,
     )
     return q
 

@@ -143,12 +143,23 @@ def mean_field(
     else:
         step = partial(_iteration, neg_unary, kernels, compatibility)
     q = torch.softmax(neg_unary, dim=-1)
-    recompute = torch.is_grad_enabled() and _any_requires_grad(neg_unary, kernels, compatibility)
-    if not recompute and len(kernels) > 1 and _fused_potts(kernels, compatibility) and has_potts_loop(neg_unary.device):
+    if _uses_potts_loop(neg_unary, kernels, compatibility):
         return potts_in_place(q, neg_unary, kernels, iterations)
+    recompute = torch.is_grad_enabled() and _any_requires_grad(neg_unary, kernels, compatibility)
     for _ in range(iterations):
         q = checkpoint(step, q, use_reentrant=False) if recompute else step(q)
     return q
+
+
+def _uses_potts_loop(unary: torch.Tensor, kernels: Sequence[Kernel], compatibility: Optional[torch.Tensor]) -> bool:
+    """Whether `mean_field` runs the fused CPU loop (`potts_in_place`): Potts with constant
+    weights, two kernels or more, no gradient wanted, an operator library that has it."""
+    return (
+        not (torch.is_grad_enabled() and _any_requires_grad(unary, kernels, compatibility))
+        and len(kernels) > 1
+        and _fused_potts(kernels, compatibility)
+        and has_potts_loop(unary.device)
+    )
 
 
 def _any_requires_grad(neg_unary: torch.Tensor, kernels: Sequence[Kernel], compatibility) -> bool:
@@ -201,11 +212,12 @@ def _fused_potts(kernels: Sequence[Kernel], compatibility: Optional[torch.Tensor
 
 
 def potts_in_place(
-    q: torch.Tensor, neg_unary: torch.Tensor, kernels: Sequence[Kernel], iterations: int
+    q: torch.Tensor, neg_unary: torch.Tensor, kernels: Sequence[Kernel], iterations: int, subtract_unary: bool = False
 ) -> torch.Tensor:
     """The fused Potts loop of `mean_field` in one CPU operator, in place on q = softmax(-U):
-    the same operations in the same order (bitwise the same Q), two [B, N, C] arrays alive,
-    and a batch that shares the threads out runs image by image, one thread each."""
+    the same operations in the same order (bitwise the same Q), q and one more [B, N, C]
+    array alive besides -U (or U, any strides, with `subtract_unary`), and a batch that
+    shares the threads out runs image by image, one thread each."""
     return potts_mean_field_(
         q,
         neg_unary,
@@ -213,6 +225,7 @@ def potts_in_place(
         [kernel.scale_in for kernel in kernels],
         [kernel.scale_out for kernel in kernels],
         iterations,
+        subtract_unary,
     )
 
 
@@ -241,6 +254,24 @@ def negated_points_last(unary: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
         return pixels_last(scores).neg_()  # negate the layout copy in place
     batch, classes = scores.shape[:2]
     return scores.reshape(batch, classes, -1).transpose(1, 2).neg().contiguous()
+
+
+def softmax_of_negated(unary: torch.Tensor, dtype: torch.dtype, rows: int = 1 << 16) -> torch.Tensor:
+    """softmax(-unary) [B, N, C] in `dtype`, bitwise `torch.softmax(negated_points_last(unary,
+    dtype), -1)`, made in the one new [B, N, C] array: the softmax runs in place, a block of
+    rows at a time (each row's softmax is independent of the others)."""
+    q = negated_points_last(unary, dtype)
+    flat = q.view(-1, q.shape[-1])
+    for start in range(0, flat.shape[0], rows):
+        block = flat[start : start + rows]
+        block.copy_(torch.softmax(block, dim=-1))
+    return q
+
+
+def unary_points_last(unary: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """unary [B, C, *spatial] as a [B, N, C] view in `dtype` (any strides): the caller's own
+    tensor when it is in `dtype` and its points flatten without a copy."""
+    return unary.to(dtype).reshape(*unary.shape[:2], -1).transpose(1, 2)
 
 
 def points_first(q: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
@@ -295,14 +326,19 @@ def _run_mean_field(
         )
     # Lazy features are made just before their lattice and dropped after it, and the lattices
     # and -U are freed before the output's layout copy: at 4000x3000 each of these is ~0.3-1 GB.
+    # The fused CPU loop reads U where the caller holds it (no [B, N, C] copy of -U).
     built = [
         make_kernel(build_lattice(_features(features)), weight, normalization, dtype, kernel_compatibility)
         for features, weight, kernel_compatibility, normalization in kernels
     ]
-    neg_unary = negated_points_last(unary, dtype)
     matrix = compatibility.to(dtype) if compatibility is not None else None
-    q = mean_field(neg_unary, built, iterations, matrix)
-    del built, neg_unary
+    if _uses_potts_loop(unary, built, matrix):
+        q = potts_in_place(softmax_of_negated(unary, dtype), unary_points_last(unary, dtype), built, iterations, True)
+    else:
+        neg_unary = negated_points_last(unary, dtype)
+        q = mean_field(neg_unary, built, iterations, matrix)
+        del neg_unary
+    del built
     return points_first(q, unary.shape[2:])
 
 

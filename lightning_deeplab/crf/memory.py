@@ -39,13 +39,14 @@ def available_bytes() -> Optional[int]:
 
 
 def required_bytes(batch: int, points: int, classes: int, dims: Sequence[int], element_bytes: int) -> int:
-    """A lower bound of the memory a CPU CRF call holds at once during its iterations: three
-    [B, N, C] arrays (-U, Q and the array Q rotates with) and, per kernel of feature dimension
+    """A lower bound of the memory a CPU CRF call holds at once during its iterations: two
+    [B, N, C] arrays (Q and the array Q rotates with; the fused Potts loop reads -U from the
+    caller's unary, other paths hold a third array) and, per kernel of feature dimension
     d, the lattice tables sized by the points (vertex indices and weights per point and per
     vertex list: 16 (d+1) bytes a point). The tables sized by the vertices, the lattice
     buffers and the input itself come on top."""
     pixels = batch * points
-    total = 3 * pixels * classes * element_bytes
+    total = 2 * pixels * classes * element_bytes
     for d in dims:
         total += pixels * 16 * (d + 1)
     return total

@@ -330,6 +330,29 @@ def test_potts_mean_field_with_one_kernel_and_without_scales():
     assert torch.equal(potts_mean_field_(q0.clone(), neg_unary, lattices, [None] * 2, [None] * 2, 0), q0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch, threads", [(1, 1), (2, 2), (3, 2)])
+def test_potts_mean_field_reads_the_unary_in_the_callers_layout(dtype, batch, threads):
+    # U channels-first [B, C, N] viewed as [B, N, C] (channel stride N), subtracted; and -U
+    # with the same strides, added: both bitwise the loop on a contiguous -U.
+    lattices, neg_unary, scales_in, scales_out = _potts_inputs(batch, classes=11, dtype=dtype)
+    q0 = torch.softmax(neg_unary, dim=-1)
+    expected = _potts_step_by_step(q0, neg_unary, lattices, scales_in, scales_out, 3)
+    unary = (-neg_unary).transpose(1, 2).contiguous().transpose(1, 2)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = potts_mean_field_(q0.clone(), unary, lattices, scales_in, scales_out, 3, subtract_unary=True)
+        added = potts_mean_field_(q0.clone(), -unary, lattices, scales_in, scales_out, 3)
+    finally:
+        torch.set_num_threads(saved)
+    assert not unary.is_contiguous()
+    assert torch.equal(got, expected)
+    assert torch.equal(added, expected)
+    # the sign matters: adding U gives another Q
+    assert not torch.equal(potts_mean_field_(q0.clone(), unary, lattices, scales_in, scales_out, 3), expected)
+
+
 def test_potts_mean_field_refuses_bad_arguments():
     lattices, neg_unary, scales_in, scales_out = _potts_inputs(1, pixels=50, classes=3)
     q = torch.softmax(neg_unary, dim=-1)
