@@ -25,7 +25,7 @@ import torch
 from ..crf import checks
 from ..crf.features import MAX_FEATURE_DIM
 from ..crf.lattice import build_lattice
-from ..crf.mean_field import make_kernel, mean_field, pairwise_terms
+from ..crf.mean_field import label_softmax, make_kernel, mean_field, pairwise_terms
 from ..crf.threads import check_threads, cpu_threads
 from ..crf.values import is_integer, is_real
 
@@ -218,7 +218,7 @@ class DenseCRF:
 
     def startInference(self):
         """(Q, tmp1, tmp2) to step with `stepInference`: Q = softmax(-U) [n_labels, n_points]."""
-        q = torch.softmax(self._neg_unary(), dim=-1)
+        q = label_softmax(self._neg_unary())
         return _to_numpy(q[0]), np.empty((0, 0), np.float32), np.empty((0, 0), np.float32)
 
     def _marginals(self, name: str, Q) -> np.ndarray:

@@ -124,3 +124,14 @@ def test_one_test_of_a_number_refuses_bools_and_takes_numpy_scalars():
 
     assert is_integer(3) and is_integer(np.int64(3)) and not is_integer(True) and not is_integer(3.0)
     assert is_real(3) and is_real(np.float32(0.5)) and not is_real(False) and not is_real("3")
+
+
+def test_the_label_softmax_is_a_softmax_for_few_and_many_labels():
+    import torch
+
+    from lightning_deeplab.crf.mean_field import FEW_LABELS, label_softmax
+
+    for labels in (2, 5, FEW_LABELS - 1, FEW_LABELS, 21):
+        energies = torch.randn(2, 300, labels, dtype=torch.float64) * 30
+        energies[0, 0] = 1e4  # large energies: no overflow (the row's maximum is taken out first)
+        torch.testing.assert_close(label_softmax(energies), torch.softmax(energies, dim=-1), rtol=0, atol=1e-12)
