@@ -27,7 +27,7 @@ constexpr int kMaxDim = 16;
 
 // Elevated coordinates must stay below this magnitude: float32 then still resolves a
 // position to 1/32 of a lattice step and keys fit easily in int32 (pydensecrf stores them
-// as int16 and silently wraps above 32767). Mirrored in lightning_deeplab/crf/_validation.py.
+// as int16 and silently wraps above 32767). Mirrored in lightning_deeplab/crf/checks.py.
 constexpr float kMaxElevated = 262144.0f;  // 2^18
 
 LD_HOST_DEVICE float mul_rn(float a, float b) {

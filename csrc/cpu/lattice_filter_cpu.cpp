@@ -127,57 +127,42 @@ inline void softmax_row(T* __restrict__ y, int64_t C) {
 }
 
 // Slices one pixel's channels [c0, c0 + kWidth) into `y`: a sum over its d+1 vertices,
-// accumulated in a small local array the compiler keeps in registers.
-template <typename T, int kWidth>
-inline void slice_channels(const T* const* rows, const T* w, int d1, int64_t c0, T scale,
-                           const T* addend, T* y) {
+// accumulated in a small local array the compiler keeps in registers; `add(c, value)` makes
+// channel c's output from its scaled sum (with or without an addend).
+template <typename T, int kWidth, typename Add>
+inline void slice_channels(const T* const* rows, const T* w, int d1, int64_t c0, T scale, const Add& add, T* y) {
   T acc[kWidth] = {};
   for (int r = 0; r < d1; ++r) {
     const T* __restrict__ row = rows[r] + c0;
     for (int c = 0; c < kWidth; ++c) acc[c] += w[r] * row[c];
   }
-  for (int c = 0; c < kWidth; ++c) {
-    const T value = acc[c] * scale;
-    y[c0 + c] = addend != nullptr ? addend[c0 + c] + value : value;
-  }
-}
-
-// slice_channels with u[c * us2] (pixel p's channel c) as addend, negated if kSubtract: the
-// same operations, so the same bits as with a contiguous [P, C] addend holding -U.
-template <typename T, int kWidth, bool kSubtract>
-inline void slice_channels_strided(const T* const* rows, const T* w, int d1, int64_t c0, T scale,
-                                       const T* u, int64_t us2, T* y) {
-  T acc[kWidth] = {};
-  for (int r = 0; r < d1; ++r) {
-    const T* __restrict__ row = rows[r] + c0;
-    for (int c = 0; c < kWidth; ++c) acc[c] += w[r] * row[c];
-  }
-  for (int c = 0; c < kWidth; ++c) {
-    const T value = acc[c] * scale;
-    y[c0 + c] = (kSubtract ? -u[(c0 + c) * us2] : u[(c0 + c) * us2]) + value;
-  }
+  for (int c = 0; c < kWidth; ++c) y[c0 + c] = add(c0 + c, acc[c] * scale);
 }
 
 // One pixel's C channels: whole vectors, then a half vector, then single channels (C = 21:
 // 8 + 8 + 4 + 1).
-template <typename T, int kWidth>
-inline void slice_row(const T* const* rows, const T* w, int d1, T scale, const T* addend, int64_t C, T* y) {
+template <typename T, int kWidth, typename Add>
+inline void slice_row(const T* const* rows, const T* w, int d1, T scale, const Add& add, int64_t C, T* y) {
   int64_t c0 = 0;
-  for (; c0 + kWidth <= C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, scale, addend, y);
-  for (; c0 + kWidth / 2 <= C; c0 += kWidth / 2) slice_channels<T, kWidth / 2>(rows, w, d1, c0, scale, addend, y);
-  for (; c0 < C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, scale, addend, y);
+  for (; c0 + kWidth <= C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, scale, add, y);
+  for (; c0 + kWidth / 2 <= C; c0 += kWidth / 2) slice_channels<T, kWidth / 2>(rows, w, d1, c0, scale, add, y);
+  for (; c0 < C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, scale, add, y);
 }
 
-// slice_row with a strided addend (see slice_channels_strided).
-template <typename T, int kWidth, bool kSubtract>
-inline void slice_strided(const T* const* rows, const T* w, int d1, T scale, const T* u, int64_t us2, int64_t C,
-                          T* y) {
-  int64_t c0 = 0;
-  for (; c0 + kWidth <= C; c0 += kWidth) slice_channels_strided<T, kWidth, kSubtract>(rows, w, d1, c0, scale, u, us2, y);
-  for (; c0 + kWidth / 2 <= C; c0 += kWidth / 2) {
-    slice_channels_strided<T, kWidth / 2, kSubtract>(rows, w, d1, c0, scale, u, us2, y);
-  }
-  for (; c0 < C; ++c0) slice_channels_strided<T, 1, kSubtract>(rows, w, d1, c0, scale, u, us2, y);
+// slice_row's `add` for an addend row: none, a contiguous one, or u[c * us2] (pixel p's
+// channel c of the caller's unary, any strides) negated if kSubtract. -u + value is exact
+// negation then the same addition: the same bits as with a contiguous row holding -U.
+template <typename T>
+inline auto no_addend() {
+  return [](int64_t, T value) { return value; };
+}
+template <typename T>
+inline auto contiguous_addend(const T* addend) {
+  return [addend](int64_t c, T value) { return addend[c] + value; };
+}
+template <typename T, bool kSubtract>
+inline auto strided_addend(const T* u, int64_t us2) {
+  return [u, us2](int64_t c, T value) { return (kSubtract ? -u[c * us2] : u[c * us2]) + value; };
 }
 
 template <typename T>
@@ -204,16 +189,17 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
         const int64_t b = p / a.un;
         const T* u = a.unary + b * a.us0 + (p - b * a.un) * a.us1 + a.c0 * a.us2;
         if (a.subtract) {
-          slice_strided<T, kWidth, true>(rows, w, d1, scale, u, a.us2, a.C, y);
+          slice_row<T, kWidth>(rows, w, d1, scale, strided_addend<T, true>(u, a.us2), a.C, y);
         } else if (a.us2 == 1) {  // contiguous channels: the plain slice, vector loads
-          slice_row<T, kWidth>(rows, w, d1, scale, u, a.C, y);
+          slice_row<T, kWidth>(rows, w, d1, scale, contiguous_addend(u), a.C, y);
         } else {
-          slice_strided<T, kWidth, false>(rows, w, d1, scale, u, a.us2, a.C, y);
+          slice_row<T, kWidth>(rows, w, d1, scale, strided_addend<T, false>(u, a.us2), a.C, y);
         }
-        if (a.softmax) softmax_row(y, a.C);
-        continue;
+      } else if (addend != nullptr) {
+        slice_row<T, kWidth>(rows, w, d1, scale, contiguous_addend(addend), a.C, y);
+      } else {
+        slice_row<T, kWidth>(rows, w, d1, scale, no_addend<T>(), a.C, y);
       }
-      slice_row<T, kWidth>(rows, w, d1, scale, addend, a.C, y);
       if (a.softmax) softmax_row(y, a.C);
     }
   });
