@@ -15,8 +15,9 @@ iterations separately with CUDA events and report peak GPU memory. Not a test: n
 asserts.
 
 `--loaded` measures a loaded machine instead: N busy processes (default 3 per core, each
-stopping by itself after --busy-seconds) run beside it while pydensecrf2, ours on one thread
-and ours at its default thread count run in turn, for the pydensecrf drop-in with
+stopping by itself after --busy-seconds; `--busy 0` for the idle machine) run beside it while
+pydensecrf2, ours on one thread, on all of torch's threads and at its default thread count
+run in turn, for the pydensecrf drop-in with
 pydensecrf's README parameters (600x400, 5 labels, 5 iterations) and for `dense_crf` with
 DeepLab's (500x375x21, 10 iterations). The load average is printed before and after.
 """
@@ -238,6 +239,7 @@ def loaded_main(args) -> None:
     import lightning_deeplab.pydensecrf.densecrf as our_dcrf
 
     busy = args.busy if args.busy is not None else 3 * (os.cpu_count() or 1)
+    all_threads = torch.get_num_threads()
     api_image = make_photo(400, 600)
     api_unary = np.ascontiguousarray(ref_unary(make_probs(5, 400, 600)[0].numpy()))
     dl_image_np = make_photo(375, 500)
@@ -249,11 +251,13 @@ def loaded_main(args) -> None:
             "pydensecrf2": lambda: readme_api_script(ref_dcrf, api_unary, api_image),
             "ours 1T": lambda: readme_api_script(our_dcrf, api_unary, api_image, threads=1),
             "ours default": lambda: readme_api_script(our_dcrf, api_unary, api_image),
+            "ours all": lambda: readme_api_script(our_dcrf, api_unary, api_image, threads=all_threads),
         },
         "dense_crf, 500x375x21, DeepLab parameters, 10 iterations": {
             "pydensecrf2": lambda: run_pydensecrf(dl_probs[0].numpy(), dl_image_np),
             "ours 1T": lambda: dense_crf(dl_unary, dl_image, threads=1, **PARAMS),
             "ours default": lambda: dense_crf(dl_unary, dl_image, **PARAMS),
+            "ours all": lambda: dense_crf(dl_unary, dl_image, threads=all_threads, **PARAMS),
         },
     }
     print(f"# Dense CRF on a loaded machine, {datetime.datetime.now():%Y-%m-%d %H:%M}")
@@ -266,15 +270,17 @@ def loaded_main(args) -> None:
         time.sleep(2.0)  # let the load settle
         print(f"{busy} busy processes; medians of {args.repeats} interleaved runs\n")
         print(
-            "| case | pydensecrf2 | ours 1T | ours default | default / 1T speed | default / pydensecrf2 speed | load |"
+            f"| case | pydensecrf2 | ours 1T | ours {all_threads}T | ours default | default / 1T speed "
+            f"| default / {all_threads}T speed | default / pydensecrf2 speed | load |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, fns in cases.items():
             medians, _ = interleaved_medians(fns, args.repeats)
             ref, one, default = medians["pydensecrf2"], medians["ours 1T"], medians["ours default"]
+            every = medians["ours all"]
             print(
-                f"| {name} | {ref:.3f} s | {one:.3f} s | {default:.3f} s | {one / default:.2f}x "
-                f"| {ref / default:.2f}x | {os.getloadavg()[0]:.1f} |",
+                f"| {name} | {ref:.3f} s | {one:.3f} s | {every:.3f} s | {default:.3f} s | {one / default:.2f}x "
+                f"| {every / default:.2f}x | {ref / default:.2f}x | {os.getloadavg()[0]:.1f} |",
                 flush=True,
             )
     finally:
