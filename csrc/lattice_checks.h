@@ -48,6 +48,13 @@ inline void check_in_lattice_range(bool in_range) {
                     "(an elevated coordinate exceeds 2^18); use larger standard deviations");
 }
 
+// Whether a lattice carries CSR splat lists (all three tables non-empty); a CPU lattice has
+// none.
+inline bool has_splat_lists(const at::Tensor& splat_ptr, const at::Tensor& splat_pixel,
+                            const at::Tensor& splat_weight) {
+  return splat_ptr.numel() > 0 || splat_pixel.numel() > 0 || splat_weight.numel() > 0;
+}
+
 struct LatticeTensors {
   const at::Tensor& offsets;
   const at::Tensor& weights;
@@ -76,14 +83,18 @@ inline void check_filter_args(const at::Tensor& values, const LatticeTensors& la
                         lat.neighbors.size(2) == 2,
                     "lattice_filter: neighbors must be [d+1, M, 2], got ", lat.neighbors.sizes());
   const int64_t M = lat.neighbors.size(1);
-  TORCH_CHECK_VALUE(lat.splat_ptr.dim() == 1 && lat.splat_ptr.size(0) == M + 1,
-                    "lattice_filter: splat_ptr must have M+1 = ", M + 1, " entries, got ",
-                    lat.splat_ptr.sizes());
+  // The CSR splat lists: made by the CUDA build, empty in a CPU lattice (the CPU splat does
+  // not read them).
+  const bool lists = has_splat_lists(lat.splat_ptr, lat.splat_pixel, lat.splat_weight);
+  TORCH_CHECK_VALUE(lat.splat_ptr.dim() == 1 && lat.splat_ptr.size(0) == (lists ? M + 1 : 0),
+                    "lattice_filter: splat_ptr must have M+1 = ", M + 1, " entries (or none with ",
+                    "no splat lists), got ", lat.splat_ptr.sizes());
   const int64_t E = B * N * d1;
-  TORCH_CHECK_VALUE(lat.splat_pixel.dim() == 1 && lat.splat_pixel.size(0) == E &&
+  TORCH_CHECK_VALUE(lat.splat_pixel.dim() == 1 && lat.splat_pixel.size(0) == (lists ? E : 0) &&
                         lat.splat_weight.sizes() == lat.splat_pixel.sizes(),
                     "lattice_filter: splat_pixel/splat_weight must have B*N*(d+1) = ", E,
-                    " entries, got ", lat.splat_pixel.sizes(), " and ", lat.splat_weight.sizes());
+                    " entries (or none with no splat lists), got ", lat.splat_pixel.sizes(),
+                    " and ", lat.splat_weight.sizes());
   for (const at::Tensor* t : {&lat.offsets, &lat.neighbors, &lat.splat_ptr, &lat.splat_pixel}) {
     TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, "lattice_filter: lattice index tensors must be int32, got ",
                      t->scalar_type());
@@ -200,8 +211,8 @@ Outputs trusted_lattice(Outputs outputs) {
 }
 
 // Every index the filters read from the tables stays in bounds: offsets in [0, M), neighbours
-// in [-1, M), splat_ptr strictly increasing from 0 to E (every vertex has a pixel, as the
-// CPU's per-image ranges assume), splat pixels in [0, P). One pass over the tables, read back
+// in [-1, M) and, where there are splat lists, splat_ptr strictly increasing from 0 to E
+// (every vertex has a pixel) and splat pixels in [0, P). One pass over the tables, read back
 // once; skipped for trusted tables, which are trusted from here on.
 inline void check_lattice_tables(const at::Tensor& offsets, const at::Tensor& neighbors,
                                  const at::Tensor& splat_ptr, const at::Tensor& splat_pixel,
@@ -214,11 +225,12 @@ inline void check_lattice_tables(const at::Tensor& offsets, const at::Tensor& ne
     return t.numel() == 0 ? at::zeros({}, t.options().dtype(at::kBool))
                           : at::logical_or(t.min() < lo, t.max() >= hi);
   };
+  const at::Tensor no = at::zeros({}, offsets.options().dtype(at::kBool));
+  const bool lists = splat_ptr.numel() > 0;
   const at::Tensor bad =
       at::stack({outside(offsets, 0, M), outside(neighbors, -1, M), outside(splat_pixel, 0, P),
-                 splat_ptr[0] != 0, splat_ptr[M] != E,
-                 M == 0 ? at::zeros({}, splat_ptr.options().dtype(at::kBool))
-                        : (splat_ptr.diff() <= 0).any()})
+                 lists ? splat_ptr[0] != 0 : no, lists ? splat_ptr[M] != E : no,
+                 !lists || M == 0 ? no : (splat_ptr.diff() <= 0).any()})
           .to(at::kCPU);
   const bool* b = bad.data_ptr<bool>();
   const char* problem = b[0]   ? "offsets holds a vertex index outside [0, M)"
@@ -231,6 +243,13 @@ inline void check_lattice_tables(const at::Tensor& offsets, const at::Tensor& ne
   TORCH_CHECK_VALUE(problem == nullptr, "lattice_filter: ", problem, " (M = ", M, ", B*N = ", P,
                     "): the lattice tables were not made by build_lattice or were changed since");
   TrustedTables::instance().add(tables);
+}
+
+// The CUDA splat gathers through the CSR lists: a lattice without them was built on the CPU.
+inline void check_splat_lists(const FilterInputs& in) {
+  TORCH_CHECK_VALUE(has_splat_lists(in.splat_ptr, in.splat_pixel, in.splat_weight),
+                    "lattice_filter: this lattice has no splat lists (CPU lattices have none); "
+                    "the CUDA filter needs a lattice built on the GPU: build_lattice(features on the GPU)");
 }
 
 inline FilterInputs prepare_filter_inputs(

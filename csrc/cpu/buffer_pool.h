@@ -93,6 +93,7 @@ class BufferPool {
   }
 
  private:
+  // Mirrored in lightning_deeplab/crf/memory.py (POOL_CACHE_BYTES).
   static constexpr size_t kMaxCachedBytes = size_t{1} << 30;
   struct Block {
     void* data;

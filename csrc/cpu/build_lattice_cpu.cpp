@@ -2,8 +2,10 @@
 //
 // Pixels are located in parallel; each image's vertices are then numbered in order of first
 // use (pixel-major, as the reference implementation numbers them) by a sequential hash
-// insertion, images in parallel. The splat lists (a counting sort) and the blur neighbours
-// are built in parallel over vertex ranges. Every step is deterministic.
+// insertion, images in parallel. The blur neighbours are found in parallel over vertex
+// ranges. Every step is deterministic. A CPU lattice has no splat lists: the CPU splat
+// scatters in pixel order (cpu/lattice_filter_cpu.cpp), so the lists (8 bytes per pixel and
+// vertex, 0.8 GB at 4000x3000) would only take memory; the CUDA build makes them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -34,39 +36,28 @@ class VertexTable {
     slots_.assign(capacity, 0);
     mask_ = capacity - 1;
     keys_.reserve(static_cast<size_t>(expected_vertices) * d);
-    first_pixel_.reserve(static_cast<size_t>(expected_vertices));
-    uses_.reserve(static_cast<size_t>(expected_vertices));
   }
 
   int32_t size() const { return size_; }
   const int32_t* key(int32_t v) const { return keys_.data() + static_cast<int64_t>(v) * d_; }
 
-  // Index of the vertex with this key (and hash), created if new; records a use by `pixel`.
-  int32_t insert(const int32_t* key, uint32_t h, int32_t pixel) {
+  // Index of the vertex with this key (and hash), created if new.
+  int32_t insert(const int32_t* key, uint32_t h) {
     if (2 * (static_cast<uint64_t>(size_) + 1) > slots_.size()) grow();
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
       const uint64_t slot = slots_[i];
       if (slot == 0) {
         const int32_t v = size_++;
         keys_.insert(keys_.end(), key, key + d_);
-        first_pixel_.push_back(pixel);
-        uses_.push_back(1);
         slots_[i] = (static_cast<uint64_t>(h) << 32) | static_cast<uint32_t>(v + 1);
         return v;
       }
       if (static_cast<uint32_t>(slot >> 32) == h) {
         const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(slot)) - 1;
-        if (lattice::keys_equal(this->key(v), key, d_)) {
-          uses_[v] += 1;
-          return v;
-        }
+        if (lattice::keys_equal(this->key(v), key, d_)) return v;
       }
     }
   }
-
-  // First pixel that used each vertex, and how many (pixel, vertex) entries use it.
-  const std::vector<int32_t>& first_pixel() const { return first_pixel_; }
-  const std::vector<int32_t>& uses() const { return uses_; }
 
   void prefetch(uint32_t h) const { __builtin_prefetch(slots_.data() + (h & mask_)); }
 
@@ -103,8 +94,6 @@ class VertexTable {
   uint64_t mask_ = 0;
   std::vector<uint64_t> slots_;
   std::vector<int32_t> keys_;
-  std::vector<int32_t> first_pixel_;
-  std::vector<int32_t> uses_;
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -116,7 +105,6 @@ build_lattice_cpu(const at::Tensor& features_arg) {
   const int d = static_cast<int>(features.size(2));
   const int d1 = d + 1;
   const int64_t P = B * N;
-  const int64_t E = P * d1;
 
   const auto int_opts = features.options().dtype(at::kInt);
   at::Tensor offsets = empty_pooled({B, N, d1}, int_opts);
@@ -167,8 +155,7 @@ build_lattice_cpu(const at::Tensor& features_arg) {
           }
         }
         for (int64_t e = 0; e < (p1 - p0) * d1; ++e) {
-          offset_p[p0 * d1 + e] =
-              table.insert(keys.data() + e * d, hashes[e], static_cast<int32_t>(p0 + e / d1));
+          offset_p[p0 * d1 + e] = table.insert(keys.data() + e * d, hashes[e]);
         }
       }
     }
@@ -180,54 +167,16 @@ build_lattice_cpu(const at::Tensor& features_arg) {
     vertex_counts.data_ptr<int64_t>()[b] = tables[b].size();
   }
   const int64_t M = base[B];
-  at::parallel_for(0, P, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int32_t shift = static_cast<int32_t>(base[p / N]);
-      for (int r = 0; r < d1; ++r) offset_p[p * d1 + r] += shift;
-    }
-  });
-
-  // The first pixel that uses each vertex, and the pixel range that can use a vertex range
-  // [lo, hi): from first_pixel[lo] (vertices are numbered by first use) to the end of the
-  // image that owns hi-1.
-  std::vector<int32_t> first_pixel(M);
-  for (int64_t b = 0; b < B; ++b) {
-    std::copy(tables[b].first_pixel().begin(), tables[b].first_pixel().end(), first_pixel.begin() + base[b]);
+  if (B > 1) {
+    at::parallel_for(0, P, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int32_t shift = static_cast<int32_t>(base[p / N]);
+        for (int r = 0; r < d1; ++r) offset_p[p * d1 + r] += shift;
+      }
+    });
   }
-  const auto pixel_range = [&](int64_t lo, int64_t hi) {
-    const int64_t image = first_pixel[hi - 1] / N;
-    return std::make_pair(static_cast<int64_t>(first_pixel[lo]), (image + 1) * N);
-  };
 
-  // 3. Splat lists: a counting sort of the (pixel, vertex) entries by vertex (the counts
-  // come from the insertion), filled in parallel over vertex ranges; entries are visited in
-  // pixel order, so every list comes out sorted by pixel.
-  at::Tensor splat_ptr = at::empty({M + 1}, int_opts);
-  at::Tensor splat_pixel = empty_pooled({E}, int_opts);
-  at::Tensor splat_weight = empty_pooled({E}, features.options());
-  int32_t* ptr_p = splat_ptr.data_ptr<int32_t>();
-  int32_t* spix_p = splat_pixel.data_ptr<int32_t>();
-  float* sw_p = splat_weight.data_ptr<float>();
-  ptr_p[0] = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const std::vector<int32_t>& uses = tables[b].uses();
-    for (int64_t v = 0; v < static_cast<int64_t>(uses.size()); ++v) {
-      ptr_p[base[b] + v + 1] = ptr_p[base[b] + v] + uses[v];
-    }
-  }
-  at::parallel_for(0, M, 4096, [&](int64_t lo, int64_t hi) {
-    std::vector<int32_t> cursor(ptr_p + lo, ptr_p + hi);
-    const auto [p_begin, p_end] = pixel_range(lo, hi);
-    for (int64_t e = p_begin * d1; e < p_end * d1; ++e) {
-      const int64_t v = offset_p[e];
-      if (v < lo || v >= hi) continue;
-      const int32_t pos = cursor[v - lo]++;
-      spix_p[pos] = static_cast<int32_t>(e / d1);
-      sw_p[pos] = weight_p[e];
-    }
-  });
-
-  // 4. Blur neighbours. Only n1 is looked up: n2 of vertex u along axis j is the vertex
+  // 3. Blur neighbours. Only n1 is looked up: n2 of vertex u along axis j is the vertex
   // whose n1 is u (the two shifts are inverses), so it is written from that side.
   at::Tensor neighbors = empty_pooled({d1, M, 2}, int_opts).fill_(-1);
   int32_t* nb_p = neighbors.data_ptr<int32_t>();
@@ -263,8 +212,9 @@ build_lattice_cpu(const at::Tensor& features_arg) {
       }
     });
   }
-  return trusted_lattice(std::make_tuple(offsets, weights, neighbors, splat_ptr, splat_pixel,
-                                         splat_weight, vertex_counts));
+  const at::Tensor no_list = at::empty({0}, int_opts);
+  return trusted_lattice(std::make_tuple(offsets, weights, neighbors, no_list, at::empty({0}, int_opts),
+                                         at::empty({0}, features.options()), vertex_counts));
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
-// CPU Gaussian filtering through a permutohedral lattice: splat (a gather over each
-// vertex's CSR list, each thread owning a range of vertices: no atomics), d+1 blur passes,
-// slice (optionally fused with the mean-field softmax). Every stage is parallel over
-// vertices or pixels (or a batch over its images) and sums in a fixed order, so results
-// do not depend on the thread count.
+// CPU Gaussian filtering through a permutohedral lattice: splat (a scatter in pixel order,
+// each thread owning a range of vertices: no atomics), d+1 blur passes, slice (optionally
+// fused with the mean-field softmax). Every stage is parallel over vertices or pixels (or a
+// batch over its images) and sums in a fixed order, so results do not depend on the thread
+// count. The CPU filter does not read the CSR splat lists (a CPU lattice has none).
 //
 // The loops are bound by memory traffic and latency, not arithmetic: the rows needed a few
 // iterations ahead are prefetched, and rows stay unpadded (padding them to whole vectors
@@ -39,6 +39,58 @@ inline void prefetch_row(const T* row, int64_t length) {
   for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
 }
 
+// Which vertices the pixels use, by blocks of pixels: the largest vertex index used by the
+// pixels up to the end of each block, and the smallest used from each block's start on.
+// Vertices are numbered in order of first use (image after image), so the pixels before p
+// use exactly the vertices [0, first_unused(p)), and a thread that owns the vertices
+// [lo, hi) finds all their pixels in [first_user(lo), last_user_end(hi)). One pass over the
+// offsets per filter call (or per mean-field loop). For tables that break the numbering
+// (changed by hand) the ranges are still disjoint and in bounds, the results wrong.
+class VertexBounds {
+ public:
+  VertexBounds(const int32_t* offsets, int64_t P, int d1) : offsets_(offsets), d1_(d1) {
+    const int64_t blocks = (P + kBlock - 1) / kBlock;
+    running_max_.resize(blocks);
+    suffix_min_.resize(blocks);
+    at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const int32_t* o = offsets + k * kBlock * d1;
+        const int64_t n = (std::min(P, (k + 1) * kBlock) - k * kBlock) * d1;
+        running_max_[k] = *std::max_element(o, o + n);
+        suffix_min_[k] = *std::min_element(o, o + n);
+      }
+    });
+    for (int64_t k = 1; k < blocks; ++k) running_max_[k] = std::max(running_max_[k], running_max_[k - 1]);
+    for (int64_t k = blocks - 2; k >= 0; --k) suffix_min_[k] = std::min(suffix_min_[k], suffix_min_[k + 1]);
+  }
+
+  // One more than the largest vertex the pixels [0, p) use (0 for none).
+  int64_t first_unused(int64_t p) const {
+    const int64_t k = p / kBlock;
+    int64_t top = k > 0 ? running_max_[k - 1] : -1;
+    for (int64_t e = k * kBlock * d1_; e < p * d1_; ++e) top = std::max<int64_t>(top, offsets_[e]);
+    return top + 1;
+  }
+
+  // A pixel at or before the first one that uses a vertex >= v.
+  int64_t first_user(int64_t v) const {
+    const auto k = std::lower_bound(running_max_.begin(), running_max_.end(), v) - running_max_.begin();
+    return k * kBlock;
+  }
+
+  // A pixel after the last one that uses a vertex < v (the end of the block it is in).
+  int64_t last_user_end(int64_t v) const {
+    const auto k = std::lower_bound(suffix_min_.begin(), suffix_min_.end(), v) - suffix_min_.begin();
+    return k * kBlock;
+  }
+
+ private:
+  static constexpr int64_t kBlock = 1024;
+  const int32_t* offsets_;
+  int d1_;
+  std::vector<int32_t> running_max_, suffix_min_;
+};
+
 template <typename T>
 struct FilterArgs {
   const T* in;         // [P, C]
@@ -51,22 +103,22 @@ struct FilterArgs {
   const int32_t* offsets;       // [P, d+1]
   const float* weights;         // [P, d+1]
   const int32_t* neighbors;     // [d+1, M, 2]
-  const int32_t* splat_ptr;     // [M+1]
-  const int32_t* splat_pixel;   // [E]
-  const float* splat_weight;    // [E]
+  const VertexBounds* bounds;   // of offsets
   bool reverse;
   bool softmax;                 // softmax over C of every output row
   // The vertices [v_begin, v_end) and pixels [p_begin, p_end) this call works on: the
   // whole batch, or one image of it (images own contiguous ranges of both).
   int64_t v_begin, v_end, p_begin, p_end;
-  // in, out and addend are [P, ld] arrays of which this filter reads and writes the channels
-  // [c0, c0 + C) (a channel block: the lattice buffers then hold C values a vertex).
-  int64_t ld, c0;
+  // Row strides of in, out and addend: pixel p's C values start at in + p * in_ld (and so
+  // on), so a filter may work on a block of channels of a wider array (the lattice buffers
+  // then hold C values a vertex).
+  int64_t in_ld, out_ld, addend_ld;
   // When set, the slice adds (or with `subtract`, subtracts) this strided [B, N, C] array
   // instead of `addend` (the mean-field loop's -U or U as the caller holds it): element
   // (p, c) at unary[(p / un) * us0 + (p % un) * us1 + c * us2] for images of `un` pixels
   // (a channels-first [B, C, N] unary viewed as [B, N, C] has us1 = 1, us2 = N). -U + value
-  // gives the same bits as a [P, C] copy of -U as addend.
+  // gives the same bits as a [P, C] copy of -U as addend. Like in, it points at the first
+  // channel this filter works on.
   const T* unary = nullptr;
   int64_t un = 1, us0 = 0, us1 = 0, us2 = 0;
   bool subtract = false;
@@ -75,29 +127,48 @@ struct FilterArgs {
 // Vertex v lives in row v+1 of a buffer with `stride` (>= C) values per row; row 0 is zero
 // and stands for a missing neighbour (index -1).
 //
-// The splat gathers each vertex's pixels through its CSR list (increasing pixel order):
-// every thread owns a range of vertices, so there are no write conflicts, every vertex sums
-// its pixels in the same order whatever the number of threads, and no thread scans pixels
-// it does not use (a scatter over pixels with owned vertex ranges makes every thread read
-// the image from its range's first pixel on, so its cost grows with the thread count).
+// The splat scatters pixel by pixel, each of the pixels [p0, p1) onto those of its vertices
+// in [lo, hi) (rows zeroed first): every vertex sums its pixels in increasing pixel order
+// whatever the split, so results do not depend on the thread count.
+template <typename T>
+void splat_range(const FilterArgs<T>& a, T* buf, int64_t stride, int64_t lo, int64_t hi, int64_t p0, int64_t p1) {
+  const int d1 = a.d + 1;
+  std::fill(buf + (lo + 1) * stride, buf + (hi + 1) * stride, T(0));
+  for (int64_t p = p0; p < p1; ++p) {
+    if (p + kPrefetchAhead < p1) {
+      const int32_t* ahead = a.offsets + (p + kPrefetchAhead) * d1;
+      for (int r = 0; r < d1; ++r) prefetch_row(buf + (static_cast<int64_t>(ahead[r]) + 1) * stride, a.C);
+    }
+    const T* __restrict__ x = a.in + p * a.in_ld;
+    const T scale = a.scale_in != nullptr ? a.scale_in[p] : T(1);
+    for (int r = 0; r < d1; ++r) {
+      const int64_t v = a.offsets[p * d1 + r];
+      if (v < lo || v >= hi) continue;
+      T w = static_cast<T>(a.weights[p * d1 + r]);
+      if (a.scale_in != nullptr) w *= scale;
+      T* __restrict__ row = buf + (v + 1) * stride;
+      for (int64_t c = 0; c < a.C; ++c) row[c] += w * x[c];
+    }
+  }
+}
+
+// On one thread a single pass over the pixels; otherwise every thread owns an equal share of
+// the vertices and scans the pixels that can use them (VertexBounds).
 template <typename T>
 void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
-  constexpr int64_t kAhead = 16;  // CSR entries ahead whose pixel rows are prefetched
-  const int64_t entries = a.splat_ptr[a.M];
-  at::parallel_for(a.v_begin, a.v_end, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t v = begin; v < end; ++v) {
-      T* __restrict__ row = buf + (v + 1) * stride;
-      std::fill(row, row + stride, T(0));
-      for (int64_t e = a.splat_ptr[v]; e < a.splat_ptr[v + 1]; ++e) {
-        if (e + kAhead < entries) {
-          prefetch_row(a.in + static_cast<int64_t>(a.splat_pixel[e + kAhead]) * a.ld + a.c0, a.C);
-        }
-        const int64_t p = a.splat_pixel[e];
-        T w = static_cast<T>(a.splat_weight[e]);
-        if (a.scale_in != nullptr) w *= a.scale_in[p];
-        const T* __restrict__ x = a.in + p * a.ld + a.c0;
-        for (int64_t c = 0; c < a.C; ++c) row[c] += w * x[c];
-      }
+  const int64_t vertices = a.v_end - a.v_begin;
+  const int64_t parts = at::in_parallel_region() ? 1 : std::min<int64_t>(at::get_num_threads(), vertices);
+  if (parts <= 1) {
+    splat_range(a, buf, stride, a.v_begin, a.v_end, a.p_begin, a.p_end);
+    return;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      const int64_t lo = a.v_begin + vertices * part / parts;
+      const int64_t hi = a.v_begin + vertices * (part + 1) / parts;
+      const int64_t p0 = std::max(a.p_begin, a.bounds->first_user(lo));
+      const int64_t p1 = std::min(a.p_end, a.bounds->last_user_end(hi));
+      splat_range(a, buf, stride, lo, hi, p0, p1);
     }
   });
 }
@@ -183,11 +254,11 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
         w[r] = static_cast<T>(a.weights[p * d1 + r]) * alpha;
       }
       const T scale = a.scale_out != nullptr ? a.scale_out[p] : T(1);
-      const T* addend = a.addend != nullptr ? a.addend + p * a.ld + a.c0 : nullptr;
-      T* y = a.out + p * a.ld + a.c0;
+      const T* addend = a.addend != nullptr ? a.addend + p * a.addend_ld : nullptr;
+      T* y = a.out + p * a.out_ld;
       if (a.unary != nullptr) {
         const int64_t b = p / a.un;
-        const T* u = a.unary + b * a.us0 + (p - b * a.un) * a.us1 + a.c0 * a.us2;
+        const T* u = a.unary + b * a.us0 + (p - b * a.un) * a.us1;
         if (a.subtract) {
           slice_row<T, kWidth>(rows, w, d1, scale, strided_addend<T, true>(u, a.us2), a.C, y);
         } else if (a.us2 == 1) {  // contiguous channels: the plain slice, vector loads
@@ -217,29 +288,14 @@ void filter_cpu_kernel(const FilterArgs<T>& a, T* buf_a, T* buf_b, int64_t strid
   slice(a, src, stride);
 }
 
-// First vertex of image b: vertex v belongs to the image of its first pixel, and images
-// own increasing ranges of vertices (every vertex has at least one pixel).
-template <typename T>
-int64_t image_vertex_begin(const FilterArgs<T>& a, int64_t N, int64_t b) {
-  int64_t lo = 0, hi = a.M;
-  while (lo < hi) {
-    const int64_t v = lo + (hi - lo) / 2;
-    if (a.splat_pixel[a.splat_ptr[v]] / N < b) {
-      lo = v + 1;
-    } else {
-      hi = v;
-    }
-  }
-  return lo;
-}
-
 // `a` narrowed to image b of a batch of B: its vertex and pixel ranges.
 template <typename T>
 FilterArgs<T> image_args(const FilterArgs<T>& a, int64_t B, int64_t b) {
   const int64_t N = a.P / B;
   FilterArgs<T> image = a;
-  image.v_begin = image_vertex_begin(a, N, b);
-  image.v_end = b + 1 < B ? image_vertex_begin(a, N, b + 1) : a.M;
+  // Images own increasing ranges of vertices, numbered in order of first use.
+  image.v_begin = a.bounds->first_unused(b * N);
+  image.v_end = b + 1 < B ? a.bounds->first_unused((b + 1) * N) : a.M;
   image.p_begin = b * N;
   image.p_end = (b + 1) * N;
   return image;
@@ -271,10 +327,10 @@ void filter_batch(const FilterArgs<T>& a, int64_t B, T* buf_a, T* buf_b, int64_t
   });
 }
 
-// The kernel arguments of `in` (values, addend, scales, lattice tables) writing into `out`,
-// over the whole batch.
+// The kernel arguments of `in` (values, addend, scales, lattice tables and their vertex
+// bounds) writing into `out`, over the whole batch.
 template <typename T>
-FilterArgs<T> filter_args(const FilterInputs& in, T* out, bool reverse, bool softmax) {
+FilterArgs<T> filter_args(const FilterInputs& in, const VertexBounds& bounds, T* out, bool reverse, bool softmax) {
   return FilterArgs<T>{in.values.data_ptr<T>(),
                        out,
                        in.scale_in ? in.scale_in->data_ptr<T>() : nullptr,
@@ -287,9 +343,7 @@ FilterArgs<T> filter_args(const FilterInputs& in, T* out, bool reverse, bool sof
                        in.offsets.data_ptr<int32_t>(),
                        in.weights.data_ptr<float>(),
                        in.neighbors.data_ptr<int32_t>(),
-                       in.splat_ptr.data_ptr<int32_t>(),
-                       in.splat_pixel.data_ptr<int32_t>(),
-                       in.splat_weight.data_ptr<float>(),
+                       &bounds,
                        reverse,
                        softmax,
                        0,
@@ -297,7 +351,8 @@ FilterArgs<T> filter_args(const FilterInputs& in, T* out, bool reverse, bool sof
                        0,
                        in.P,
                        in.C,
-                       0};
+                       in.C,
+                       in.C};
 }
 
 // Runs the filter of `in` into `out` ([P, C], contiguous).
@@ -309,7 +364,8 @@ void run_filter(const FilterInputs& in, at::Tensor& out, bool reverse, bool soft
     const int64_t stride = C;  // values per lattice row
     at::Tensor buf_a = empty_pooled({M + 1, stride}, in.values.options());
     at::Tensor buf_b = empty_pooled({M + 1, stride}, in.values.options());
-    const FilterArgs<T> args = filter_args<T>(in, out.data_ptr<T>(), reverse, softmax);
+    const VertexBounds bounds(in.offsets.data_ptr<int32_t>(), P, in.d + 1);
+    const FilterArgs<T> args = filter_args<T>(in, bounds, out.data_ptr<T>(), reverse, softmax);
     filter_batch<T>(args, in.values.size(0), buf_a.data_ptr<T>(), buf_b.data_ptr<T>(), stride);
   });
 }
@@ -339,9 +395,10 @@ void softmax_rows(T* y, int64_t C, int64_t p_begin, int64_t p_end) {
 }
 
 // Lattice buffers above this size are split into channel blocks: at 4000x3000x21 a buffer of
-// all channels is 1.2 GB, and the loop needs two. The environment variable
+// all channels is 1.2 GB, and the loop needs two (and the partial sums a block as wide).
+// 2048x1024 with 21 classes (194 MiB) still runs in one block. The environment variable
 // LIGHTNING_DEEPLAB_CRF_BUFFER_BYTES sets another limit (the tests use it on small images).
-constexpr int64_t kMaxLatticeBufferBytes = int64_t{256} << 20;
+constexpr int64_t kMaxLatticeBufferBytes = int64_t{200} << 20;
 
 int64_t lattice_buffer_limit() {
   const char* text = std::getenv("LIGHTNING_DEEPLAB_CRF_BUFFER_BYTES");
@@ -363,40 +420,39 @@ int64_t channel_block(int64_t rows, int64_t C, int64_t element_bytes) {
 }
 
 // The Potts mean-field loop over the vertex and pixel ranges set in `kernels`: one image on
-// the calling thread, or the whole batch with every pass in parallel. Every iteration the
-// first kernel's filter adds onto -U (its unary fields), every later one onto that sum in place, the last
-// applies the softmax. `q` holds softmax(-U) on entry and the result on return; `other` is
-// a second [P, C] array for the rotation. With `block` < C the kernels run channel block by
-// channel block (the lattice buffers hold `block` channels) and the softmax follows as a
+// the calling thread, or the whole batch with every pass in parallel. Every iteration, block
+// of `block` channels by block, the first kernel's filter adds onto -U (its unary fields)
+// into `partial` ([P, block]), every later one adds onto that sum in place, and the last
+// writes the sum into q's block (having splatted it already) and applies the softmax. So q
+// is updated in place and the loop holds one [P, C] array, q, besides the partial sums.
+// With `block` < C the lattice buffers hold `block` channels and the softmax follows as a
 // pass of its own: every channel is computed exactly as with all channels at once.
 template <typename T>
 void potts_loop(const std::vector<FilterArgs<T>>& kernels, const std::vector<T*>& buffers,
-                 T* q, T* other, int64_t iterations, int64_t block) {
+                T* q, T* partial, int64_t iterations, int64_t block) {
   const int64_t C = kernels[0].C;
-  T* cur = q;
-  T* next = other;
+  const size_t K = kernels.size();
   for (int64_t it = 0; it < iterations; ++it) {
     for (int64_t c0 = 0; c0 < C; c0 += block) {
-      for (size_t k = 0; k < kernels.size(); ++k) {
+      for (size_t k = 0; k < K; ++k) {
         FilterArgs<T> a = kernels[k];
-        a.in = cur;
-        a.out = next;
-        if (k > 0) {
-          a.unary = nullptr;
-          a.addend = next;  // in place: the slice reads a row, then writes it
-        }
-        a.c0 = c0;
         a.C = std::min(block, C - c0);
-        a.softmax = k + 1 == kernels.size() && a.C == C;
+        a.in = q + c0;
+        if (k == 0) {
+          a.unary += c0 * a.us2;
+        } else {
+          a.unary = nullptr;
+          a.addend = partial;  // the slice reads a row, then writes it
+          a.addend_ld = block;
+        }
+        const bool last = k + 1 == K;
+        a.out = last ? q + c0 : partial;
+        a.out_ld = last ? C : block;
+        a.softmax = last && a.C == C;
         filter_cpu_kernel<T>(a, buffers[2 * k], buffers[2 * k + 1], a.C);
       }
     }
-    if (block < C) softmax_rows(next, C, kernels[0].p_begin, kernels[0].p_end);
-    std::swap(cur, next);
-  }
-  if (cur != q) {
-    const FilterArgs<T>& a = kernels[0];
-    std::copy(cur + a.p_begin * C, cur + a.p_end * C, q + a.p_begin * C);
+    if (block < C) softmax_rows(q, C, kernels[0].p_begin, kernels[0].p_end);
   }
 }
 
@@ -440,17 +496,26 @@ void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& unary, at::TensorList
   const bool by_image = one_thread || parallel_over_images(B);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "potts_mean_field_cpu", [&] {
     using T = scalar_t;
-    at::Tensor other = empty_pooled(q.sizes(), q.options());
+    std::vector<VertexBounds> bounds;
+    bounds.reserve(K);  // the kernels point into it
     std::vector<FilterArgs<T>> kernels;
     int64_t largest = 0;
     for (const FilterInputs& in : inputs) {
-      kernels.push_back(filter_args<T>(in, other.data_ptr<T>(), false, false));
+      bounds.emplace_back(in.offsets.data_ptr<int32_t>(), P, in.d + 1);
+      kernels.push_back(filter_args<T>(in, bounds.back(), q.data_ptr<T>(), false, false));
       largest = std::max(largest, in.M);
     }
     // Two lattice buffers per kernel when images run in parallel (one thread may filter an
     // image with one kernel while another uses the other); otherwise all share two.
     const bool shared = !by_image || one_thread;
     const int64_t block = channel_block(largest + 1, C, static_cast<int64_t>(sizeof(T)));
+    // A call this large is bound by memory, not by the page faults the pool saves: blocks it
+    // keeps from earlier filters (the normalisation's) cannot serve the loop's requests and
+    // would stay resident beside them (~180 MB at 4000x3000).
+    if (block < C) BufferPool::instance().release_all();
+    // The sums of the kernels before the last, one channel block of them at a time.
+    const at::Tensor partial = K > 1 ? empty_pooled({P, block}, q.options()) : at::Tensor();
+    T* partial_p = K > 1 ? partial.data_ptr<T>() : nullptr;
     std::vector<at::Tensor> held;
     std::vector<T*> buffers(2 * K);
     for (size_t i = 0; i < buffers.size(); ++i) {
@@ -470,16 +535,15 @@ void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& unary, at::TensorList
     kernels[0].us2 = unary.stride(2);
     kernels[0].subtract = subtract_unary;
     T* q_p = q.data_ptr<T>();
-    T* other_p = other.data_ptr<T>();
     if (!by_image) {
-      potts_loop(kernels, buffers, q_p, other_p, iterations, block);
+      potts_loop(kernels, buffers, q_p, partial_p, iterations, block);
       return;
     }
     at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
       std::vector<FilterArgs<T>> image(K);
       for (int64_t b = b_begin; b < b_end; ++b) {
         for (size_t k = 0; k < K; ++k) image[k] = image_args(kernels[k], B, b);
-        potts_loop(image, buffers, q_p, other_p, iterations, block);
+        potts_loop(image, buffers, q_p, partial_p, iterations, block);
       }
     });
   });

@@ -129,6 +129,7 @@ run_build_lattice(const at::Tensor& features_arg, const DeviceContext& context) 
 
 at::Tensor run_lattice_filter(const FilterInputs& in, bool reverse, bool softmax,
                               const DeviceContext& context) {
+  check_splat_lists(in);
   const int64_t P = in.P, C = in.C, M = in.M;
   const int d = in.d;
   at::Tensor out = context.empty(in.values.sizes(), in.values.options());

@@ -190,15 +190,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _build_lattice_fake(features: torch.Tensor):
+def _build_lattice_fake(features: torch.Tensor, *, lists_on_cpu: bool):
     batch, pixels, dim = features.shape
     vertices = torch.library.get_ctx().new_dynamic_size()
-    entries = batch * pixels * (dim + 1)
+    # The CUDA build makes splat lists, the CPU build none.
+    lists = features.device.type != "cpu" or lists_on_cpu
+    entries = batch * pixels * (dim + 1) if lists else 0
     return (
         features.new_empty((batch, pixels, dim + 1), dtype=torch.int32),
         features.new_empty((batch, pixels, dim + 1), dtype=torch.float32),
         features.new_empty((dim + 1, vertices, 2), dtype=torch.int32),
-        features.new_empty((vertices + 1,), dtype=torch.int32),
+        features.new_empty((vertices + 1 if lists else 0,), dtype=torch.int32),
         features.new_empty((entries,), dtype=torch.int32),
         features.new_empty((entries,), dtype=torch.float32),
         features.new_empty((batch,), dtype=torch.int64),
@@ -250,7 +252,9 @@ def _lattice_filter_backward(lattice_filter, ctx, grad: torch.Tensor):
 def _register_python_rules(namespace: str) -> None:
     """Fake implementations and autograd rules of `namespace`'s operators, once they exist."""
     ops = getattr(torch.ops, namespace)
-    torch.library.register_fake(f"{namespace}::build_lattice", _build_lattice_fake)
+    # Another namespace is the CUDA operators' emulation: a CUDA build on CPU tensors.
+    build_fake = functools.partial(_build_lattice_fake, lists_on_cpu=namespace != NAMESPACE)
+    torch.library.register_fake(f"{namespace}::build_lattice", build_fake)
     torch.library.register_fake(f"{namespace}::lattice_filter", _lattice_filter_fake)
     if hasattr(ops, "potts_mean_field_"):
         torch.library.register_fake(f"{namespace}::potts_mean_field_", _potts_mean_field_fake)

@@ -13,16 +13,20 @@ from ._ops import operators
 class Lattice(NamedTuple):
     """Per-image permutohedral lattices of a batch (see `build_lattice`).
 
-    Vertex indices are global over the batch; image b owns a contiguous range of
-    `vertex_counts[b]` vertices, and no neighbour or splat list crosses images.
+    Vertex indices are global over the batch, numbered in order of first use; image b owns a
+    contiguous range of `vertex_counts[b]` vertices, and no neighbour or splat list crosses
+    images. The CSR splat lists (every pixel of each vertex, in pixel order) are what the CUDA
+    splat gathers through; a lattice built on the CPU has none (empty tensors: the CPU splat
+    scatters in pixel order, and the lists would take 8 bytes per pixel and vertex, 0.8 GB at
+    4000x3000): `with_splat_lists()` adds them, for moving a CPU lattice to the GPU.
     """
 
     offsets: torch.Tensor  # [B, N, d+1] int32: vertices enclosing each pixel
     weights: torch.Tensor  # [B, N, d+1] float32: their barycentric weights
     neighbors: torch.Tensor  # [d+1, M, 2] int32: blur neighbours per axis, -1 when absent
-    splat_ptr: torch.Tensor  # [M+1] int32: CSR row pointers of the splat lists
-    splat_pixel: torch.Tensor  # [B*N*(d+1)] int32: pixel (b*N + n) of each splat entry
-    splat_weight: torch.Tensor  # [B*N*(d+1)] float32: weight of each splat entry
+    splat_ptr: torch.Tensor  # [M+1] (CPU: [0]) int32: CSR row pointers of the splat lists
+    splat_pixel: torch.Tensor  # [B*N*(d+1)] (CPU: [0]) int32: pixel (b*N + n) of each entry
+    splat_weight: torch.Tensor  # [B*N*(d+1)] (CPU: [0]) float32: weight of each entry
     vertex_counts: torch.Tensor  # [B] int64: vertices of each image
 
     @property
@@ -34,6 +38,21 @@ class Lattice(NamedTuple):
     def num_vertices(self) -> int:
         """Vertices of all images together (M)."""
         return self.neighbors.shape[1]
+
+    def with_splat_lists(self) -> "Lattice":
+        """This lattice with its CSR splat lists, exactly as the CUDA build makes them (every
+        (pixel, vertex) entry grouped by vertex, in pixel order); itself if it has them."""
+        if self.splat_ptr.numel() > 0:
+            return self
+        vertex = self.offsets.reshape(-1).long()
+        entry = torch.sort(vertex, stable=True).indices
+        counts = torch.bincount(vertex, minlength=self.num_vertices)
+        splat_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).int()
+        return self._replace(
+            splat_ptr=splat_ptr,
+            splat_pixel=(entry // (self.dim + 1)).int(),
+            splat_weight=self.weights.reshape(-1)[entry],
+        )
 
     @property
     def filter_tables(self) -> tuple[torch.Tensor, ...]:
@@ -108,8 +127,9 @@ def potts_mean_field_(
     `lattice_filter` computes step by step). `neg_unary` [B, N, C] may have any strides; with
     `subtract_unary` it holds U itself and is subtracted (same bits), so a view of the
     caller's [B, C, H, W] unary serves without a copy of -U. Returns q. Not differentiable:
-    for inference, where it keeps q and one more [B, N, C] array alive and runs each image
-    on one thread when the batch shares the threads out."""
+    for inference, where it updates q in place (no other [B, N, C] array: the kernels'
+    partial sums are kept a channel block at a time) and runs each image on one thread when
+    the batch shares the threads out."""
     operators().potts_mean_field_(
         q,
         neg_unary,

@@ -49,7 +49,10 @@ def _photo_batch(height=96, width=128, classes=21, batch=2):
 
 
 def _assert_lattices_equal(cpu, other, device):
-    for name, a, b in zip(cpu._fields, cpu, other):
+    # The CPU build makes no splat lists; the CUDA build's must be the CPU offsets' entries
+    # grouped by vertex in pixel order.
+    assert cpu.splat_ptr.numel() == 0
+    for name, a, b in zip(cpu._fields, cpu.with_splat_lists(), other):
         assert b.device.type == device.type, name
         assert torch.equal(a, b.cpu()), name
 
@@ -83,7 +86,12 @@ def _to(kernels, backend):
         return None if t is None else backend.to(t)
 
     return [
-        type(k)(type(k.lattice)(*(move(t) for t in k.lattice)), move(k.scale_in), move(k.scale_out), k.weight)
+        type(k)(
+            type(k.lattice)(*(move(t) for t in k.lattice.with_splat_lists())),
+            move(k.scale_in),
+            move(k.scale_out),
+            k.weight,
+        )
         for k in kernels
     ]
 
@@ -198,6 +206,18 @@ def test_filter_refuses_corrupted_lattice_tables(backend, corruption):
         getattr(lattice, table).view(-1)[index] = value
         with pytest.raises(ValueError, match=message):
             lattice.filter(values)
+
+
+def test_filter_refuses_a_lattice_without_splat_lists(backend):
+    lattice = build_lattice(torch.randn(1, 300, 3))  # on the CPU: no splat lists
+    values = torch.rand(1, 300, 2)
+    with backend.active():
+        moved = [backend.to(t) for t in lattice.filter_tables]
+        with pytest.raises(ValueError, match="has no splat lists"):
+            backend.ops.lattice_filter(backend.to(values), *moved, None, None, None, False, False)
+        with_lists = [backend.to(t) for t in lattice.with_splat_lists().filter_tables]
+        got = backend.ops.lattice_filter(backend.to(values), *with_lists, None, None, None, False, False)
+    assert torch.equal(got.cpu(), lattice.filter(values))
 
 
 # ---- mean field and the whole CRF ------------------------------------------------------------

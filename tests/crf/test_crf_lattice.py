@@ -72,7 +72,10 @@ def test_structure_of_the_lattice():
         n1, n2 = nb[j, :, 0], nb[j, :, 1]
         has = n2 >= 0
         assert (n1[n2[has].long()] == torch.arange(lattice.num_vertices, dtype=torch.int32)[has]).all()
-    # The CSR splat lists hold every (pixel, vertex) entry once, sorted by pixel.
+    # A CPU lattice has no splat lists; the ones `with_splat_lists` adds (the CUDA filter's)
+    # hold every (pixel, vertex) entry once, sorted by pixel.
+    assert lattice.splat_ptr.numel() == lattice.splat_pixel.numel() == lattice.splat_weight.numel() == 0
+    lattice = lattice.with_splat_lists()
     ptr = lattice.splat_ptr.long()
     assert ptr[0] == 0 and ptr[-1] == 2 * 300 * (d + 1) and (ptr[1:] > ptr[:-1]).all()
     flat = lattice.offsets.reshape(-1, d + 1)
@@ -80,6 +83,8 @@ def test_structure_of_the_lattice():
         pixels = lattice.splat_pixel[ptr[v] : ptr[v + 1]].long()
         assert (pixels[1:] > pixels[:-1]).all()
         assert ((flat[pixels] == v).sum(-1) == 1).all()
+        weights = lattice.weights.reshape(-1, d + 1)[pixels][flat[pixels] == v]
+        assert torch.equal(lattice.splat_weight[ptr[v] : ptr[v + 1]], weights)
 
 
 def test_transposed_filter_is_the_adjoint():
@@ -150,7 +155,9 @@ def test_ops_check_their_arguments():
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_filters_refuse_corrupted_lattice_tables(corruption):
     table, index, value, message = CORRUPTIONS[corruption]
-    lattice = build_lattice(torch.randn(2, 500, 5) * 3)
+    # With splat lists (which the CPU filter checks but does not read), so that every table
+    # can be corrupted.
+    lattice = build_lattice(torch.randn(2, 500, 5) * 3).with_splat_lists()
     values = torch.rand(2, 500, 3)
     tables = corrupted_tables(lattice, table, index, value)
     with pytest.raises(ValueError, match=message):
@@ -211,22 +218,31 @@ def test_softmax_flag_is_the_softmax_of_the_filter():
     assert torch.autograd.gradcheck(lambda v, a: lattice_filter(v, small, addend=a, softmax=True), (values64, addend64))
 
 
-def test_results_do_not_depend_on_the_thread_count():
-    features = torch.randn(2, 3000, 5) * 3
-    values = torch.rand(2, 3000, 6)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("scene", ["random", "image"])
+def test_results_do_not_depend_on_the_thread_count(batch, scene):
+    # The splat splits the vertices between the threads, each scanning the pixels that can use
+    # its share (a batch of 3 on 2-5 threads: shares that cross images).
+    if scene == "random":
+        features = torch.randn(batch, 3000, 5) * 3
+    else:
+        features = bilateral_features(_small_scene(40, 75).expand(batch, -1, -1, -1), 8.0, 20.0)
+    values = torch.rand(batch, features.shape[1], 6)
+    scale = torch.rand(batch, features.shape[1])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         lattice_one = build_lattice(features)
-        one = lattice_one.filter(values, softmax=True)
-        torch.set_num_threads(max(2, threads))
-        lattice_many = build_lattice(features)
-        many = lattice_many.filter(values, softmax=True)
+        one = [lattice_one.filter(values, reverse, scale, softmax=True) for reverse in (False, True)]
+        for count in (2, 3, 5):
+            torch.set_num_threads(count)
+            lattice_many = build_lattice(features)
+            for a, b in zip(lattice_one, lattice_many):
+                assert torch.equal(a, b)
+            for reverse, expected in zip((False, True), one):
+                assert torch.equal(lattice_many.filter(values, reverse, scale, softmax=True), expected), count
     finally:
         torch.set_num_threads(threads)
-    for a, b in zip(lattice_one, lattice_many):
-        assert torch.equal(a, b)
-    assert torch.equal(one, many)
 
 
 @pytest.mark.parametrize("batch", [2, 3])
