@@ -21,8 +21,8 @@ from torch.utils.checkpoint import checkpoint
 
 from . import checks as check
 from .features import bilateral_features, position_features
-from .memory import check_memory
-from .lattice import Lattice, build_lattice, has_potts_loop, potts_mean_field_
+from .memory import POOL_CACHE_BYTES, check_memory
+from .lattice import Lattice, build_lattice, has_potts_loop, potts_mean_field_, release_cached_buffers
 from .threads import Threads, check_threads, cpu_threads
 
 Weight = Union[float, torch.Tensor]
@@ -230,9 +230,9 @@ def potts_in_place(
     q: torch.Tensor, neg_unary: torch.Tensor, kernels: Sequence[Kernel], iterations: int, subtract_unary: bool = False
 ) -> torch.Tensor:
     """The fused Potts loop of `mean_field` in one CPU operator, in place on q = softmax(-U):
-    the same operations in the same order (bitwise the same Q), q and one more [B, N, C]
-    array alive besides -U (or U, any strides, with `subtract_unary`), and a batch that
-    shares the threads out runs image by image, one thread each."""
+    the same operations in the same order (bitwise the same Q), q the only [B, N, C] array
+    alive besides -U (or U, any strides, with `subtract_unary`), and a batch that shares
+    the threads out runs image by image, one thread each."""
     return potts_mean_field_(
         q,
         neg_unary,
@@ -331,8 +331,9 @@ def _run_mean_field(
     compatibility: Optional[torch.Tensor],
 ) -> torch.Tensor:
     dtype = compute_dtype(unary)
+    need = 0
     if unary.device.type == "cpu" and not torch.compiler.is_compiling():
-        check_memory(
+        need = check_memory(
             unary.shape[0],
             unary.shape[2:],
             unary.shape[1],
@@ -354,6 +355,8 @@ def _run_mean_field(
         q = mean_field(neg_unary, built, iterations, matrix)
         del neg_unary
     del built
+    if need > POOL_CACHE_BYTES:
+        release_cached_buffers()
     return points_first(q, unary.shape[2:])
 
 

@@ -14,6 +14,13 @@ from typing import Optional, Sequence
 
 MEMORY_CHECK_ENV = "LIGHTNING_DEEPLAB_CRF_MEMORY_CHECK"
 
+#: What the CPU operators' buffer pool keeps at most for reuse (csrc/cpu/buffer_pool.h,
+#: kMaxCachedBytes). A call that needs more than this gives the pool's blocks back before its
+#: output copy: at 4000x3000 they are the freed lattice tables (~1 GB), which would otherwise
+#: stay resident beside the output, and the next call of that size loses only their page
+#: faults (well under 1% of its time).
+POOL_CACHE_BYTES = 1 << 30
+
 
 def available_bytes() -> Optional[int]:
     """Memory this process can still take without swapping (Linux MemAvailable, or the room
@@ -40,31 +47,29 @@ def available_bytes() -> Optional[int]:
 
 
 def required_bytes(batch: int, points: int, classes: int, dims: Sequence[int], element_bytes: int) -> int:
-    """A lower bound of the memory a CPU CRF call holds at once during its iterations: two
-    [B, N, C] arrays (Q and the array Q rotates with; the fused Potts loop reads -U from the
-    caller's unary, other paths hold a third array) and, per kernel of feature dimension
-    d, the lattice tables sized by the points (vertex indices and weights per point and per
-    vertex list: 16 (d+1) bytes a point). The tables sized by the vertices, the lattice
-    buffers and the input itself come on top."""
-    pixels = batch * points
-    total = 2 * pixels * classes * element_bytes
-    for d in dims:
-        total += pixels * 16 * (d + 1)
-    return total
+    """A lower bound of the memory a CPU CRF call holds at once: Q ([B, N, C]; the fused
+    Potts loop updates it in place and reads -U from the caller's unary) with, during the
+    iterations, each kernel's per-point lattice tables (the vertex indices and weights,
+    8 (d+1) bytes a point), or at the end the output's [B, C, ...] copy, whichever is larger.
+    The tables sized by the vertices, the lattice buffers and the input come on top."""
+    array = batch * points * classes * element_bytes
+    tables = sum(batch * points * 8 * (d + 1) for d in dims)
+    return array + max(array, tables)
 
 
-def check_memory(batch: int, spatial: Sequence[int], classes: int, dims: Sequence[int], element_bytes: int) -> None:
+def check_memory(batch: int, spatial: Sequence[int], classes: int, dims: Sequence[int], element_bytes: int) -> int:
     """Raises MemoryError, naming the size and what to do, when a CPU CRF call on `batch`
-    images of `spatial` size with `classes` labels cannot fit the available memory."""
-    if os.environ.get(MEMORY_CHECK_ENV, "1").strip() == "0":
-        return
+    images of `spatial` size with `classes` labels cannot fit the available memory; returns
+    the call's `required_bytes`."""
     points = 1
     for size in spatial:
         points *= int(size)
     need = required_bytes(batch, points, classes, dims, element_bytes)
+    if os.environ.get(MEMORY_CHECK_ENV, "1").strip() == "0":
+        return need
     available = available_bytes()
     if available is None or need <= available:
-        return
+        return need
     size = "x".join(str(int(s)) for s in spatial)
     raise MemoryError(
         f"the dense CRF on {batch} image(s) of {size} points with {classes} classes needs at least "

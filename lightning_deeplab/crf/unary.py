@@ -40,7 +40,10 @@ def unary_from_softmax(probs, clip: float = UNARY_CLIP) -> torch.Tensor:
     probs = _as_scores("probs", probs)
     if not 0.0 < clip < 1.0:
         raise ValueError(f"clip must lie in (0, 1), got {clip}")
-    return -torch.log(probs.clamp(min=clip, max=1.0))
+    if probs.requires_grad and torch.is_grad_enabled():
+        return -torch.log(probs.clamp(min=clip, max=1.0))
+    # In place on the clamped copy: one new array (at 4000x3000x21 each is ~1 GB), same bits.
+    return probs.clamp(min=clip, max=1.0).log_().neg_()
 
 
 def unary_from_logits(logits) -> torch.Tensor:

@@ -46,6 +46,15 @@ def test_unary_helpers():
     probs = torch.tensor([[1.0, 0.0], [0.25, 0.75]]).T.reshape(1, 2, 1, 2)
     unary = unary_from_softmax(probs)
     torch.testing.assert_close(unary, -torch.log(probs.clamp(1e-5, 1)))
+    # Computed in place when no gradient is wanted, the same bits; the caller's tensor untouched.
+    probs = torch.softmax(torch.randn(2, 5, 6, 7, dtype=torch.float16).float() * 4, 1).requires_grad_(True)
+    kept = probs.detach().clone()
+    with_grad = unary_from_softmax(probs)
+    with torch.no_grad():
+        assert torch.equal(unary_from_softmax(probs), with_grad) and torch.equal(probs, kept)
+    assert torch.equal(unary_from_softmax(kept), with_grad.detach()) and torch.equal(probs, kept)
+    with_grad.sum().backward()
+    assert torch.equal(probs.grad, -1 / probs.detach().clamp(1e-5, 1) * (probs.detach() >= 1e-5))
     logits = torch.randn(2, 3, 4, 5)
     torch.testing.assert_close(torch.softmax(-unary_from_logits(logits), 1), torch.softmax(logits, 1))
     # Raw negated scores give the same CRF output (a per-pixel constant is irrelevant).
