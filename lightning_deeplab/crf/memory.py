@@ -1,6 +1,6 @@
 """Whether a CPU CRF call can fit the memory available, checked before it allocates.
 
-A 4000x3000 photo with 21 classes takes ~5.6 GiB in the call itself (benchmarks/README.md);
+A 4000x3000 photo with 21 classes takes ~3.8 GiB in the call itself (benchmarks/README.md);
 without a check, an input too large for the machine runs until the kernel's out-of-memory
 killer ends the process (or the machine swaps for minutes). The estimate below is a lower
 bound of what the call allocates, so a call that is refused could not have run; set
