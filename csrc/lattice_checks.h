@@ -48,8 +48,8 @@ inline void check_in_lattice_range(bool in_range) {
                     "(an elevated coordinate exceeds 2^18); use larger standard deviations");
 }
 
-// Whether a lattice carries CSR splat lists (all three tables non-empty); a CPU lattice has
-// none.
+// Whether a lattice carries CSR splat lists (any of the three tables non-empty: the checks
+// then want all three whole); a CPU lattice has none.
 inline bool has_splat_lists(const at::Tensor& splat_ptr, const at::Tensor& splat_pixel,
                             const at::Tensor& splat_weight) {
   return splat_ptr.numel() > 0 || splat_pixel.numel() > 0 || splat_weight.numel() > 0;

@@ -212,9 +212,10 @@ build_lattice_cpu(const at::Tensor& features_arg) {
       }
     });
   }
-  const at::Tensor no_list = at::empty({0}, int_opts);
-  return trusted_lattice(std::make_tuple(offsets, weights, neighbors, no_list, at::empty({0}, int_opts),
-                                         at::empty({0}, features.options()), vertex_counts));
+  // No splat lists (see the top of this file): empty tables in their places.
+  return trusted_lattice(std::make_tuple(offsets, weights, neighbors, at::empty({0}, int_opts),
+                                         at::empty({0}, int_opts), at::empty({0}, features.options()),
+                                         vertex_counts));
 }
 
 }  // namespace
