@@ -509,10 +509,6 @@ void potts_mean_field_cpu(at::Tensor& q, const at::Tensor& unary, at::TensorList
     // image with one kernel while another uses the other); otherwise all share two.
     const bool shared = !by_image || one_thread;
     const int64_t block = channel_block(largest + 1, C, static_cast<int64_t>(sizeof(T)));
-    // A call this large is bound by memory, not by the page faults the pool saves: blocks it
-    // keeps from earlier filters (the normalisation's) cannot serve the loop's requests and
-    // would stay resident beside them (~180 MB at 4000x3000).
-    if (block < C) BufferPool::instance().release_all();
     // The sums of the kernels before the last, one channel block of them at a time.
     const at::Tensor partial = K > 1 ? empty_pooled({P, block}, q.options()) : at::Tensor();
     T* partial_p = K > 1 ? partial.data_ptr<T>() : nullptr;

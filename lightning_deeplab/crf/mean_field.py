@@ -347,6 +347,11 @@ def _run_mean_field(
         make_kernel(build_lattice(_features(features)), weight, normalization, dtype, kernel_compatibility)
         for features, weight, kernel_compatibility, normalization in kernels
     ]
+    # A call larger than the pool returns its idle blocks (memory.POOL_CACHE_BYTES) before the
+    # iterations and again before the output copy.
+    large = need > POOL_CACHE_BYTES
+    if large:
+        release_cached_buffers()
     matrix = compatibility.to(dtype) if compatibility is not None else None
     if _uses_potts_loop(unary, built, matrix):
         q = potts_in_place(softmax_of_negated(unary, dtype), unary_points_last(unary, dtype), built, iterations, True)
@@ -355,7 +360,7 @@ def _run_mean_field(
         q = mean_field(neg_unary, built, iterations, matrix)
         del neg_unary
     del built
-    if need > POOL_CACHE_BYTES:
+    if large:
         release_cached_buffers()
     return points_first(q, unary.shape[2:])
 

@@ -16,9 +16,11 @@ MEMORY_CHECK_ENV = "LIGHTNING_DEEPLAB_CRF_MEMORY_CHECK"
 
 #: What the CPU operators' buffer pool keeps at most for reuse (csrc/cpu/buffer_pool.h,
 #: kMaxCachedBytes). A call that needs more than this gives the pool's blocks back before its
-#: output copy: at 4000x3000 they are the freed lattice tables (~1 GB), which would otherwise
-#: stay resident beside the output, and the next call of that size loses only their page
-#: faults (about 1% of its time: ~1 GiB of fresh pages against a 90 s call).
+#: iterations and before its output copy: at 4000x3000 they are the normalisation filters'
+#: blocks (~180 MB, which no request of the loop fits) and then the freed lattice tables
+#: (~1 GB), which would otherwise stay resident beside the loop and the output; the next call
+#: of that size loses only their page faults (about 1% of its time: ~1 GiB of fresh pages
+#: against a 90 s call).
 POOL_CACHE_BYTES = 1 << 30
 
 
