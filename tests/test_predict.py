@@ -15,10 +15,9 @@ from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.data import VOC_PALETTE
 from lightning_deeplab.data.images import PredictImages, find_predict_images, predict_collate
 from lightning_deeplab.callbacks.prediction_writer import SegmentationWriter
-from tiny_run import save_untrained_checkpoint
+from tiny_run import quiet_args, save_untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "synthetic.yaml")
 SIZES = {"a": (37, 45), "c": (30, 52), "sub/b": (50, 41)}  # (height, width)
 
 
@@ -38,18 +37,7 @@ def setup(tmp_path_factory):
     predictions, are under test)."""
     root = tmp_path_factory.mktemp("predict")
     write_images(root / "images")
-    base = [
-        "--config",
-        CONFIG,
-        "--data.source.root",
-        str(root / "unused-data-root"),
-        "--data.num_workers",
-        "0",
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+    base = quiet_args(str(root / "unused-data-root"))
     cli = save_untrained_checkpoint(base, root / "model.ckpt")
     return SimpleNamespace(
         root=root, images=root / "images", ckpt=str(root / "model.ckpt"), args=base, num_classes=cli.model.num_classes

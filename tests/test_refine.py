@@ -16,10 +16,9 @@ from PIL import Image
 from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.commands.main import main
 from lightning_deeplab.crf import DenseCRF, unary_from_logits, unary_from_softmax
-from tiny_run import save_untrained_checkpoint
+from tiny_run import quiet_args, save_untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "synthetic.yaml")
 SIZES = {"p": (30, 40), "q": (30, 40), "r": (26, 34), "sub/s": (30, 40)}  # (height, width)
 
 
@@ -40,18 +39,7 @@ def predicted(tmp_path_factory):
         path = root / "images" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(smooth_image(rng, h, w)).save(path)
-    base = [
-        "--config",
-        CONFIG,
-        "--data.source.root",
-        str(root / "unused"),
-        "--data.num_workers",
-        "0",
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+    base = quiet_args(str(root / "unused"))
     save_untrained_checkpoint(base, root / "model.ckpt")
     DeepLabCLI(
         args=[

@@ -42,6 +42,24 @@ def tiny_args(data_root: str, run_dir: str, *extra: str) -> list[str]:
     ]
 
 
+def quiet_args(data_root: str, *extra: str) -> list[str]:
+    """The demo config on ``data_root``, in this process: no loader workers, no logger, no
+    progress bar."""
+    return [
+        "--config",
+        CONFIG,
+        "--data.source.root",
+        data_root,
+        "--data.num_workers",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
 def save_untrained_checkpoint(args: list[str], path) -> "DeepLabCLI":  # noqa: F821
     """Build the module and data the CLI arguments ``args`` describe and save an (untrained)
     checkpoint of it at ``path``, as fit saves one (the CLI's hyperparameters); returns the CLI."""

@@ -16,6 +16,7 @@ from dataset_layouts import (
     write_gray,
     write_rgb,
 )
+from tiny_run import quiet_args
 
 from lightning_deeplab.commands.cli import DeepLabCLI
 from lightning_deeplab.constants import IGNORE_INDEX
@@ -155,24 +156,17 @@ def test_validate_through_the_cli_links_the_dataset_classes(tmp_path):
     cli = DeepLabCLI(
         args=[
             "validate",
-            "--config",
-            str(REPO / "configs" / "synthetic.yaml"),
-            "--data.source",
-            "CityscapesSource",
-            "--data.source.root",
-            str(tmp_path / "data"),
-            "--data.val_batch_size",
-            "2",
-            "--data.num_workers",
-            "0",
-            "--model.eval_crf",
-            "false",
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.default_root_dir",
-            str(tmp_path / "run"),
+            *quiet_args(
+                str(tmp_path / "data"),
+                "--data.source",
+                "CityscapesSource",
+                "--data.val_batch_size",
+                "2",
+                "--model.eval_crf",
+                "false",
+                "--trainer.default_root_dir",
+                str(tmp_path / "run"),
+            ),
         ]
     )
     assert cli.model.num_classes == cli.model.model.num_classes == 19

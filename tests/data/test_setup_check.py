@@ -3,11 +3,10 @@ list line, in one error; 16-bit images are scaled, not clipped; padding follows 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_run import quiet_args
 from voc_layout import block_label, write_palette_png
 
 from lightning_deeplab.constants import PAD_VALUE
@@ -17,7 +16,6 @@ from lightning_deeplab.data.check import BadSamples
 from lightning_deeplab.data.files import read_rgb_image
 
 SIZE = (24, 32)  # (height, width)
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
 
 
 def voc_dm(root, **kwargs) -> SegmentationDataModule:
@@ -129,24 +127,15 @@ def test_deeplab_validate_stops_at_setup_on_bad_data(bad_voc, tmp_path):
     from lightning_deeplab.commands.cli import DeepLabCLI
 
     root, _ = bad_voc
-    args = [
-        "--config",
-        str(CONFIG),
+    args = quiet_args(
+        str(root),
         "--data.source",
         "VOCSource",
-        "--data.source.root",
-        str(root),
         "--data.val_split",
         "val",
-        "--data.num_workers",
-        "0",
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_progress_bar",
-        "false",
         "--trainer.default_root_dir",
         str(tmp_path / "run"),
-    ]
+    )
     with pytest.raises(BadSamples) as caught:
         DeepLabCLI(args=["validate", *args])
     assert len(caught.value.problems) == 2
