@@ -183,15 +183,27 @@ def test_filter_is_bitwise_the_cpu_filter(backend, dtype, reverse, extras, softm
         assert torch.equal(got.cpu(), cpu)
 
 
-@pytest.mark.parametrize("channels", [0, 1, 5, 21])
-def test_filter_of_any_channel_count_is_bitwise_the_cpu_filter(backend, channels):
-    features = torch.randn(2, 800, 2)
-    values = torch.rand(2, 800, channels)
-    cpu = build_lattice(features).filter(values)
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("channels", [0, 1, 5, 21, 300])
+def test_filter_of_any_channel_count_is_bitwise_the_cpu_filter(backend, channels, softmax):
+    # The CPU softmax runs on groups of rows (and row by row for the rest of a range, and for
+    # over 256 channels); the CUDA one row by row: the same bits. 803 pixels leave a partial
+    # group, on one thread and on two.
+    features = torch.randn(2, 803, 2)
+    values = torch.randn(2, 803, channels) * 20
+    threads = torch.get_num_threads()
+    try:
+        cpu = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            cpu.append(build_lattice(features).filter(values, softmax=softmax))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(cpu[0], cpu[1])
     with backend.active():
-        got = build_lattice(backend.to(features)).filter(backend.to(values))
-    assert got.shape == (2, 800, channels)
-    assert torch.equal(got.cpu(), cpu)
+        got = build_lattice(backend.to(features)).filter(backend.to(values), softmax=softmax)
+    assert got.shape == (2, 803, channels)
+    assert torch.equal(got.cpu(), cpu[0])
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
