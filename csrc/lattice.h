@@ -6,7 +6,7 @@
 // operations) so the lattice matches pydensecrf; the *_rn helpers stop nvcc from fusing
 // multiply-adds, which would make the GPU lattice differ from the CPU one in the last bit
 // (the C++ side builds with -ffp-contract=off). The filters of both back ends use them too,
-// and share one softmax (softmax_row), so CPU and CUDA results are bitwise equal.
+// and compute one softmax (softmax_row), so CPU and CUDA results are bitwise equal.
 #pragma once
 
 #include <bit>
@@ -156,7 +156,10 @@ LD_HOST_DEVICE double exp_nonpositive(double x) {
 }
 
 // In-place softmax of one row of C values: max-subtracted exp, divided by the sum (as the
-// reference), summed in channel order. The one softmax of the CPU and the CUDA filter.
+// reference), summed in channel order. The softmax of the CUDA filter. The CPU filter computes
+// it on groups of rows (softmax_lanes in cpu/lattice_filter_cpu.cpp): these operations, in
+// this order, for every row of a group, so the same bits (the CUDA emulation tests compare
+// the two). A change here must be made there too.
 template <typename T>
 LD_HOST_DEVICE void softmax_row(T* __restrict__ y, int64_t C) {
   T top = y[0];
