@@ -249,7 +249,9 @@ inline void check_lattice_tables(const at::Tensor& offsets, const at::Tensor& ne
 inline void check_splat_lists(const FilterInputs& in) {
   TORCH_CHECK_VALUE(has_splat_lists(in.splat_ptr, in.splat_pixel, in.splat_weight),
                     "lattice_filter: this lattice has no splat lists (CPU lattices have none); "
-                    "the CUDA filter needs a lattice built on the GPU: build_lattice(features on the GPU)");
+                    "the CUDA filter needs a lattice built on the GPU (build_lattice of features on "
+                    "the GPU), or a CPU lattice given its lists with Lattice.with_splat_lists() "
+                    "before it is moved");
 }
 
 inline FilterInputs prepare_filter_inputs(

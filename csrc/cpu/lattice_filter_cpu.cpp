@@ -315,6 +315,7 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
   at::parallel_for(a.p_begin, a.p_end, 256, [&](int64_t begin, int64_t end) {
     const T* rows[lattice::kMaxDim + 1];
     T w[lattice::kMaxDim + 1];
+    int64_t group = begin;  // the first row not yet through the softmax
     for (int64_t p = begin; p < end; ++p) {
       if (p + kPrefetchAhead < end) {
         const int32_t* ahead = a.offsets + (p + kPrefetchAhead) * d1;
@@ -343,9 +344,9 @@ void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
         slice_row<T, kWidth>(rows, w, d1, scale, no_addend<T>(), a.C, y);
       }
       // A group of rows is in the cache while it is fresh: softmax it as soon as it is whole.
-      if (a.softmax && ((p + 1 - begin) % kSoftmaxLanes<T> == 0 || p + 1 == end)) {
-        const int64_t group = (p - begin) / kSoftmaxLanes<T> * kSoftmaxLanes<T> + begin;
+      if (a.softmax && (p + 1 - group == kSoftmaxLanes<T> || p + 1 == end)) {
         softmax_span(a.out, a.out_ld, a.C, group, p + 1);
+        group = p + 1;
       }
     }
   });
