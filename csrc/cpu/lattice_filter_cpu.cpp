@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -42,6 +43,87 @@ inline void prefetch_row(const T* row, int64_t length) {
   const char* p = reinterpret_cast<const char*>(row);
   const int64_t bytes = length * static_cast<int64_t>(sizeof(T));
   for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
+}
+
+// A function compiled twice, for AVX2 and for any x86-64, the loader picking one for the CPU
+// it runs on (GCC and Clang function multiversioning; elsewhere one build). The extension
+// builds with -ffp-contract=off, so the AVX2 version does the same float operations on wider
+// vectors (no fused multiply-adds): the same bits.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define LD_AVX2_DISPATCH __attribute__((target_clones("avx2", "default")))
+#else
+#define LD_AVX2_DISPATCH
+#endif
+
+// Forced inline: the loops below are instantiated inside functions compiled twice
+// (LD_AVX2_DISPATCH), and only what is inlined into each copy is compiled for its target.
+// (A lambda that takes or returns a 32-byte vector must be inlined too: called out of line
+// from the AVX2 copy it would pass the vector in a register the other side does not read.)
+#if defined(__GNUC__) || defined(__clang__)
+#define LD_INLINE inline __attribute__((always_inline))
+#define LD_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define LD_INLINE inline
+#define LD_INLINE_LAMBDA
+#endif
+
+// Rows are C values long (19 for Cityscapes, 21 for VOC), rarely a whole number of vectors.
+// The stages below work on chunks of W channels: the whole chunks [0, W), [W, 2W), ... and,
+// when W does not divide C, one more chunk [C - W, C) that overlaps the last whole one. Each
+// channel is computed by the same operations whichever chunk holds it, so the overlap only
+// computes some channels twice, with the same bits; a row then takes ceil(C / W) vector
+// operations and no scalar tail (which took as many instructions as the vectors before it).
+// The overlapping chunk is computed before the whole chunks are stored and stored after
+// them, so a chunk that reads what another writes (the splat's rows, an addend that is the
+// output) reads the values from before the row was touched.
+template <typename T, int W>
+struct Chunk {
+  typedef T type __attribute__((vector_size(W * sizeof(T))));
+};
+template <typename T>
+struct Chunk<T, 1> {
+  typedef T type;
+};
+template <typename T, int W>
+using ChunkOf = typename Chunk<T, W>::type;
+
+template <typename T, int W>
+LD_INLINE ChunkOf<T, W> load_chunk(const T* p) {
+  ChunkOf<T, W> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T, int W>
+LD_INLINE void store_chunk(T* p, ChunkOf<T, W> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Expands CALL(W) with the chunk width W for rows of C values: a 32-byte vector, a 16-byte
+// one, or single values (a compile-time constant in each branch).
+#define LD_WITH_CHUNK_WIDTH(T, C, CALL)                        \
+  do {                                                         \
+    constexpr int kLanes_ = 32 / static_cast<int>(sizeof(T));  \
+    if ((C) >= kLanes_) {                                      \
+      CALL(kLanes_);                                           \
+    } else if ((C) >= kLanes_ / 2 && kLanes_ / 2 > 1) {        \
+      CALL(kLanes_ / 2);                                       \
+    } else {                                                   \
+      CALL(1);                                                 \
+    }                                                          \
+  } while (0)
+
+// out = op(c0) for the chunks of a row of C values, in the order described above: `op(c0)`
+// computes chunk [c0, c0 + W) (reading only), `put(c0, value)` stores it.
+template <int W, typename Op, typename Put>
+LD_INLINE void for_chunks(int64_t C, const Op& op, const Put& put) {
+  const int64_t whole = C / W * W;
+  if (whole == C) {
+    for (int64_t c0 = 0; c0 < C; c0 += W) put(c0, op(c0));
+    return;
+  }
+  const auto last = op(C - W);
+  for (int64_t c0 = 0; c0 < whole; c0 += W) put(c0, op(c0));
+  put(C - W, last);
 }
 
 // Which vertices the pixels use, by blocks of pixels: the largest vertex index used by the
@@ -135,10 +217,9 @@ struct FilterArgs {
 // The splat scatters pixel by pixel, each of the pixels [p0, p1) onto those of its vertices
 // in [lo, hi) (rows zeroed first): every vertex sums its pixels in increasing pixel order
 // whatever the split, so results do not depend on the thread count.
-template <typename T>
-void splat_range(const FilterArgs<T>& a, T* buf, int64_t stride, int64_t lo, int64_t hi, int64_t p0, int64_t p1) {
+template <typename T, int W>
+LD_INLINE void splat_rows(const FilterArgs<T>& a, T* buf, int64_t stride, int64_t lo, int64_t hi, int64_t p0, int64_t p1) {
   const int d1 = a.d + 1;
-  std::fill(buf + (lo + 1) * stride, buf + (hi + 1) * stride, T(0));
   for (int64_t p = p0; p < p1; ++p) {
     if (p + kPrefetchAhead < p1) {
       const int32_t* ahead = a.offsets + (p + kPrefetchAhead) * d1;
@@ -152,9 +233,20 @@ void splat_range(const FilterArgs<T>& a, T* buf, int64_t stride, int64_t lo, int
       T w = static_cast<T>(a.weights[p * d1 + r]);
       if (a.scale_in != nullptr) w *= scale;
       T* __restrict__ row = buf + (v + 1) * stride;
-      for (int64_t c = 0; c < a.C; ++c) row[c] += w * x[c];
+      for_chunks<W>(
+          a.C, [&](int64_t c) LD_INLINE_LAMBDA { return load_chunk<T, W>(row + c) + w * load_chunk<T, W>(x + c); },
+          [&](int64_t c, ChunkOf<T, W> value) LD_INLINE_LAMBDA { store_chunk<T, W>(row + c, value); });
     }
   }
+}
+
+template <typename T>
+LD_AVX2_DISPATCH void splat_range(const FilterArgs<T>& a, T* buf, int64_t stride, int64_t lo, int64_t hi,
+                                  int64_t p0, int64_t p1) {
+  std::fill(buf + (lo + 1) * stride, buf + (hi + 1) * stride, T(0));
+#define LD_SPLAT_ROWS(W) splat_rows<T, W>(a, buf, stride, lo, hi, p0, p1)
+  LD_WITH_CHUNK_WIDTH(T, a.C, LD_SPLAT_ROWS);
+#undef LD_SPLAT_ROWS
 }
 
 // On one thread a single pass over the pixels; otherwise every thread owns an equal share of
@@ -178,21 +270,40 @@ void splat(const FilterArgs<T>& a, T* buf, int64_t stride) {
   });
 }
 
+// One blur pass over the vertices [begin, end) along the axis whose neighbour pairs are nb,
+// in chunks of W values.
+template <typename T, int W>
+LD_INLINE void blur_rows(const int32_t* nb, const T* src, T* dst, int64_t stride, int64_t begin, int64_t end) {
+  for (int64_t v = begin; v < end; ++v) {
+    if (v + kBlurPrefetchAhead < end) {
+      prefetch_row(src + (static_cast<int64_t>(nb[2 * (v + kBlurPrefetchAhead)]) + 1) * stride, stride);
+      prefetch_row(src + (static_cast<int64_t>(nb[2 * (v + kBlurPrefetchAhead) + 1]) + 1) * stride, stride);
+    }
+    const T* __restrict__ n1 = src + (static_cast<int64_t>(nb[2 * v]) + 1) * stride;
+    const T* __restrict__ n2 = src + (static_cast<int64_t>(nb[2 * v + 1]) + 1) * stride;
+    const T* __restrict__ self = src + (v + 1) * stride;
+    T* __restrict__ o = dst + (v + 1) * stride;
+    for_chunks<W>(
+        stride,
+        [&](int64_t c) LD_INLINE_LAMBDA {
+          return load_chunk<T, W>(self + c) + T(0.5) * (load_chunk<T, W>(n1 + c) + load_chunk<T, W>(n2 + c));
+        },
+        [&](int64_t c, ChunkOf<T, W> value) LD_INLINE_LAMBDA { store_chunk<T, W>(o + c, value); });
+  }
+}
+
+template <typename T>
+LD_AVX2_DISPATCH void blur_span(const int32_t* nb, const T* src, T* dst, int64_t stride, int64_t begin, int64_t end) {
+#define LD_BLUR_ROWS(W) blur_rows<T, W>(nb, src, dst, stride, begin, end)
+  LD_WITH_CHUNK_WIDTH(T, stride, LD_BLUR_ROWS);
+#undef LD_BLUR_ROWS
+}
+
 template <typename T>
 void blur_axis(const FilterArgs<T>& a, int axis, const T* src, T* dst, int64_t stride) {
   const int32_t* nb = a.neighbors + static_cast<int64_t>(axis) * a.M * 2;
   at::parallel_for(a.v_begin, a.v_end, 512, [&](int64_t begin, int64_t end) {
-    for (int64_t v = begin; v < end; ++v) {
-      if (v + kBlurPrefetchAhead < end) {
-        prefetch_row(src + (static_cast<int64_t>(nb[2 * (v + kBlurPrefetchAhead)]) + 1) * stride, stride);
-        prefetch_row(src + (static_cast<int64_t>(nb[2 * (v + kBlurPrefetchAhead) + 1]) + 1) * stride, stride);
-      }
-      const T* __restrict__ n1 = src + (static_cast<int64_t>(nb[2 * v]) + 1) * stride;
-      const T* __restrict__ n2 = src + (static_cast<int64_t>(nb[2 * v + 1]) + 1) * stride;
-      const T* __restrict__ self = src + (v + 1) * stride;
-      T* __restrict__ o = dst + (v + 1) * stride;
-      for (int64_t c = 0; c < stride; ++c) o[c] = self[c] + T(0.5) * (n1[c] + n2[c]);
-    }
+    blur_span(nb, src, dst, stride, begin, end);
   });
 }
 
@@ -201,16 +312,6 @@ template <typename T>
 inline void softmax_row(T* __restrict__ y, int64_t C) {
   lattice::softmax_row(y, C);
 }
-
-// A function compiled twice, for AVX2 and for any x86-64, the loader picking one for the CPU
-// it runs on (GCC and Clang function multiversioning; elsewhere one build). The extension
-// builds with -ffp-contract=off, so the AVX2 version does the same float operations on wider
-// vectors (no fused multiply-adds): the same bits.
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define LD_AVX2_DISPATCH __attribute__((target_clones("avx2", "default")))
-#else
-#define LD_AVX2_DISPATCH
-#endif
 
 // Rows per group of the grouped softmax, and the widest row it takes (wider rows go one by
 // one).
@@ -268,88 +369,112 @@ void softmax_span(T* y, int64_t ld, int64_t C, int64_t p_begin, int64_t p_end) {
   for (; p < p_end; ++p) softmax_row(y + p * ld, C);
 }
 
-// Slices one pixel's channels [c0, c0 + kWidth) into `y`: a sum over its d+1 vertices,
-// accumulated in a small local array the compiler keeps in registers; `add(c, value)` makes
-// channel c's output from its scaled sum (with or without an addend).
-template <typename T, int kWidth, typename Add>
-inline void slice_channels(const T* const* rows, const T* w, int d1, int64_t c0, T scale, const Add& add, T* y) {
-  T acc[kWidth] = {};
-  for (int r = 0; r < d1; ++r) {
-    const T* __restrict__ row = rows[r] + c0;
-    for (int c = 0; c < kWidth; ++c) acc[c] += w[r] * row[c];
+// The sum over one pixel's d+1 vertex rows of chunk [c0, c0 + W), weighted (the slice).
+template <typename T, int W>
+LD_INLINE ChunkOf<T, W> vertex_sum(const T* const* rows, const T* w, int d1, int64_t c0) {
+  ChunkOf<T, W> acc{};
+  for (int r = 0; r < d1; ++r) acc = acc + w[r] * load_chunk<T, W>(rows[r] + c0);
+  return acc;
+}
+
+// W values `stride` apart from u.
+template <typename T, int W>
+LD_INLINE ChunkOf<T, W> gather_chunk(const T* u, int64_t stride) {
+  if constexpr (W == 1) {
+    return u[0];
+  } else {
+    ChunkOf<T, W> v;
+    for (int i = 0; i < W; ++i) v[i] = u[i * stride];
+    return v;
   }
-  for (int c = 0; c < kWidth; ++c) y[c0 + c] = add(c0 + c, acc[c] * scale);
 }
 
-// One pixel's C channels: whole vectors, then a half vector, then single channels (C = 21:
-// 8 + 8 + 4 + 1).
-template <typename T, int kWidth, typename Add>
-inline void slice_row(const T* const* rows, const T* w, int d1, T scale, const Add& add, int64_t C, T* y) {
-  int64_t c0 = 0;
-  for (; c0 + kWidth <= C; c0 += kWidth) slice_channels<T, kWidth>(rows, w, d1, c0, scale, add, y);
-  for (; c0 + kWidth / 2 <= C; c0 += kWidth / 2) slice_channels<T, kWidth / 2>(rows, w, d1, c0, scale, add, y);
-  for (; c0 < C; ++c0) slice_channels<T, 1>(rows, w, d1, c0, scale, add, y);
-}
-
-// slice_row's `add` for an addend row: none, a contiguous one, or u[c * us2] (pixel p's
-// channel c of the caller's unary, any strides) negated if kSubtract. -u + value is exact
-// negation then the same addition: the same bits as with a contiguous row holding -U.
+// The slice's output for chunk [c0, c0 + W) from its scaled vertex sum: with no addend, a
+// contiguous addend row, or channel c of the caller's unary at u[c * us2] (any strides)
+// negated if kSubtract. -u + value is exact negation then the same addition: the same bits as
+// with a contiguous row holding -U.
 template <typename T>
-inline auto no_addend() {
-  return [](int64_t, T value) { return value; };
-}
+struct NoAddend {
+  template <int W>
+  LD_INLINE ChunkOf<T, W> apply(int64_t, ChunkOf<T, W> value) const { return value; }
+};
 template <typename T>
-inline auto contiguous_addend(const T* addend) {
-  return [addend](int64_t c, T value) { return addend[c] + value; };
-}
+struct ContiguousAddend {
+  const T* addend;
+  template <int W>
+  LD_INLINE ChunkOf<T, W> apply(int64_t c0, ChunkOf<T, W> value) const { return load_chunk<T, W>(addend + c0) + value; }
+};
 template <typename T, bool kSubtract>
-inline auto strided_addend(const T* u, int64_t us2) {
-  return [u, us2](int64_t c, T value) { return (kSubtract ? -u[c * us2] : u[c * us2]) + value; };
+struct StridedAddend {
+  const T* u;
+  int64_t us2;
+  template <int W>
+  LD_INLINE ChunkOf<T, W> apply(int64_t c0, ChunkOf<T, W> value) const {
+    const ChunkOf<T, W> g = gather_chunk<T, W>(u + c0 * us2, us2);
+    return (kSubtract ? -g : g) + value;
+  }
+};
+
+// One pixel's C outputs, chunk by chunk (for_chunks: an addend that is the output itself is
+// read before it is written).
+template <typename T, int W, typename Addend>
+LD_INLINE void slice_row(const T* const* rows, const T* w, int d1, T scale, const Addend& addend, int64_t C, T* y) {
+  for_chunks<W>(
+      C, [&](int64_t c0) LD_INLINE_LAMBDA { return addend.template apply<W>(c0, vertex_sum<T, W>(rows, w, d1, c0) * scale); },
+      [&](int64_t c0, ChunkOf<T, W> value) LD_INLINE_LAMBDA { store_chunk<T, W>(y + c0, value); });
+}
+
+template <typename T, int W>
+LD_INLINE void slice_rows(const FilterArgs<T>& a, const T* buf, int64_t stride, int64_t begin, int64_t end) {
+  const int d1 = a.d + 1;
+  const T alpha = static_cast<T>(lattice::slice_alpha(a.d));
+  const T* rows[lattice::kMaxDim + 1];
+  T w[lattice::kMaxDim + 1];
+  int64_t group = begin;  // the first row not yet through the softmax
+  for (int64_t p = begin; p < end; ++p) {
+    if (p + kPrefetchAhead < end) {
+      const int32_t* ahead = a.offsets + (p + kPrefetchAhead) * d1;
+      for (int r = 0; r < d1; ++r) prefetch_row(buf + (static_cast<int64_t>(ahead[r]) + 1) * stride, a.C);
+    }
+    for (int r = 0; r < d1; ++r) {
+      rows[r] = buf + (static_cast<int64_t>(a.offsets[p * d1 + r]) + 1) * stride;
+      w[r] = static_cast<T>(a.weights[p * d1 + r]) * alpha;
+    }
+    const T scale = a.scale_out != nullptr ? a.scale_out[p] : T(1);
+    T* y = a.out + p * a.out_ld;
+    if (a.unary != nullptr) {
+      const int64_t b = p / a.un;
+      const T* u = a.unary + b * a.us0 + (p - b * a.un) * a.us1;
+      if (a.subtract) {
+        slice_row<T, W>(rows, w, d1, scale, StridedAddend<T, true>{u, a.us2}, a.C, y);
+      } else if (a.us2 == 1) {  // contiguous channels: the plain slice, vector loads
+        slice_row<T, W>(rows, w, d1, scale, ContiguousAddend<T>{u}, a.C, y);
+      } else {
+        slice_row<T, W>(rows, w, d1, scale, StridedAddend<T, false>{u, a.us2}, a.C, y);
+      }
+    } else if (a.addend != nullptr) {
+      slice_row<T, W>(rows, w, d1, scale, ContiguousAddend<T>{a.addend + p * a.addend_ld}, a.C, y);
+    } else {
+      slice_row<T, W>(rows, w, d1, scale, NoAddend<T>{}, a.C, y);
+    }
+    // A group of rows is in the cache while it is fresh: softmax it as soon as it is whole.
+    if (a.softmax && (p + 1 - group == kSoftmaxLanes<T> || p + 1 == end)) {
+      softmax_span(a.out, a.out_ld, a.C, group, p + 1);
+      group = p + 1;
+    }
+  }
+}
+
+template <typename T>
+LD_AVX2_DISPATCH void slice_span(const FilterArgs<T>& a, const T* buf, int64_t stride, int64_t begin, int64_t end) {
+#define LD_SLICE_ROWS(W) slice_rows<T, W>(a, buf, stride, begin, end)
+  LD_WITH_CHUNK_WIDTH(T, a.C, LD_SLICE_ROWS);
+#undef LD_SLICE_ROWS
 }
 
 template <typename T>
 void slice(const FilterArgs<T>& a, const T* buf, int64_t stride) {
-  constexpr int kWidth = 32 / sizeof(T);
-  const int d1 = a.d + 1;
-  const T alpha = static_cast<T>(lattice::slice_alpha(a.d));
-  at::parallel_for(a.p_begin, a.p_end, 256, [&](int64_t begin, int64_t end) {
-    const T* rows[lattice::kMaxDim + 1];
-    T w[lattice::kMaxDim + 1];
-    int64_t group = begin;  // the first row not yet through the softmax
-    for (int64_t p = begin; p < end; ++p) {
-      if (p + kPrefetchAhead < end) {
-        const int32_t* ahead = a.offsets + (p + kPrefetchAhead) * d1;
-        for (int r = 0; r < d1; ++r) prefetch_row(buf + (static_cast<int64_t>(ahead[r]) + 1) * stride, a.C);
-      }
-      for (int r = 0; r < d1; ++r) {
-        rows[r] = buf + (static_cast<int64_t>(a.offsets[p * d1 + r]) + 1) * stride;
-        w[r] = static_cast<T>(a.weights[p * d1 + r]) * alpha;
-      }
-      const T scale = a.scale_out != nullptr ? a.scale_out[p] : T(1);
-      const T* addend = a.addend != nullptr ? a.addend + p * a.addend_ld : nullptr;
-      T* y = a.out + p * a.out_ld;
-      if (a.unary != nullptr) {
-        const int64_t b = p / a.un;
-        const T* u = a.unary + b * a.us0 + (p - b * a.un) * a.us1;
-        if (a.subtract) {
-          slice_row<T, kWidth>(rows, w, d1, scale, strided_addend<T, true>(u, a.us2), a.C, y);
-        } else if (a.us2 == 1) {  // contiguous channels: the plain slice, vector loads
-          slice_row<T, kWidth>(rows, w, d1, scale, contiguous_addend(u), a.C, y);
-        } else {
-          slice_row<T, kWidth>(rows, w, d1, scale, strided_addend<T, false>(u, a.us2), a.C, y);
-        }
-      } else if (addend != nullptr) {
-        slice_row<T, kWidth>(rows, w, d1, scale, contiguous_addend(addend), a.C, y);
-      } else {
-        slice_row<T, kWidth>(rows, w, d1, scale, no_addend<T>(), a.C, y);
-      }
-      // A group of rows is in the cache while it is fresh: softmax it as soon as it is whole.
-      if (a.softmax && (p + 1 - group == kSoftmaxLanes<T> || p + 1 == end)) {
-        softmax_span(a.out, a.out_ld, a.C, group, p + 1);
-        group = p + 1;
-      }
-    }
-  });
+  at::parallel_for(a.p_begin, a.p_end, 256, [&](int64_t begin, int64_t end) { slice_span(a, buf, stride, begin, end); });
 }
 
 template <typename T>

@@ -183,14 +183,17 @@ def test_filter_is_bitwise_the_cpu_filter(backend, dtype, reverse, extras, softm
         assert torch.equal(got.cpu(), cpu)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("softmax", [False, True])
-@pytest.mark.parametrize("channels", [0, 1, 5, 21, 300])
-def test_filter_of_any_channel_count_is_bitwise_the_cpu_filter(backend, channels, softmax):
-    # The CPU softmax runs on groups of rows (and row by row for the rest of a range, and for
-    # over 256 channels); the CUDA one row by row: the same bits. 803 pixels leave a partial
-    # group, on one thread and on two.
+@pytest.mark.parametrize("channels", [0, 1, 2, 3, 4, 5, 8, 19, 21, 300])
+def test_filter_of_any_channel_count_is_bitwise_the_cpu_filter(backend, channels, softmax, dtype):
+    # The CPU filter works on rows in vector chunks, the last one overlapping the one before
+    # when the chunk width does not divide the channel count (float32: 8, then 4, then 1;
+    # float64: 4, 2, 1), and its softmax on groups of rows (row by row for the rest of a range,
+    # and for over 256 channels); the CUDA filter channel by channel, row by row: the same
+    # bits. 803 pixels leave a partial group, on one thread and on two.
     features = torch.randn(2, 803, 2)
-    values = torch.randn(2, 803, channels) * 20
+    values = torch.randn(2, 803, channels, dtype=dtype) * 20
     threads = torch.get_num_threads()
     try:
         cpu = []
@@ -202,8 +205,11 @@ def test_filter_of_any_channel_count_is_bitwise_the_cpu_filter(backend, channels
     assert torch.equal(cpu[0], cpu[1])
     with backend.active():
         got = build_lattice(backend.to(features)).filter(backend.to(values), softmax=softmax)
-    assert got.shape == (2, 803, channels)
-    assert torch.equal(got.cpu(), cpu[0])
+    assert got.shape == (2, 803, channels) and got.dtype == dtype
+    if softmax and dtype == torch.float64 and not backend.emulated:
+        torch.testing.assert_close(got.cpu(), cpu[0], rtol=1e-14, atol=1e-15)  # each side's libm exp
+    else:
+        assert torch.equal(got.cpu(), cpu[0])
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
