@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/simd.h"
 #include "lattice.h"
 #include "lattice_checks.h"
 
@@ -44,28 +45,6 @@ inline void prefetch_row(const T* row, int64_t length) {
   const int64_t bytes = length * static_cast<int64_t>(sizeof(T));
   for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
 }
-
-// A function compiled twice, for AVX2 and for any x86-64, the loader picking one for the CPU
-// it runs on (GCC and Clang function multiversioning; elsewhere one build). The extension
-// builds with -ffp-contract=off, so the AVX2 version does the same float operations on wider
-// vectors (no fused multiply-adds): the same bits.
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define LD_AVX2_DISPATCH __attribute__((target_clones("avx2", "default")))
-#else
-#define LD_AVX2_DISPATCH
-#endif
-
-// Forced inline: the loops below are instantiated inside functions compiled twice
-// (LD_AVX2_DISPATCH), and only what is inlined into each copy is compiled for its target.
-// (A lambda that takes or returns a 32-byte vector must be inlined too: called out of line
-// from the AVX2 copy it would pass the vector in a register the other side does not read.)
-#if defined(__GNUC__) || defined(__clang__)
-#define LD_INLINE inline __attribute__((always_inline))
-#define LD_INLINE_LAMBDA __attribute__((always_inline))
-#else
-#define LD_INLINE inline
-#define LD_INLINE_LAMBDA
-#endif
 
 // Rows are C values long (19 for Cityscapes, 21 for VOC), rarely a whole number of vectors.
 // The stages below work on chunks of W channels: the whole chunks [0, W), [W, 2W), ... and,
