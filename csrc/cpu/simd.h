@@ -11,6 +11,18 @@
 #define LD_AVX2_DISPATCH
 #endif
 
+// Whether the loader picks the AVX2 copies of LD_AVX2_DISPATCH functions. Code in them that is
+// fast only with AVX2 (8-lane shuffles, which other x86-64 CPUs take value by value) tests it:
+// it is false wherever the other copy runs.
+inline bool cpu_has_avx2() {
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+#else
+  return false;
+#endif
+}
+
 // Forced inline: loops instantiated inside a LD_AVX2_DISPATCH function are compiled for its
 // target only where they are inlined into it. (A lambda that takes or returns a 32-byte vector
 // must be inlined too: called out of line from the AVX2 copy it would pass the vector in a
