@@ -344,14 +344,16 @@ LD_INLINE void transpose_rows_in(const T* y, int64_t ld, int64_t C, T* t) {
   }
 }
 
+// transpose_rows_out reads t's channels `t_ld` apart (L for the softmax; the slice also uses it
+// to turn L pixels of a channels-first unary into rows).
 template <typename T>
-LD_INLINE void transpose_rows_out(const T* t, int64_t C, T* y, int64_t ld) {
+LD_INLINE void transpose_rows_out(const T* t, int64_t t_ld, int64_t C, T* y, int64_t ld) {
   constexpr int L = kSoftmaxLanes<T>;
   if constexpr (std::is_same_v<T, float>) {
     if (C >= 8 && cpu_has_avx2()) {
       const auto block = [&](int64_t c0) LD_INLINE_LAMBDA {
         ChunkOf<float, 8> r[8];
-        for (int k = 0; k < 8; ++k) r[k] = load_chunk<float, 8>(t + (c0 + k) * L);
+        for (int k = 0; k < 8; ++k) r[k] = load_chunk<float, 8>(t + (c0 + k) * t_ld);
         transpose_8x8(r);
         for (int i = 0; i < 8; ++i) store_chunk<float, 8>(y + i * ld + c0, r[i]);
       };
@@ -361,7 +363,7 @@ LD_INLINE void transpose_rows_out(const T* t, int64_t C, T* y, int64_t ld) {
     }
   }
   for (int i = 0; i < L; ++i) {
-    for (int64_t c = 0; c < C; ++c) y[i * ld + c] = t[c * L + i];
+    for (int64_t c = 0; c < C; ++c) y[i * ld + c] = t[c * t_ld + i];
   }
 }
 
@@ -396,7 +398,7 @@ LD_AVX2_DISPATCH void softmax_lanes(T* y, int64_t ld, int64_t C) {
   for (int64_t c = 0; c < C; ++c) {
     for (int i = 0; i < L; ++i) t[c * L + i] = lattice::div_rn(t[c * L + i], sum[i]);
   }
-  transpose_rows_out<T>(t, C, y, ld);
+  transpose_rows_out<T>(t, L, C, y, ld);
 }
 
 // In-place softmax of the rows [p_begin, p_end) of y (rows `ld` apart): whole groups of
@@ -457,6 +459,18 @@ struct StridedAddend {
   }
 };
 
+// The caller's unary of one pixel copied into a contiguous row (a tile of the slice), negated
+// if kSubtract: the same values as StridedAddend reads, the same bits.
+template <typename T, bool kSubtract>
+struct RowAddend {
+  const T* u;
+  template <int W>
+  LD_INLINE ChunkOf<T, W> apply(int64_t c0, ChunkOf<T, W> value) const {
+    const ChunkOf<T, W> g = load_chunk<T, W>(u + c0);
+    return (kSubtract ? -g : g) + value;
+  }
+};
+
 // One pixel's C outputs, chunk by chunk (for_chunks: an addend that is the output itself is
 // read before it is written).
 template <typename T, int W, typename Addend>
@@ -473,6 +487,10 @@ LD_INLINE void slice_rows(const FilterArgs<T>& a, const T* buf, int64_t stride, 
   const T* rows[lattice::kMaxDim + 1];
   T w[lattice::kMaxDim + 1];
   int64_t group = begin;  // the first row not yet through the softmax
+  constexpr int kTile = kSoftmaxLanes<T>;
+  const bool tiled = a.unary != nullptr && a.us1 == 1 && a.us2 >= kTile && a.C <= kSoftmaxMaxChannels;
+  alignas(64) T tile[kTile * kSoftmaxMaxChannels];
+  int64_t tile_begin = 0, tile_end = 0;  // the pixels whose unary rows are in `tile`
   for (int64_t p = begin; p < end; ++p) {
     if (p + kPrefetchAhead < end) {
       const int32_t* ahead = a.offsets + (p + kPrefetchAhead) * d1;
@@ -487,7 +505,22 @@ LD_INLINE void slice_rows(const FilterArgs<T>& a, const T* buf, int64_t stride, 
     if (a.unary != nullptr) {
       const int64_t b = p / a.un;
       const T* u = a.unary + b * a.us0 + (p - b * a.un) * a.us1;
-      if (a.subtract) {
+      // A channels-first unary (the caller's [B, C, H, W]): each channel's next kTile pixels
+      // are contiguous, so they are read in vectors and transposed into rows, a tile at a time,
+      // instead of C single values a pixel from C places.
+      if (tiled && p >= tile_end && p + kTile <= end && (p + kTile - 1) / a.un == b) {
+        transpose_rows_out<T>(u, a.us2, a.C, tile, a.C);
+        tile_begin = p;
+        tile_end = p + kTile;
+      }
+      if (p < tile_end) {
+        const T* row = tile + (p - tile_begin) * a.C;
+        if (a.subtract) {
+          slice_row<T, W>(rows, w, d1, scale, RowAddend<T, true>{row}, a.C, y);
+        } else {
+          slice_row<T, W>(rows, w, d1, scale, RowAddend<T, false>{row}, a.C, y);
+        }
+      } else if (a.subtract) {
         slice_row<T, W>(rows, w, d1, scale, StridedAddend<T, true>{u, a.us2}, a.C, y);
       } else if (a.us2 == 1) {  // contiguous channels: the plain slice, vector loads
         slice_row<T, W>(rows, w, d1, scale, ContiguousAddend<T>{u}, a.C, y);
