@@ -4,9 +4,10 @@
 // batch over its images) and sums in a fixed order, so results do not depend on the thread
 // count. The CPU filter does not read the CSR splat lists (a CPU lattice has none).
 //
-// The loops are bound by memory traffic and latency, not arithmetic: the rows needed a few
-// iterations ahead are prefetched, and rows stay unpadded (padding them to whole vectors
-// measured slower: more bytes to move).
+// The loops move rows of C values: the rows needed a few iterations ahead are prefetched, rows
+// stay unpadded (padding them to whole vectors measured slower: more bytes to move), and each
+// row is worked on in vector chunks with no scalar tail (below): at Cityscapes sizes the
+// stages were bound by their instructions a row, not by memory.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
@@ -459,16 +460,13 @@ struct StridedAddend {
   }
 };
 
-// The caller's unary of one pixel copied into a contiguous row (a tile of the slice), negated
-// if kSubtract: the same values as StridedAddend reads, the same bits.
-template <typename T, bool kSubtract>
-struct RowAddend {
+// A contiguous row of U, negated: the caller's unary of one pixel as the slice's tiles hold
+// it (StridedAddend<T, true> of the same values, the same bits).
+template <typename T>
+struct NegatedAddend {
   const T* u;
   template <int W>
-  LD_INLINE ChunkOf<T, W> apply(int64_t c0, ChunkOf<T, W> value) const {
-    const ChunkOf<T, W> g = load_chunk<T, W>(u + c0);
-    return (kSubtract ? -g : g) + value;
-  }
+  LD_INLINE ChunkOf<T, W> apply(int64_t c0, ChunkOf<T, W> value) const { return -load_chunk<T, W>(u + c0) + value; }
 };
 
 // One pixel's C outputs, chunk by chunk (for_chunks: an addend that is the output itself is
@@ -516,9 +514,9 @@ LD_INLINE void slice_rows(const FilterArgs<T>& a, const T* buf, int64_t stride, 
       if (p < tile_end) {
         const T* row = tile + (p - tile_begin) * a.C;
         if (a.subtract) {
-          slice_row<T, W>(rows, w, d1, scale, RowAddend<T, true>{row}, a.C, y);
+          slice_row<T, W>(rows, w, d1, scale, NegatedAddend<T>{row}, a.C, y);
         } else {
-          slice_row<T, W>(rows, w, d1, scale, RowAddend<T, false>{row}, a.C, y);
+          slice_row<T, W>(rows, w, d1, scale, ContiguousAddend<T>{row}, a.C, y);
         }
       } else if (a.subtract) {
         slice_row<T, W>(rows, w, d1, scale, StridedAddend<T, true>{u, a.us2}, a.C, y);
