@@ -67,6 +67,10 @@ struct Chunk<T, 1> {
 template <typename T, int W>
 using ChunkOf = typename Chunk<T, W>::type;
 
+// Values in one 32-byte vector (AVX2's width), the widest chunk these loops use.
+template <typename T>
+constexpr int kVectorLanes = 32 / static_cast<int>(sizeof(T));
+
 template <typename T, int W>
 LD_INLINE ChunkOf<T, W> load_chunk(const T* p) {
   ChunkOf<T, W> v;
@@ -80,16 +84,15 @@ LD_INLINE void store_chunk(T* p, ChunkOf<T, W> v) {
 
 // Expands CALL(W) with the chunk width W for rows of C values: a 32-byte vector, a 16-byte
 // one, or single values (a compile-time constant in each branch).
-#define LD_WITH_CHUNK_WIDTH(T, C, CALL)                        \
-  do {                                                         \
-    constexpr int kLanes_ = 32 / static_cast<int>(sizeof(T));  \
-    if ((C) >= kLanes_) {                                      \
-      CALL(kLanes_);                                           \
-    } else if ((C) >= kLanes_ / 2 && kLanes_ / 2 > 1) {        \
-      CALL(kLanes_ / 2);                                       \
-    } else {                                                   \
-      CALL(1);                                                 \
-    }                                                          \
+#define LD_WITH_CHUNK_WIDTH(T, C, CALL)       \
+  do {                                        \
+    if ((C) >= kVectorLanes<T>) {             \
+      CALL(kVectorLanes<T>);                  \
+    } else if ((C) >= kVectorLanes<T> / 2) {  \
+      CALL(kVectorLanes<T> / 2);              \
+    } else {                                  \
+      CALL(1);                                \
+    }                                         \
   } while (0)
 
 // out = op(c0) for the chunks of a row of C values, in the order described above: `op(c0)`
@@ -296,7 +299,7 @@ inline void softmax_row(T* __restrict__ y, int64_t C) {
 // Rows per group of the grouped softmax, and the widest row it takes (wider rows go one by
 // one).
 template <typename T>
-constexpr int kSoftmaxLanes = 32 / sizeof(T);
+constexpr int kSoftmaxLanes = kVectorLanes<T>;
 constexpr int64_t kSoftmaxMaxChannels = 256;
 
 // Transposes the 8 x 8 floats of r[0..7] in place: r[k][i] becomes the old r[i][k].
